@@ -1,0 +1,231 @@
+/*
+ * loraflip.h: the public C API of loraflip.
+ *
+ * Three handles:
+ *   lf_client_t  a control connection to one loraflipd instance (create, drop, list, info,
+ *                rollback, stats, and writes). Talks to the daemon over ZeroMQ.
+ *   lf_writer_t  one write in progress: a slot the daemon lent to this process. Tensors are
+ *                written in place, then committed (validated, versioned, flipped) or aborted.
+ *   lf_reader_t  one entry of the daemon's reader table. acquire/release touch shared memory
+ *                only: no system call, no lock, no message to the daemon.
+ *
+ * Conventions (the same for every function):
+ *   - Fallible calls return an int status: LF_OK (0) or a negative LF_E_* code. Codes are
+ *     fixed forever and never reused. lf_strerror() never returns NULL.
+ *   - Outputs come last and are left untouched when the call fails.
+ *   - lf_<x>_close() accepts NULL.
+ *   - No function throws, aborts or exits the caller's process.
+ *   - lf_client_last_error() gives the detailed message of the last failed call on that
+ *     client (readers: lf_reader_last_error()).
+ *
+ * Threads: an lf_client_t may be used from several threads (calls are serialized inside).
+ * An lf_writer_t and an lf_reader_t belong to one thread at a time: give each generation
+ * thread its own reader. Readers never block each other.
+ */
+#ifndef LORAFLIP_H
+#define LORAFLIP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(LORAFLIP_BUILDING_LIBRARY)
+#define LF_API __attribute__((visibility("default")))
+#else
+#define LF_API
+#endif
+
+/* Wire protocol version; hello fails with LF_E_PROTOCOL_VERSION when the daemon disagrees. */
+#define LF_PROTOCOL_VERSION 1
+
+/* ---- Status codes (stable: never renumbered, never reused) ---- */
+#define LF_OK 0
+#define LF_E_INVALID_ARGUMENT -1  /* a bad name, shape, dtype, flag or pointer */
+#define LF_E_NOT_FOUND -2         /* no adapter, tensor or version by that name or number */
+#define LF_E_EXISTS -3            /* an adapter of that name exists already */
+#define LF_E_ARENA_FULL -4        /* not enough room left in the shared-memory arena */
+#define LF_E_NO_FREE_SLOT -5      /* every slot is active, kept, pinned or being written */
+#define LF_E_TABLE_FULL -6        /* the adapter table or the reader table is full */
+#define LF_E_PROTOCOL -7          /* a malformed control message */
+#define LF_E_PROTOCOL_VERSION -8  /* client and daemon speak different protocol versions */
+#define LF_E_LAYOUT_MISMATCH -9   /* the arena was made by a build with another layout */
+#define LF_E_TIMEOUT -10          /* nothing happened before the deadline */
+#define LF_E_CONNECTION -11       /* the daemon cannot be reached or did not answer */
+#define LF_E_LEASE -12            /* the write lease is unknown, expired or already ended */
+#define LF_E_VALIDATION -13       /* the written tensors failed a commit check */
+#define LF_E_NO_VERSION -14       /* no committed version satisfies the request */
+#define LF_E_TOO_LARGE -15        /* a message, name, shape or size is over its limit */
+#define LF_E_SYSTEM -16           /* an operating-system call failed */
+#define LF_E_INTERNAL -17         /* a bug: please report it */
+#define LF_E_PINS_FULL -18        /* this reader already holds LF_MAX_PINS pins */
+#define LF_E_STALE -19            /* the adapter was dropped (or dropped and re-created) */
+#define LF_E_UNSUPPORTED -20      /* not available in this build or on this machine */
+#define LF_E_PERMISSION -21       /* the operating system refused access */
+#define LF_E_UNKNOWN_OP -22       /* the daemon does not know this operation */
+
+/* Never NULL; a static string. Unknown codes give "unknown error". */
+LF_API const char *lf_strerror(int status);
+
+/* ---- Tensors ---- */
+#define LF_DTYPE_F32 1
+#define LF_DTYPE_F16 2
+#define LF_DTYPE_BF16 3
+#define LF_DTYPE_F64 4
+#define LF_DTYPE_I8 5
+#define LF_DTYPE_U8 6
+#define LF_DTYPE_I32 7
+#define LF_DTYPE_I64 8
+
+#define LF_MAX_DIMS 6
+#define LF_MAX_ADAPTER_NAME 127 /* bytes; [A-Za-z0-9._:-], starting with a letter or digit */
+#define LF_MAX_TENSOR_NAME 255  /* bytes; printable ASCII without spaces or quotes */
+#define LF_MAX_PINS 14          /* pins one reader can hold at once */
+
+/* Size in bytes of one element, or 0 for an unknown dtype. */
+LF_API size_t lf_dtype_size(int dtype);
+/* "f32", "f16", "bf16", ...; "unknown" for an unknown dtype. Never NULL. */
+LF_API const char *lf_dtype_name(int dtype);
+
+/* A view of one tensor of a slot. Filled by lf_writer_tensor and lf_pin_tensor.
+ * Fields are appended only, never reordered. */
+typedef struct lf_tensor_view {
+  void *data;         /* host address (readers: mapped read-only, never write through it) */
+  const char *name;   /* NUL-terminated; lives as long as the handle that filled the view */
+  int32_t dtype;      /* LF_DTYPE_* */
+  int32_t ndim;
+  int64_t shape[LF_MAX_DIMS];
+  uint64_t nbytes;
+  uint64_t version;   /* readers: the pinned version; writers: 0 (assigned at commit) */
+  int32_t device;     /* -1 for host memory */
+  int32_t reserved;
+} lf_tensor_view_t;
+
+/* ---- Client ---- */
+typedef struct lf_client lf_client_t;
+
+/* Connects to the daemon whose runtime directory is `runtime_dir` and says hello (checks the
+ * protocol version, learns the arena). NULL means $LORAFLIP_RUNTIME_DIR, else the default
+ * directory of instance "default" ($XDG_RUNTIME_DIR/loraflip/default, or
+ * /tmp/loraflip-<uid>/default). `timeout_ms` bounds every request on this client (<= 0: 5000).
+ * On failure, *out is untouched; a message is available through lf_last_error_message().
+ * Thread-safe. Close with lf_client_close. */
+LF_API int lf_client_open(const char *runtime_dir, int timeout_ms, lf_client_t **out);
+LF_API void lf_client_close(lf_client_t *client);
+/* Message of the last failed call on this client; never NULL; valid until the next call on it. */
+LF_API const char *lf_client_last_error(const lf_client_t *client);
+/* Message of the last failed lf_client_open or lf_reader_open on the calling thread. */
+LF_API const char *lf_last_error_message(void);
+
+/* Adapter specification: the schema (ordered tensors), LoRA config, slots and history.
+ * Build one, pass it to lf_client_create_adapter, then free it. Not thread-safe. */
+typedef struct lf_spec lf_spec_t;
+LF_API int lf_spec_new(lf_spec_t **out);
+LF_API void lf_spec_free(lf_spec_t *spec);
+/* Appends a tensor; names are kept exactly as given (PEFT names included). */
+LF_API int lf_spec_add_tensor(lf_spec_t *spec, const char *name, int dtype, int ndim,
+                              const int64_t *shape);
+/* LoRA config: rank, alpha, comma-separated target modules (may be NULL), rsLoRA flag. */
+LF_API int lf_spec_set_lora(lf_spec_t *spec, int rank, double alpha, const char *target_modules,
+                            int use_rslora);
+/* Free-form metadata (any UTF-8 text, e.g. JSON), at most 64 KiB. */
+LF_API int lf_spec_set_metadata(lf_spec_t *spec, const char *metadata);
+/* Slots in the ring (0: history + 2) and versions kept readable besides the active one
+ * (-1: the daemon's default). */
+LF_API int lf_spec_set_slots(lf_spec_t *spec, int slots, int history);
+
+LF_API int lf_client_create_adapter(lf_client_t *client, const char *name, const lf_spec_t *spec);
+/* Drops the adapter: new acquires fail at once; its memory returns once no reader pins it. */
+LF_API int lf_client_drop_adapter(lf_client_t *client, const char *name);
+/* Makes an earlier, still-kept version active again (it keeps its version number; the next
+ * commit is numbered above every version ever assigned). */
+LF_API int lf_client_rollback(lf_client_t *client, const char *name, uint64_t version);
+
+/* list, info and stats return JSON text in *json_out; free it with lf_free. */
+LF_API int lf_client_list(lf_client_t *client, char **json_out);
+LF_API int lf_client_info(lf_client_t *client, const char *name, char **json_out);
+LF_API int lf_client_stats(lf_client_t *client, char **json_out);
+LF_API void lf_free(void *p);
+
+/* ---- Writer ---- */
+typedef struct lf_writer lf_writer_t;
+
+/* Commit checks (bit flags). */
+#define LF_COMMIT_CHECK_FINITE 1u /* refuse NaN or Inf in f32/f16/bf16/f64 tensors */
+#define LF_COMMIT_CHECKSUM 2u     /* the daemon checksums the slot and compares with the
+                                    writer's (lf_writer_commit computes it) */
+
+/* Asks the daemon for a free slot of `name`, leased to this process for `lease_ms`
+ * (<= 0: 30000). Past the lease, commit fails with LF_E_LEASE. The writer belongs to the
+ * calling thread until commit or abort, which free it; it must not outlive the client. */
+LF_API int lf_client_begin_write(lf_client_t *client, const char *name, int lease_ms,
+                                 lf_writer_t **out);
+LF_API int lf_writer_tensor_count(const lf_writer_t *writer, size_t *out);
+/* Views stay valid until commit or abort. Writes go straight into the daemon's slot. */
+LF_API int lf_writer_tensor(const lf_writer_t *writer, size_t index, lf_tensor_view_t *out);
+LF_API int lf_writer_tensor_by_name(const lf_writer_t *writer, const char *name,
+                                    lf_tensor_view_t *out);
+/* Copies `nbytes` (must equal the tensor's size) from `src` into tensor `index`. */
+LF_API int lf_writer_copy_in(lf_writer_t *writer, size_t index, const void *src, size_t nbytes);
+/* Validates (per flags), assigns the next version and flips it active. Frees the writer
+ * whether it succeeds or not; *version_out (may be NULL) receives the new version. */
+LF_API int lf_writer_commit(lf_writer_t *writer, unsigned flags, uint64_t *version_out);
+/* Gives the slot back. Frees the writer. Accepts NULL. */
+LF_API int lf_writer_abort(lf_writer_t *writer);
+
+/* ---- Reader ---- */
+typedef struct lf_reader lf_reader_t;
+typedef struct lf_pin lf_pin_t;
+/* An adapter reference for the hot path: index and incarnation packed by lf_reader_find. */
+typedef uint64_t lf_adapter_ref_t;
+
+/* Maps the arena of the daemon at `runtime_dir` (same default as lf_client_open) and claims
+ * one reader-table entry for the calling process. Needs the daemon only to learn the arena
+ * names; after that it works even while the daemon restarts. One thread at a time. */
+LF_API int lf_reader_open(const char *runtime_dir, lf_reader_t **out);
+/* Releases every pin the reader still holds and frees its table entry. Accepts NULL. */
+LF_API void lf_reader_close(lf_reader_t *reader);
+LF_API const char *lf_reader_last_error(const lf_reader_t *reader);
+
+/* Looks an adapter up by name (a scan of the adapter table; call it once, keep the ref). */
+LF_API int lf_reader_find(lf_reader_t *reader, const char *name, lf_adapter_ref_t *out);
+/* Pins the active version if it is >= min_version; otherwise the newest kept version that is
+ * (after a rollback). LF_E_NO_VERSION when none is; LF_E_STALE when the adapter was dropped.
+ * The pin stays valid, and its tensors unchanged, until lf_pin_release. Release only after
+ * every GPU or CPU work that reads the tensors is done. */
+LF_API int lf_reader_acquire(lf_reader_t *reader, lf_adapter_ref_t ref, uint64_t min_version,
+                             lf_pin_t **out);
+/* Pins exactly `version`, if it is active or kept. */
+LF_API int lf_reader_acquire_version(lf_reader_t *reader, lf_adapter_ref_t ref, uint64_t version,
+                                     lf_pin_t **out);
+/* Ends the pin; its views must not be used after this. Accepts NULL. */
+LF_API void lf_pin_release(lf_pin_t *pin);
+LF_API uint64_t lf_pin_version(const lf_pin_t *pin);
+LF_API size_t lf_pin_tensor_count(const lf_pin_t *pin);
+LF_API int lf_pin_tensor(const lf_pin_t *pin, size_t index, lf_tensor_view_t *out);
+LF_API int lf_pin_tensor_by_name(const lf_pin_t *pin, const char *name, lf_tensor_view_t *out);
+/* The active version now (0: none yet), without pinning. */
+LF_API int lf_reader_active_version(lf_reader_t *reader, lf_adapter_ref_t ref, uint64_t *out);
+/* Blocks until the adapter's active version differs from `version` and is newer, or
+ * `timeout_ms` passes (< 0: forever). Waits on a futex the daemon bumps at each flip: no
+ * message to the daemon. *version_out receives the active version. */
+LF_API int lf_reader_wait(lf_reader_t *reader, lf_adapter_ref_t ref, uint64_t version,
+                          int timeout_ms, uint64_t *version_out);
+
+/* ---- Flip events (ZeroMQ SUB on the daemon's events socket) ---- */
+typedef struct lf_events lf_events_t;
+/* Subscribes to flips of `adapter` (NULL: all adapters). One thread at a time. */
+LF_API int lf_events_open(const char *runtime_dir, const char *adapter, lf_events_t **out);
+LF_API void lf_events_close(lf_events_t *events);
+/* Waits up to timeout_ms (< 0: forever) for the next flip; copies the adapter name into
+ * name_buf (truncated to name_cap - 1 bytes, NUL-terminated) and its new active version. */
+LF_API int lf_events_next(lf_events_t *events, int timeout_ms, char *name_buf, size_t name_cap,
+                          uint64_t *version_out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LORAFLIP_H */

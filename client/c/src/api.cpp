@@ -1,0 +1,585 @@
+// The C ABI. Every function catches everything: no exception crosses into the caller.
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unistd.h>
+#include <vector>
+
+#include <zmq.hpp>
+#include <zmq_addon.hpp>
+
+#include "connection.hpp"
+#include "ipc/arena.hpp"
+#include "ipc/dtype.hpp"
+#include "ipc/paths.hpp"
+#include "ipc/proc.hpp"
+#include "ipc/schema.hpp"
+#include "kernels/validate.hpp"
+#include "loraflip.h"
+#include "reader.hpp"
+
+using loraflip::Error;
+using loraflip::make_error;
+using loraflip::Result;
+using loraflip::Status;
+namespace ipc = loraflip::ipc;
+namespace client = loraflip::client;
+
+struct lf_client {
+  std::mutex mutex;  // serializes every call: one socket, one reply at a time
+  client::Connection connection;
+  std::optional<ipc::Arena> arena;  // data mapped read-write, made at the first begin_write
+  std::string last_error;
+  explicit lf_client(client::Connection c) : connection(std::move(c)) {}
+};
+
+struct lf_spec {
+  std::vector<ipc::TensorSpec> tensors;
+  int rank = 0;
+  double alpha = 0;
+  bool rank_set = false;
+  std::string target_modules;
+  bool use_rslora = false;
+  std::string metadata;
+  int slots = 0;
+  int history = -1;
+};
+
+struct lf_writer {
+  lf_client *client;
+  uint64_t lease;
+  const std::byte *base;
+  std::byte *writable;
+  const ipc::TensorDesc *tensors;
+  uint32_t tensor_count;
+  uint64_t slot_bytes;
+};
+
+struct lf_events {
+  zmq::context_t context{1};
+  zmq::socket_t socket{context, zmq::socket_type::sub};
+};
+
+namespace {
+
+thread_local std::string t_last_error;
+
+// Runs `body` (which returns a status), turning any exception into LF_E_INTERNAL.
+template <typename F>
+int guarded(std::string *last_error, F &&body) noexcept {
+  try {
+    return body();
+  } catch (const std::bad_alloc &) {
+    if (last_error) *last_error = "out of memory";
+    return LF_E_SYSTEM;
+  } catch (const std::exception &e) {
+    if (last_error) *last_error = std::string("internal error: ") + e.what();
+    return LF_E_INTERNAL;
+  } catch (...) {
+    if (last_error) *last_error = "internal error";
+    return LF_E_INTERNAL;
+  }
+}
+
+int fail(std::string *last_error, const Error &e) {
+  if (last_error) *last_error = e.message;
+  return e.code;
+}
+
+int invalid(std::string *last_error, const char *message) {
+  if (last_error) *last_error = message;
+  return LF_E_INVALID_ARGUMENT;
+}
+
+char *dup_string(const std::string &s) {
+  char *p = static_cast<char *>(std::malloc(s.size() + 1));
+  if (p != nullptr) std::memcpy(p, s.c_str(), s.size() + 1);
+  return p;
+}
+
+// Sends a request and returns its result as JSON.
+int request_json(lf_client *c, const char *op, const ipc::Encoder &args, char **json_out) {
+  auto reply = c->connection.request(op, {args.data(), args.size()});
+  if (!reply) return fail(&c->last_error, reply.error());
+  char *json = dup_string(ipc::to_json(client::result_of(reply.value())));
+  if (json == nullptr) return fail(&c->last_error, make_error(LF_E_SYSTEM, "out of memory"));
+  *json_out = json;
+  return LF_OK;
+}
+
+int fill_view(const ipc::TensorDesc &d, const std::byte *base, uint64_t version,
+              lf_tensor_view_t *out) {
+  lf_tensor_view_t v{};
+  v.data = const_cast<std::byte *>(base + d.offset);
+  v.name = d.name;
+  v.dtype = d.dtype;
+  v.ndim = d.ndim;
+  for (int i = 0; i < d.ndim && i < LF_MAX_DIMS; ++i) v.shape[i] = d.shape[i];
+  v.nbytes = d.nbytes;
+  v.version = version;
+  v.device = -1;
+  *out = v;
+  return LF_OK;
+}
+
+// Index of tensor `name`, or -1.
+int64_t tensor_index(const ipc::TensorDesc *tensors, uint32_t count, const char *name) {
+  for (uint32_t i = 0; i < count; ++i)
+    if (std::strncmp(tensors[i].name, name, sizeof tensors[i].name) == 0) return i;
+  return -1;
+}
+
+}  // namespace
+
+extern "C" {
+
+const char *lf_strerror(int status) {
+  switch (status) {
+    case LF_OK: return "success";
+    case LF_E_INVALID_ARGUMENT: return "invalid argument";
+    case LF_E_NOT_FOUND: return "not found";
+    case LF_E_EXISTS: return "already exists";
+    case LF_E_ARENA_FULL: return "arena full";
+    case LF_E_NO_FREE_SLOT: return "no free slot";
+    case LF_E_TABLE_FULL: return "table full";
+    case LF_E_PROTOCOL: return "malformed message";
+    case LF_E_PROTOCOL_VERSION: return "protocol version mismatch";
+    case LF_E_LAYOUT_MISMATCH: return "arena layout mismatch";
+    case LF_E_TIMEOUT: return "timed out";
+    case LF_E_CONNECTION: return "daemon unreachable";
+    case LF_E_LEASE: return "write lease unknown or expired";
+    case LF_E_VALIDATION: return "validation failed";
+    case LF_E_NO_VERSION: return "no such version";
+    case LF_E_TOO_LARGE: return "too large";
+    case LF_E_SYSTEM: return "system error";
+    case LF_E_INTERNAL: return "internal error";
+    case LF_E_PINS_FULL: return "reader holds too many pins";
+    case LF_E_STALE: return "adapter dropped";
+    case LF_E_UNSUPPORTED: return "unsupported";
+    case LF_E_PERMISSION: return "permission denied";
+    case LF_E_UNKNOWN_OP: return "unknown operation";
+    default: return "unknown error";
+  }
+}
+
+size_t lf_dtype_size(int dtype) { return ipc::dtype_size(dtype); }
+const char *lf_dtype_name(int dtype) { return ipc::dtype_name(dtype); }
+void lf_free(void *p) { std::free(p); }
+const char *lf_last_error_message(void) { return t_last_error.c_str(); }
+
+/* ---- client ---- */
+
+int lf_client_open(const char *runtime_dir, int timeout_ms, lf_client_t **out) {
+  return guarded(&t_last_error, [&] {
+    if (out == nullptr) return invalid(&t_last_error, "out is NULL");
+    auto connection = client::Connection::open(client::resolve_runtime_dir(runtime_dir), timeout_ms);
+    if (!connection) return fail(&t_last_error, connection.error());
+    *out = new lf_client(std::move(connection).value());
+    return LF_OK;
+  });
+}
+
+void lf_client_close(lf_client_t *c) { delete c; }
+
+const char *lf_client_last_error(const lf_client_t *c) {
+  return c == nullptr ? "client is NULL" : c->last_error.c_str();
+}
+
+int lf_spec_new(lf_spec_t **out) {
+  return guarded(&t_last_error, [&] {
+    if (out == nullptr) return invalid(&t_last_error, "out is NULL");
+    *out = new lf_spec();
+    return LF_OK;
+  });
+}
+
+void lf_spec_free(lf_spec_t *spec) { delete spec; }
+
+int lf_spec_add_tensor(lf_spec_t *spec, const char *name, int dtype, int ndim, const int64_t *shape) {
+  return guarded(&t_last_error, [&] {
+    if (spec == nullptr || name == nullptr) return invalid(&t_last_error, "spec or name is NULL");
+    if (ndim < 0 || ndim > LF_MAX_DIMS || (ndim > 0 && shape == nullptr))
+      return invalid(&t_last_error, "ndim must be 0..LF_MAX_DIMS with a shape array");
+    if (Status s = ipc::check_tensor_name(name); !s) return fail(&t_last_error, s.error());
+    std::vector<int64_t> dims(shape, shape + ndim);
+    if (auto bytes = ipc::tensor_bytes(dtype, dims); !bytes) return fail(&t_last_error, bytes.error());
+    spec->tensors.push_back({name, dtype, std::move(dims)});
+    return LF_OK;
+  });
+}
+
+int lf_spec_set_lora(lf_spec_t *spec, int rank, double alpha, const char *target_modules,
+                     int use_rslora) {
+  return guarded(&t_last_error, [&] {
+    if (spec == nullptr) return invalid(&t_last_error, "spec is NULL");
+    if (rank < 0 || rank > 65536) return invalid(&t_last_error, "rank must be 0..65536");
+    spec->rank = rank;
+    spec->alpha = alpha;
+    spec->rank_set = true;
+    spec->target_modules = target_modules == nullptr ? "" : target_modules;
+    spec->use_rslora = use_rslora != 0;
+    return LF_OK;
+  });
+}
+
+int lf_spec_set_metadata(lf_spec_t *spec, const char *metadata) {
+  return guarded(&t_last_error, [&] {
+    if (spec == nullptr || metadata == nullptr) return invalid(&t_last_error, "spec or metadata is NULL");
+    if (std::strlen(metadata) > 65536)
+      return fail(&t_last_error, make_error(LF_E_TOO_LARGE, "metadata is over 64 KiB"));
+    spec->metadata = metadata;
+    return LF_OK;
+  });
+}
+
+int lf_spec_set_slots(lf_spec_t *spec, int slots, int history) {
+  return guarded(&t_last_error, [&] {
+    if (spec == nullptr) return invalid(&t_last_error, "spec is NULL");
+    if (slots < 0 || slots > 64 || history < -1 || history > 62)
+      return invalid(&t_last_error, "slots must be 0..64 and history -1..62");
+    spec->slots = slots;
+    spec->history = history;
+    return LF_OK;
+  });
+}
+
+int lf_client_create_adapter(lf_client_t *c, const char *name, const lf_spec_t *spec) {
+  if (c == nullptr) return LF_E_INVALID_ARGUMENT;
+  std::lock_guard lock(c->mutex);
+  return guarded(&c->last_error, [&] {
+    if (name == nullptr || spec == nullptr) return invalid(&c->last_error, "name or spec is NULL");
+    ipc::Encoder e;
+    e.map(spec->rank_set ? 6 : 5).key("name").str(name);
+    e.key("tensors").array(static_cast<uint32_t>(spec->tensors.size()));
+    for (const ipc::TensorSpec &t : spec->tensors) {
+      e.map(3).key("name").str(t.name).key("dtype").str(ipc::dtype_name(t.dtype)).key("shape");
+      e.array(static_cast<uint32_t>(t.shape.size()));
+      for (int64_t d : t.shape) e.i64(d);
+    }
+    e.key("metadata").str(spec->metadata);
+    e.key("slots").u64(static_cast<uint64_t>(spec->slots));
+    e.key("history").i64(spec->history);
+    if (spec->rank_set) {
+      e.key("lora").map(4)
+          .key("rank").u64(static_cast<uint64_t>(spec->rank))
+          .key("alpha").f64(spec->alpha)
+          .key("target_modules").str(spec->target_modules)
+          .key("use_rslora").boolean(spec->use_rslora);
+    }
+    auto reply = c->connection.request("create_adapter", {e.data(), e.size()});
+    return reply ? LF_OK : fail(&c->last_error, reply.error());
+  });
+}
+
+#define LF_SIMPLE_NAME_REQUEST(op, extra_count, extra)                              \
+  if (c == nullptr) return LF_E_INVALID_ARGUMENT;                                    \
+  std::lock_guard lock(c->mutex);                                                    \
+  return guarded(&c->last_error, [&] {                                               \
+    if (name == nullptr) return invalid(&c->last_error, "name is NULL");             \
+    ipc::Encoder e;                                                                  \
+    e.map(1 + (extra_count)).key("name").str(name);                                  \
+    extra;                                                                           \
+    auto reply = c->connection.request(op, {e.data(), e.size()});                    \
+    return reply ? LF_OK : fail(&c->last_error, reply.error());                      \
+  })
+
+int lf_client_drop_adapter(lf_client_t *c, const char *name) {
+  LF_SIMPLE_NAME_REQUEST("drop_adapter", 0, (void)0);
+}
+
+int lf_client_rollback(lf_client_t *c, const char *name, uint64_t version) {
+  LF_SIMPLE_NAME_REQUEST("rollback", 1, e.key("version").u64(version));
+}
+
+#undef LF_SIMPLE_NAME_REQUEST
+
+int lf_client_list(lf_client_t *c, char **json_out) {
+  if (c == nullptr) return LF_E_INVALID_ARGUMENT;
+  std::lock_guard lock(c->mutex);
+  return guarded(&c->last_error, [&] {
+    if (json_out == nullptr) return invalid(&c->last_error, "json_out is NULL");
+    ipc::Encoder e;
+    e.map(0);
+    return request_json(c, "list", e, json_out);
+  });
+}
+
+int lf_client_info(lf_client_t *c, const char *name, char **json_out) {
+  if (c == nullptr) return LF_E_INVALID_ARGUMENT;
+  std::lock_guard lock(c->mutex);
+  return guarded(&c->last_error, [&] {
+    if (name == nullptr || json_out == nullptr) return invalid(&c->last_error, "name or json_out is NULL");
+    ipc::Encoder e;
+    e.map(1).key("name").str(name);
+    return request_json(c, "info", e, json_out);
+  });
+}
+
+int lf_client_stats(lf_client_t *c, char **json_out) {
+  if (c == nullptr) return LF_E_INVALID_ARGUMENT;
+  std::lock_guard lock(c->mutex);
+  return guarded(&c->last_error, [&] {
+    if (json_out == nullptr) return invalid(&c->last_error, "json_out is NULL");
+    ipc::Encoder e;
+    e.map(0);
+    return request_json(c, "stats", e, json_out);
+  });
+}
+
+/* ---- writer ---- */
+
+int lf_client_begin_write(lf_client_t *c, const char *name, int lease_ms, lf_writer_t **out) {
+  if (c == nullptr) return LF_E_INVALID_ARGUMENT;
+  std::lock_guard lock(c->mutex);
+  return guarded(&c->last_error, [&] {
+    if (name == nullptr || out == nullptr) return invalid(&c->last_error, "name or out is NULL");
+    if (!c->arena) {
+      auto arena = ipc::Arena::attach(c->connection.hello().control_segment,
+                                      ipc::Segment::Access::kReadWrite);
+      if (!arena) return fail(&c->last_error, arena.error());
+      c->arena.emplace(std::move(arena).value());
+    }
+    ipc::Encoder e;
+    e.map(4)
+        .key("name").str(name)
+        .key("lease_ms").u64(lease_ms > 0 ? static_cast<uint64_t>(lease_ms) : 30000)
+        .key("pid").u64(static_cast<uint64_t>(::getpid()))
+        .key("start").u64(ipc::process_start_time(::getpid()));
+    auto reply = c->connection.request("begin_write", {e.data(), e.size()});
+    if (!reply) return fail(&c->last_error, reply.error());
+    auto r = ipc::MapView::of(client::result_of(reply.value()), "begin_write result");
+    if (!r) return fail(&c->last_error, r.error());
+    auto lease = r->uint("lease");
+    auto adapter = r->uint("adapter");
+    auto incarnation = r->uint("incarnation");
+    auto offset = r->uint("data_offset");
+    auto slot_bytes = r->uint("slot_bytes");
+    if (!lease || !adapter || !incarnation || !offset || !slot_bytes)
+      return fail(&c->last_error, make_error(LF_E_PROTOCOL, "begin_write reply lacks a field"));
+    const ipc::Arena &arena = *c->arena;
+    if (adapter.value() >= arena.max_adapters() ||
+        offset.value() > arena.data_bytes() || slot_bytes.value() > arena.data_bytes() - offset.value())
+      return fail(&c->last_error, make_error(LF_E_PROTOCOL, "begin_write reply names memory outside the arena"));
+    const ipc::AdapterRecord &rec = arena.adapter(static_cast<uint32_t>(adapter.value()));
+    if (rec.incarnation.load() != incarnation.value())
+      return fail(&c->last_error, make_error(LF_E_STALE, "the adapter was dropped during begin_write"));
+    *out = new lf_writer{c, lease.value(), arena.data_at(offset.value()),
+                         arena.data_at(offset.value()), arena.tensors(rec), rec.tensor_count,
+                         slot_bytes.value()};
+    return LF_OK;
+  });
+}
+
+int lf_writer_tensor_count(const lf_writer_t *w, size_t *out) {
+  if (w == nullptr || out == nullptr) return LF_E_INVALID_ARGUMENT;
+  *out = w->tensor_count;
+  return LF_OK;
+}
+
+int lf_writer_tensor(const lf_writer_t *w, size_t index, lf_tensor_view_t *out) {
+  if (w == nullptr || out == nullptr) return LF_E_INVALID_ARGUMENT;
+  if (index >= w->tensor_count) return LF_E_NOT_FOUND;
+  return fill_view(w->tensors[index], w->base, 0, out);
+}
+
+int lf_writer_tensor_by_name(const lf_writer_t *w, const char *name, lf_tensor_view_t *out) {
+  if (w == nullptr || name == nullptr || out == nullptr) return LF_E_INVALID_ARGUMENT;
+  const int64_t i = tensor_index(w->tensors, w->tensor_count, name);
+  if (i < 0) return LF_E_NOT_FOUND;
+  return fill_view(w->tensors[i], w->base, 0, out);
+}
+
+int lf_writer_copy_in(lf_writer_t *w, size_t index, const void *src, size_t nbytes) {
+  if (w == nullptr || (src == nullptr && nbytes != 0)) return LF_E_INVALID_ARGUMENT;
+  if (index >= w->tensor_count) return LF_E_NOT_FOUND;
+  const ipc::TensorDesc &d = w->tensors[index];
+  if (nbytes != d.nbytes) return LF_E_INVALID_ARGUMENT;
+  std::memcpy(w->writable + d.offset, src, nbytes);
+  return LF_OK;
+}
+
+int lf_writer_commit(lf_writer_t *w, unsigned flags, uint64_t *version_out) {
+  if (w == nullptr) return LF_E_INVALID_ARGUMENT;
+  lf_client *c = w->client;
+  std::lock_guard lock(c->mutex);
+  const int status = guarded(&c->last_error, [&] {
+    ipc::Encoder e;
+    const bool checksum = (flags & LF_COMMIT_CHECKSUM) != 0;
+    e.map(checksum ? 3 : 2).key("lease").u64(w->lease).key("flags").u64(flags);
+    if (checksum) e.key("checksum").u64(loraflip::kernels::checksum(w->base, w->slot_bytes));
+    auto reply = c->connection.request("commit", {e.data(), e.size()});
+    if (!reply) return fail(&c->last_error, reply.error());
+    auto r = ipc::MapView::of(client::result_of(reply.value()), "commit result");
+    auto version = r ? r->uint("version") : Result<uint64_t>(r.error());
+    if (!version) return fail(&c->last_error, version.error());
+    if (version_out != nullptr) *version_out = version.value();
+    return LF_OK;
+  });
+  delete w;
+  return status;
+}
+
+int lf_writer_abort(lf_writer_t *w) {
+  if (w == nullptr) return LF_OK;
+  lf_client *c = w->client;
+  std::lock_guard lock(c->mutex);
+  const int status = guarded(&c->last_error, [&] {
+    ipc::Encoder e;
+    e.map(1).key("lease").u64(w->lease);
+    auto reply = c->connection.request("abort", {e.data(), e.size()});
+    return reply ? LF_OK : fail(&c->last_error, reply.error());
+  });
+  delete w;
+  return status;
+}
+
+/* ---- reader ---- */
+
+int lf_reader_open(const char *runtime_dir, lf_reader_t **out) {
+  return guarded(&t_last_error, [&] {
+    if (out == nullptr) return invalid(&t_last_error, "out is NULL");
+    auto connection = client::Connection::open(client::resolve_runtime_dir(runtime_dir), 0);
+    if (!connection) return fail(&t_last_error, connection.error());
+    auto arena = ipc::Arena::attach(connection->hello().control_segment,
+                                    ipc::Segment::Access::kReadOnly);
+    if (!arena) return fail(&t_last_error, arena.error());
+    auto reader = std::make_unique<lf_reader>(std::move(arena).value());
+    if (Status s = client::claim_entry(*reader); !s) return fail(&t_last_error, s.error());
+    *out = reader.release();
+    return LF_OK;
+  });
+}
+
+void lf_reader_close(lf_reader_t *reader) {
+  if (reader == nullptr) return;
+  client::release_entry(*reader);
+  delete reader;
+}
+
+const char *lf_reader_last_error(const lf_reader_t *reader) {
+  return reader == nullptr ? "reader is NULL" : reader->last_error.c_str();
+}
+
+int lf_reader_find(lf_reader_t *reader, const char *name, lf_adapter_ref_t *out) {
+  if (reader == nullptr || name == nullptr || out == nullptr) return LF_E_INVALID_ARGUMENT;
+  return guarded(&reader->last_error, [&] {
+    auto ref = client::find_adapter(*reader, name);
+    if (!ref) return fail(&reader->last_error, ref.error());
+    *out = ref.value();
+    return LF_OK;
+  });
+}
+
+// The hot path: no allocation, no exception source, no system call.
+int lf_reader_acquire(lf_reader_t *reader, lf_adapter_ref_t ref, uint64_t min_version, lf_pin_t **out) {
+  if (reader == nullptr || out == nullptr) return LF_E_INVALID_ARGUMENT;
+  return guarded(&reader->last_error,
+                 [&] { return client::acquire(*reader, ref, min_version, false, out); });
+}
+
+int lf_reader_acquire_version(lf_reader_t *reader, lf_adapter_ref_t ref, uint64_t version,
+                              lf_pin_t **out) {
+  if (reader == nullptr || out == nullptr || version == 0) return LF_E_INVALID_ARGUMENT;
+  return guarded(&reader->last_error,
+                 [&] { return client::acquire(*reader, ref, version, true, out); });
+}
+
+void lf_pin_release(lf_pin_t *pin) {
+  if (pin != nullptr && pin->owner != nullptr) client::release(pin);
+}
+
+uint64_t lf_pin_version(const lf_pin_t *pin) { return pin == nullptr ? 0 : pin->version; }
+
+size_t lf_pin_tensor_count(const lf_pin_t *pin) { return pin == nullptr ? 0 : pin->tensor_count; }
+
+int lf_pin_tensor(const lf_pin_t *pin, size_t index, lf_tensor_view_t *out) {
+  if (pin == nullptr || pin->owner == nullptr || out == nullptr) return LF_E_INVALID_ARGUMENT;
+  if (index >= pin->tensor_count) return LF_E_NOT_FOUND;
+  return fill_view(pin->tensors[index], pin->base, pin->version, out);
+}
+
+int lf_pin_tensor_by_name(const lf_pin_t *pin, const char *name, lf_tensor_view_t *out) {
+  if (pin == nullptr || pin->owner == nullptr || name == nullptr || out == nullptr)
+    return LF_E_INVALID_ARGUMENT;
+  const int64_t i = tensor_index(pin->tensors, pin->tensor_count, name);
+  if (i < 0) return LF_E_NOT_FOUND;
+  return fill_view(pin->tensors[i], pin->base, pin->version, out);
+}
+
+int lf_reader_active_version(lf_reader_t *reader, lf_adapter_ref_t ref, uint64_t *out) {
+  if (reader == nullptr || out == nullptr) return LF_E_INVALID_ARGUMENT;
+  const uint32_t index = static_cast<uint32_t>(ref & 0xffff);
+  if (index >= reader->arena.max_adapters()) return LF_E_INVALID_ARGUMENT;
+  const ipc::AdapterRecord &r = reader->arena.adapter(index);
+  const uint64_t active = r.active.load();
+  if (r.incarnation.load() != (ref >> 16) ||
+      r.state.load() != static_cast<uint32_t>(ipc::AdapterState::kLive))
+    return LF_E_STALE;
+  *out = ipc::active_version(active);
+  return LF_OK;
+}
+
+int lf_reader_wait(lf_reader_t *reader, lf_adapter_ref_t ref, uint64_t version, int timeout_ms,
+                   uint64_t *version_out) {
+  if (reader == nullptr || version_out == nullptr) return LF_E_INVALID_ARGUMENT;
+  return guarded(&reader->last_error, [&] {
+    return client::wait_for_newer(*reader, ref, version, timeout_ms, version_out);
+  });
+}
+
+/* ---- events ---- */
+
+int lf_events_open(const char *runtime_dir, const char *adapter, lf_events_t **out) {
+  return guarded(&t_last_error, [&] {
+    if (out == nullptr) return invalid(&t_last_error, "out is NULL");
+    if (adapter != nullptr) {
+      if (Status s = ipc::check_adapter_name(adapter); !s) return fail(&t_last_error, s.error());
+    }
+    const std::string dir = client::resolve_runtime_dir(runtime_dir);
+    if (::access((dir + "/events").c_str(), F_OK) != 0)
+      return fail(&t_last_error, make_error(LF_E_CONNECTION, "no loraflipd events socket in " + dir));
+    auto events = std::make_unique<lf_events>();
+    events->socket.set(zmq::sockopt::linger, 0);
+    events->socket.set(zmq::sockopt::maxmsgsize, int64_t{1} << 20);
+    events->socket.set(zmq::sockopt::subscribe,
+                       adapter == nullptr ? std::string(ipc::kEventTopicAll) : ipc::event_topic(adapter));
+    events->socket.connect(ipc::events_endpoint(dir));
+    *out = events.release();
+    return LF_OK;
+  });
+}
+
+void lf_events_close(lf_events_t *events) { delete events; }
+
+int lf_events_next(lf_events_t *events, int timeout_ms, char *name_buf, size_t name_cap,
+                   uint64_t *version_out) {
+  if (events == nullptr) return LF_E_INVALID_ARGUMENT;
+  return guarded(nullptr, [&] {
+    zmq::pollitem_t item{events->socket.handle(), 0, ZMQ_POLLIN, 0};
+    for (;;) {
+      if (zmq::poll(&item, 1, std::chrono::milliseconds(timeout_ms)) == 0) return LF_E_TIMEOUT;
+      std::vector<zmq::message_t> frames;
+      if (!zmq::recv_multipart(events->socket, std::back_inserter(frames), zmq::recv_flags::dontwait))
+        continue;
+      if (frames.size() != 2) continue;
+      auto decoded = ipc::decode(frames[1].data(), frames[1].size());
+      if (!decoded) continue;
+      auto view = ipc::MapView::of(decoded->get(), "event");
+      if (!view) continue;
+      auto name = view->str("adapter");
+      auto version = view->uint("version");
+      if (!name || !version) continue;
+      if (name_buf != nullptr && name_cap > 0) {
+        const size_t n = std::min(name_cap - 1, name->size());
+        std::memcpy(name_buf, name->data(), n);
+        name_buf[n] = '\0';
+      }
+      if (version_out != nullptr) *version_out = version.value();
+      return LF_OK;
+    }
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,175 @@
+#include "reader.hpp"
+
+#include <cstring>
+#include <unistd.h>
+
+#include "ipc/futex.hpp"
+#include "ipc/proc.hpp"
+
+namespace loraflip::client {
+namespace {
+
+constexpr auto kSeqCst = std::memory_order_seq_cst;
+
+uint32_t ref_index(lf_adapter_ref_t ref) { return static_cast<uint32_t>(ref & 0xffff); }
+uint64_t ref_incarnation(lf_adapter_ref_t ref) { return ref >> 16; }
+
+bool same_adapter(const ipc::AdapterRecord &r, lf_adapter_ref_t ref) {
+  return r.incarnation.load(kSeqCst) == ref_incarnation(ref) &&
+         r.state.load(kSeqCst) == static_cast<uint32_t>(ipc::AdapterState::kLive);
+}
+
+int fail(lf_reader &reader, int code, std::string message) {
+  reader.last_error = std::move(message);
+  return code;
+}
+
+}  // namespace
+
+Status claim_entry(lf_reader &reader) {
+  const uint64_t pid = static_cast<uint64_t>(::getpid());
+  const uint64_t start = ipc::process_start_time(::getpid());
+  for (uint32_t i = 0; i < reader.arena.max_readers(); ++i) {
+    ipc::ReaderEntry &e = reader.arena.reader(i);
+    uint64_t expected = 0;
+    if (e.owner_pid.load(std::memory_order_relaxed) != 0 ||
+        !e.owner_pid.compare_exchange_strong(expected, pid, kSeqCst))
+      continue;
+    e.owner_start.store(start, kSeqCst);
+    reader.entry = &e;
+    return {};
+  }
+  return make_error(LF_E_TABLE_FULL, "the reader table is full (" +
+                                         std::to_string(reader.arena.max_readers()) +
+                                         " readers); close readers or restart the daemon with "
+                                         "a larger --max-readers");
+}
+
+void release_entry(lf_reader &reader) {
+  if (reader.entry == nullptr) return;
+  for (auto &cell : reader.entry->pins) cell.store(0, kSeqCst);
+  reader.entry->owner_start.store(0, kSeqCst);
+  uint64_t pid = static_cast<uint64_t>(::getpid());
+  // A CAS, not a store: if the daemon took the entry (it believed us dead), it is not ours.
+  reader.entry->owner_pid.compare_exchange_strong(pid, 0, kSeqCst);
+  reader.entry = nullptr;
+}
+
+Result<lf_adapter_ref_t> find_adapter(const lf_reader &reader, const char *name) {
+  for (uint32_t i = 0; i < reader.arena.max_adapters(); ++i) {
+    const ipc::AdapterRecord &r = reader.arena.adapter(i);
+    if (r.state.load(kSeqCst) != static_cast<uint32_t>(ipc::AdapterState::kLive)) continue;
+    const uint64_t incarnation = r.incarnation.load(kSeqCst);
+    if (std::strncmp(r.name, name, sizeof r.name) != 0) continue;
+    // The name was read while the record could change under us: it counts only if the record
+    // is still the same incarnation, live, afterwards.
+    if (r.incarnation.load(kSeqCst) != incarnation ||
+        r.state.load(kSeqCst) != static_cast<uint32_t>(ipc::AdapterState::kLive))
+      continue;
+    return lf_adapter_ref_t{incarnation << 16 | i};
+  }
+  return make_error(LF_E_NOT_FOUND, std::string("no adapter '") + name + "'");
+}
+
+int acquire(lf_reader &reader, lf_adapter_ref_t ref, uint64_t version, bool exact, lf_pin **out) {
+  const uint32_t index = ref_index(ref);
+  if (index >= reader.arena.max_adapters())
+    return fail(reader, LF_E_INVALID_ARGUMENT, "adapter reference out of range");
+  if (reader.free_cells == 0)
+    return fail(reader, LF_E_PINS_FULL, "this reader holds " + std::to_string(LF_MAX_PINS) +
+                                            " pins already; release one first");
+  const uint32_t cell = static_cast<uint32_t>(__builtin_ctz(reader.free_cells));
+  std::atomic<uint64_t> &pin_cell = reader.entry->pins[cell];
+  const ipc::AdapterRecord &r = reader.arena.adapter(index);
+
+  uint64_t pinned_word = 0;  // pack_active(version, slot) that the pin names
+  for (;;) {
+    const uint64_t active = r.active.load(kSeqCst);
+    const uint64_t active_v = ipc::active_version(active);
+    if (active != 0 && (exact ? active_v == version : active_v >= version)) {
+      pin_cell.store(ipc::pack_pin(active, index), kSeqCst);
+      if (r.active.load(kSeqCst) != active) continue;  // flipped meanwhile: the pin may be unseen
+      pinned_word = active;
+      break;
+    }
+    // Not the active version: look among the kept ones (possible after a rollback, or when
+    // asking for an exact older version).
+    uint64_t best_word = 0;
+    uint32_t best_slot = 0;
+    for (uint32_t s = 0; s < r.slot_count && s < ipc::kMaxSlots; ++s) {
+      const uint64_t w = r.slots[s].word.load(kSeqCst);
+      if (ipc::slot_word_state(w) != ipc::SlotState::kCommitted) continue;
+      const uint64_t v = ipc::slot_word_version(w);
+      if (exact ? v == version : (v >= version && v > ipc::slot_word_version(best_word))) {
+        best_word = w;
+        best_slot = s;
+      }
+    }
+    if (best_word == 0) {
+      if (!same_adapter(r, ref))
+        return fail(reader, LF_E_STALE, "the adapter was dropped");
+      return fail(reader, LF_E_NO_VERSION,
+                  (exact ? "version " : "no version >= ") + std::to_string(version) +
+                      (exact ? " is neither active nor kept" : " is active or kept"));
+    }
+    pin_cell.store(ipc::pack_pin(ipc::pack_active(ipc::slot_word_version(best_word), best_slot), index),
+                   kSeqCst);
+    if (r.slots[best_slot].word.load(kSeqCst) != best_word) continue;  // evicted meanwhile
+    pinned_word = ipc::pack_active(ipc::slot_word_version(best_word), best_slot);
+    break;
+  }
+  if (r.incarnation.load(kSeqCst) != ref_incarnation(ref)) {
+    pin_cell.store(0, std::memory_order_release);
+    return fail(reader, LF_E_STALE, "the adapter was dropped and its record reused");
+  }
+  reader.free_cells &= ~(1u << cell);
+  lf_pin &pin = reader.pins[cell];
+  pin.owner = &reader;
+  pin.cell = cell;
+  pin.adapter = index;
+  pin.version = ipc::active_version(pinned_word);
+  pin.base = reader.arena.data_at(r.slots[ipc::active_slot(pinned_word)].data_offset);
+  pin.tensors = reader.arena.tensors(r);
+  pin.tensor_count = r.tensor_count;
+  *out = &pin;
+  return LF_OK;
+}
+
+void release(lf_pin *pin) {
+  lf_reader &reader = *pin->owner;
+  // Release order: every read of the pinned bytes happens before the daemon can see the cell
+  // empty and lend the slot to a writer.
+  reader.entry->pins[pin->cell].store(0, std::memory_order_release);
+  reader.free_cells |= 1u << pin->cell;
+  pin->owner = nullptr;
+}
+
+int wait_for_newer(lf_reader &reader, lf_adapter_ref_t ref, uint64_t version, int timeout_ms,
+                   uint64_t *out) {
+  const uint32_t index = ref_index(ref);
+  if (index >= reader.arena.max_adapters())
+    return fail(reader, LF_E_INVALID_ARGUMENT, "adapter reference out of range");
+  const ipc::AdapterRecord &r = reader.arena.adapter(index);
+  std::atomic<uint32_t> &seq = reader.arena.header().flip_seq;
+  const uint64_t deadline =
+      timeout_ms < 0 ? UINT64_MAX : ipc::monotonic_now_ns() + uint64_t(timeout_ms) * 1000000ULL;
+  for (;;) {
+    // Read the sequence before the condition: a flip after this load changes the word, so the
+    // futex wait below returns at once instead of sleeping through it.
+    const uint32_t observed = seq.load(kSeqCst);
+    if (!same_adapter(r, ref)) return fail(reader, LF_E_STALE, "the adapter was dropped");
+    const uint64_t active = ipc::active_version(r.active.load(kSeqCst));
+    if (active > version) {
+      *out = active;
+      return LF_OK;
+    }
+    const uint64_t now = ipc::monotonic_now_ns();
+    if (now >= deadline)
+      return fail(reader, LF_E_TIMEOUT, "no version newer than " + std::to_string(version) +
+                                            " within " + std::to_string(timeout_ms) + " ms");
+    ipc::futex_wait(&seq, observed,
+                    deadline == UINT64_MAX ? -1 : static_cast<int64_t>(deadline - now));
+  }
+}
+
+}  // namespace loraflip::client

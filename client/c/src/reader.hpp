@@ -1,0 +1,50 @@
+// The reader side: one reader-table entry, pins, and the lock-free acquire handshake. Plain C++
+// behind the C API so that tests can drive it directly.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "ipc/arena.hpp"
+#include "ipc/result.hpp"
+#include "loraflip.h"
+
+struct lf_pin {
+  lf_reader_t *owner;
+  uint32_t cell;     // index into the reader entry's pin cells
+  uint32_t adapter;
+  uint64_t version;
+  const std::byte *base;  // start of the pinned slot in the read-only data mapping
+  const loraflip::ipc::TensorDesc *tensors;
+  uint32_t tensor_count;
+};
+
+struct lf_reader {
+  loraflip::ipc::Arena arena;
+  loraflip::ipc::ReaderEntry *entry = nullptr;
+  uint32_t free_cells = (1u << LF_MAX_PINS) - 1;  // bit i set: pin cell i is unused
+  lf_pin pins[LF_MAX_PINS] = {};
+  std::string last_error;
+
+  explicit lf_reader(loraflip::ipc::Arena a) : arena(std::move(a)) {}
+};
+
+namespace loraflip::client {
+
+// Claims a free entry of the reader table for this process (LF_E_TABLE_FULL when none is).
+Status claim_entry(lf_reader &reader);
+// Clears every pin, then frees the entry.
+void release_entry(lf_reader &reader);
+
+Result<lf_adapter_ref_t> find_adapter(const lf_reader &reader, const char *name);
+
+// The acquire handshake (design.md, "Reader pinning"): publish the pin, then look at the word
+// that justified it once more; if it changed, the daemon may not have seen the pin: try again.
+// `exact` pins exactly `version`; otherwise the newest version >= `version`.
+int acquire(lf_reader &reader, lf_adapter_ref_t ref, uint64_t version, bool exact, lf_pin **out);
+void release(lf_pin *pin);
+
+int wait_for_newer(lf_reader &reader, lf_adapter_ref_t ref, uint64_t version, int timeout_ms,
+                   uint64_t *out);
+
+}  // namespace loraflip::client

@@ -1,0 +1,486 @@
+#include "daemon/registry.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <unordered_map>
+
+#include "ipc/futex.hpp"
+#include "ipc/proc.hpp"
+#include "kernels/validate.hpp"
+
+namespace loraflip::daemon {
+
+using ipc::AdapterRecord;
+using ipc::AdapterState;
+using ipc::SlotRecord;
+using ipc::SlotState;
+
+namespace {
+
+constexpr auto kSeqCst = std::memory_order_seq_cst;
+
+AdapterState state_of(const AdapterRecord &r) {
+  return static_cast<AdapterState>(r.state.load(kSeqCst));
+}
+
+SlotState slot_state(const SlotRecord &s) { return ipc::slot_word_state(s.word.load(kSeqCst)); }
+
+bool is_float(int32_t dtype) {
+  return dtype == LF_DTYPE_F32 || dtype == LF_DTYPE_F16 || dtype == LF_DTYPE_BF16 ||
+         dtype == LF_DTYPE_F64;
+}
+
+}  // namespace
+
+Registry::Registry(ipc::Arena arena)
+    : arena_(std::move(arena)),
+      data_(arena_.data_bytes(), ipc::kSlotAlign),
+      pool_(arena_.header().pool_bytes, alignof(ipc::TensorDesc)) {}
+
+Result<Registry> Registry::open(ipc::Arena arena) {
+  Registry registry(std::move(arena));
+  if (Status s = registry.rebuild(); !s) return s.error();
+  return registry;
+}
+
+Status Registry::rebuild() {
+  for (uint32_t i = 0; i < arena_.max_adapters(); ++i) {
+    AdapterRecord &r = arena_.adapter(i);
+    if (state_of(r) == AdapterState::kFree) continue;
+    const std::string which = "adapter record " + std::to_string(i) + " ('" +
+                              std::string(r.name, strnlen(r.name, sizeof r.name)) + "')";
+    if (r.slot_count == 0 || r.slot_count > ipc::kMaxSlots || r.tensor_count == 0 ||
+        !data_.reserve(r.data_offset, r.slot_bytes * r.slot_count) ||
+        !pool_.reserve(r.tensors_offset, r.pool_bytes))
+      return make_error(LF_E_LAYOUT_MISMATCH, which + " does not fit the arena; the arena is "
+                                                      "damaged: remove it and restart");
+  }
+  return {};
+}
+
+std::optional<uint32_t> Registry::find(std::string_view name) const {
+  for (uint32_t i = 0; i < arena_.max_adapters(); ++i) {
+    const AdapterRecord &r = arena_.adapter(i);
+    if (state_of(r) == AdapterState::kLive && name == r.name) return i;
+  }
+  return std::nullopt;
+}
+
+std::vector<uint32_t> Registry::live_adapters() const {
+  std::vector<uint32_t> out;
+  for (uint32_t i = 0; i < arena_.max_adapters(); ++i)
+    if (state_of(arena_.adapter(i)) == AdapterState::kLive) out.push_back(i);
+  return out;
+}
+
+Status Registry::create(const CreateRequest &q) {
+  if (Status s = ipc::check_adapter_name(q.name); !s) return s;
+  if (find(q.name)) return make_error(LF_E_EXISTS, "adapter '" + q.name + "' exists already");
+  const uint32_t history =
+      q.history < 0 ? arena_.header().default_history : static_cast<uint32_t>(q.history);
+  const uint32_t slots = q.slots == 0 ? history + 2 : q.slots;
+  if (slots > ipc::kMaxSlots || history + 2 > slots)
+    return make_error(LF_E_INVALID_ARGUMENT,
+                      "an adapter needs history + 2 slots (one active, one to write) and at "
+                      "most " + std::to_string(ipc::kMaxSlots) + "; got " +
+                          std::to_string(slots) + " slots for history " + std::to_string(history));
+  if (q.rank > 65536) return make_error(LF_E_INVALID_ARGUMENT, "LoRA rank is over 65536");
+  if (q.metadata.size() > 65536 || q.target_modules.size() > 65536)
+    return make_error(LF_E_TOO_LARGE, "metadata or target modules longer than 64 KiB");
+
+  Result<ipc::SlotLayout> layout = ipc::plan_slot(q.tensors, arena_.data_bytes());
+  if (!layout) return layout.error();
+  const uint64_t slot_bytes = layout->slot_bytes;
+  if (slot_bytes > arena_.data_bytes() / slots)
+    return make_error(LF_E_ARENA_FULL, std::to_string(slots) + " slots of " +
+                                           std::to_string(slot_bytes) +
+                                           " bytes do not fit the data arena at all");
+
+  uint32_t index = arena_.max_adapters();
+  for (uint32_t i = 0; i < arena_.max_adapters(); ++i) {
+    if (state_of(arena_.adapter(i)) == AdapterState::kFree) {
+      index = i;
+      break;
+    }
+  }
+  if (index == arena_.max_adapters())
+    return make_error(LF_E_TABLE_FULL, "the adapter table is full (" +
+                                           std::to_string(arena_.max_adapters()) +
+                                           " adapters); drop one or restart with more");
+
+  const uint64_t tensors_bytes = q.tensors.size() * sizeof(ipc::TensorDesc);
+  const uint64_t pool_bytes = tensors_bytes + (q.target_modules.size() + 1) + (q.metadata.size() + 1);
+  std::optional<uint64_t> pool_offset = pool_.allocate(pool_bytes);
+  if (!pool_offset)
+    return make_error(LF_E_ARENA_FULL, "the descriptor pool has no room for " +
+                                           std::to_string(q.tensors.size()) + " tensors");
+  std::optional<uint64_t> data_offset = data_.allocate(slot_bytes * slots);
+  if (!data_offset) {
+    pool_.release(*pool_offset, pool_bytes);
+    return make_error(LF_E_ARENA_FULL, "the data arena has " +
+                                           std::to_string(data_.largest_free()) +
+                                           " contiguous bytes free; the adapter needs " +
+                                           std::to_string(slot_bytes * slots));
+  }
+
+  // Fill the record while it is kFree: no reader looks at it until the state store below.
+  AdapterRecord &r = arena_.adapter(index);
+  std::memset(r.name, 0, sizeof r.name);
+  std::memcpy(r.name, q.name.data(), q.name.size());
+  r.slot_count = slots;
+  r.tensor_count = static_cast<uint32_t>(q.tensors.size());
+  r.history_depth = history;
+  r.placement = static_cast<uint32_t>(ipc::Placement::kHost);
+  r.slot_bytes = slot_bytes;
+  r.data_offset = *data_offset;
+  r.tensors_offset = *pool_offset;
+  r.pool_bytes = pool_bytes;
+  r.last_version = 0;
+  r.created_unix_ns = ipc::unix_now_ns();
+  auto *descs = reinterpret_cast<ipc::TensorDesc *>(arena_.pool_at(*pool_offset));
+  for (size_t t = 0; t < q.tensors.size(); ++t) {
+    ipc::TensorDesc d{};
+    std::memcpy(d.name, q.tensors[t].name.data(), q.tensors[t].name.size());
+    d.dtype = q.tensors[t].dtype;
+    d.ndim = static_cast<int32_t>(q.tensors[t].shape.size());
+    std::copy(q.tensors[t].shape.begin(), q.tensors[t].shape.end(), d.shape);
+    d.offset = layout->offsets[t];
+    d.nbytes = ipc::tensor_bytes(d.dtype, q.tensors[t].shape).value();
+    descs[t] = d;
+  }
+  uint64_t cursor = *pool_offset + tensors_bytes;
+  auto put_string = [&](const std::string &s) {
+    std::memcpy(arena_.pool_at(cursor), s.c_str(), s.size() + 1);
+    const uint64_t at = cursor;
+    cursor += s.size() + 1;
+    return at;
+  };
+  r.lora = ipc::LoraConfig{};
+  r.lora.rank = q.rank;
+  r.lora.alpha = q.alpha;
+  r.lora.use_rslora = q.use_rslora ? 1 : 0;
+  r.lora.target_modules_offset = put_string(q.target_modules);
+  r.lora.metadata_offset = put_string(q.metadata);
+  r.commits.store(0, std::memory_order_relaxed);
+  r.aborts.store(0, std::memory_order_relaxed);
+  r.rollbacks.store(0, std::memory_order_relaxed);
+  for (uint32_t s = 0; s < ipc::kMaxSlots; ++s) {
+    SlotRecord &slot = r.slots[s];
+    slot.data_offset = s < slots ? *data_offset + uint64_t{s} * slot_bytes : 0;
+    slot.checksum = 0;
+    slot.committed_unix_ns = 0;
+    slot.lease_id = slot.writer_pid = slot.writer_start = slot.lease_deadline_ns = 0;
+    slot.word.store(ipc::pack_slot_word(0, SlotState::kFree), kSeqCst);
+  }
+  r.active.store(0, kSeqCst);
+  r.incarnation.fetch_add(1, kSeqCst);
+  r.state.store(static_cast<uint32_t>(AdapterState::kLive), kSeqCst);
+  return {};
+}
+
+void Registry::publish_flip(AdapterRecord &record, uint64_t word) {
+  record.active.store(word, kSeqCst);
+  ipc::ArenaHeader &h = arena_.header();
+  h.flips.fetch_add(1, std::memory_order_relaxed);
+  h.flip_seq.fetch_add(1, kSeqCst);
+  ipc::futex_wake_all(&h.flip_seq);
+}
+
+Result<FlipEvent> Registry::drop(const std::string &name) {
+  std::optional<uint32_t> index = find(name);
+  if (!index) return make_error(LF_E_NOT_FOUND, "no adapter '" + name + "'");
+  AdapterRecord &r = arena_.adapter(*index);
+  FlipEvent event{name, "drop", 0, ipc::active_version(r.active.load(kSeqCst)), 0};
+  // kDropping before the flip to 0: a reader that sees the active word go to 0 and checks the
+  // state finds the adapter gone (LF_E_STALE) rather than merely empty.
+  r.state.store(static_cast<uint32_t>(AdapterState::kDropping), kSeqCst);
+  publish_flip(r, 0);
+  // Leases of a dropped adapter cannot commit; their slots stay reserved (kAbandoned) until
+  // the writer answers or exits, so its late copies land in memory nobody else was given.
+  for (uint32_t s = 0; s < r.slot_count; ++s) {
+    if (slot_state(r.slots[s]) == SlotState::kWriting)
+      r.slots[s].word.store(ipc::pack_slot_word(0, SlotState::kAbandoned), kSeqCst);
+  }
+  return event;
+}
+
+bool Registry::slot_pinned(uint32_t adapter, uint32_t slot) const {
+  for (uint32_t i = 0; i < arena_.max_readers(); ++i) {
+    const ipc::ReaderEntry &e = arena_.reader(i);
+    if (e.owner_pid.load(kSeqCst) == 0) continue;
+    for (const auto &cell : e.pins) {
+      const uint64_t pin = cell.load(kSeqCst);
+      if (pin != 0 && ipc::pin_adapter(pin) == adapter && ipc::pin_slot(pin) == slot) return true;
+    }
+  }
+  return false;
+}
+
+bool Registry::adapter_pinned(uint32_t adapter) const {
+  for (uint32_t i = 0; i < arena_.max_readers(); ++i) {
+    const ipc::ReaderEntry &e = arena_.reader(i);
+    if (e.owner_pid.load(kSeqCst) == 0) continue;
+    for (const auto &cell : e.pins) {
+      const uint64_t pin = cell.load(kSeqCst);
+      if (pin != 0 && ipc::pin_adapter(pin) == adapter) return true;
+    }
+  }
+  return false;
+}
+
+Result<Lease> Registry::begin_write(const BeginRequest &q, uint64_t now_ns) {
+  std::optional<uint32_t> index = find(q.name);
+  if (!index) return make_error(LF_E_NOT_FOUND, "no adapter '" + q.name + "'");
+  if (q.pid == 0 || q.pid > INT32_MAX)
+    return make_error(LF_E_INVALID_ARGUMENT, "begin_write needs the writer's pid");
+  if (q.lease_ms == 0 || q.lease_ms > 24ull * 3600 * 1000)
+    return make_error(LF_E_INVALID_ARGUMENT, "a lease lasts 1 ms to 24 h");
+  AdapterRecord &r = arena_.adapter(*index);
+  SlotCensus seen;
+  for (uint32_t s = 0; s < r.slot_count; ++s) {
+    SlotRecord &slot = r.slots[s];
+    switch (slot_state(slot)) {
+      case SlotState::kWriting: ++seen.writing; continue;
+      case SlotState::kCommitted: ++seen.committed; continue;
+      case SlotState::kAbandoned: ++seen.abandoned; continue;
+      case SlotState::kFree: break;
+    }
+    // The slot left the active word and the history before this scan (both seq_cst stores),
+    // so a reader that pins it after the scan fails its second look and lets go.
+    if (slot_pinned(*index, s)) {
+      ++seen.pinned;
+      continue;
+    }
+    ipc::ArenaHeader &h = arena_.header();
+    slot.lease_id = ++h.last_lease_id;
+    slot.writer_pid = q.pid;
+    slot.writer_start = q.start;
+    slot.lease_deadline_ns = now_ns + q.lease_ms * 1000000ULL;
+    slot.word.store(ipc::pack_slot_word(0, SlotState::kWriting), kSeqCst);
+    return Lease{slot.lease_id, *index, r.incarnation.load(kSeqCst), s, slot.data_offset,
+                 r.slot_bytes};
+  }
+  return make_error(LF_E_NO_FREE_SLOT,
+                    "adapter '" + q.name + "' has no free slot: " + std::to_string(seen.committed) +
+                        " active or kept, " + std::to_string(seen.writing) + " being written, " +
+                        std::to_string(seen.pinned) + " pinned by readers, " +
+                        std::to_string(seen.abandoned) +
+                        " held by writers whose lease ended; retry later");
+}
+
+Result<std::pair<uint32_t, uint32_t>> Registry::find_lease(uint64_t lease) const {
+  if (lease != 0) {
+    for (uint32_t i = 0; i < arena_.max_adapters(); ++i) {
+      const AdapterRecord &r = arena_.adapter(i);
+      if (state_of(r) == AdapterState::kFree) continue;
+      for (uint32_t s = 0; s < r.slot_count; ++s) {
+        const SlotState st = slot_state(r.slots[s]);
+        if ((st == SlotState::kWriting || st == SlotState::kAbandoned) &&
+            r.slots[s].lease_id == lease)
+          return std::pair{i, s};
+      }
+    }
+  }
+  return make_error(LF_E_LEASE, "lease " + std::to_string(lease) + " is unknown or already ended");
+}
+
+void Registry::end_lease(SlotRecord &slot) {
+  slot.lease_id = slot.writer_pid = slot.writer_start = slot.lease_deadline_ns = 0;
+  slot.word.store(ipc::pack_slot_word(0, SlotState::kFree), kSeqCst);
+}
+
+Status Registry::check_written(const AdapterRecord &r, const SlotRecord &slot,
+                               const CommitRequest &q, uint64_t *checksum) {
+  const std::byte *base = arena_.data_at(slot.data_offset);
+  if (q.flags & LF_COMMIT_CHECK_FINITE) {
+    const ipc::TensorDesc *descs = arena_.tensors(r);
+    for (uint32_t t = 0; t < r.tensor_count; ++t) {
+      const ipc::TensorDesc &d = descs[t];
+      if (!is_float(d.dtype)) continue;
+      const int64_t bad =
+          kernels::first_non_finite(base + d.offset, d.nbytes / ipc::dtype_size(d.dtype), d.dtype);
+      if (bad >= 0)
+        return make_error(LF_E_VALIDATION, std::string("tensor '") + d.name + "' holds a NaN or "
+                                           "infinity at element " + std::to_string(bad));
+    }
+  }
+  if (q.flags & LF_COMMIT_CHECKSUM) {
+    *checksum = kernels::checksum(base, r.slot_bytes);
+    if (q.checksum && *q.checksum != *checksum)
+      return make_error(LF_E_VALIDATION, "checksum mismatch: the writer computed " +
+                                             std::to_string(*q.checksum) + ", the slot holds " +
+                                             std::to_string(*checksum) +
+                                             " (bytes changed after the writer's checksum?)");
+  }
+  return {};
+}
+
+Result<FlipEvent> Registry::commit(const CommitRequest &q, uint64_t now_ns) {
+  if (q.flags & ~(LF_COMMIT_CHECK_FINITE | LF_COMMIT_CHECKSUM))
+    return make_error(LF_E_INVALID_ARGUMENT, "unknown commit flags");
+  Result<std::pair<uint32_t, uint32_t>> where = find_lease(q.lease);
+  if (!where) return where.error();
+  const auto [index, s] = where.value();
+  AdapterRecord &r = arena_.adapter(index);
+  SlotRecord &slot = r.slots[s];
+  if (slot_state(slot) == SlotState::kAbandoned || now_ns > slot.lease_deadline_ns) {
+    // Told now, the writer stops writing: its slot can go back.
+    end_lease(slot);
+    r.aborts.fetch_add(1, std::memory_order_relaxed);
+    return make_error(LF_E_LEASE, state_of(r) == AdapterState::kLive
+                                      ? "lease " + std::to_string(q.lease) + " expired"
+                                      : "the adapter was dropped during the write");
+  }
+  if (r.last_version >= ipc::kMaxVersion)
+    return make_error(LF_E_TOO_LARGE, "adapter '" + std::string(r.name) +
+                                          "' used every version number; drop and re-create it");
+  uint64_t sum = 0;
+  if (Status s_ok = check_written(r, slot, q, &sum); !s_ok) {
+    end_lease(slot);
+    r.aborts.fetch_add(1, std::memory_order_relaxed);
+    return s_ok.error();
+  }
+  const uint64_t previous = ipc::active_version(r.active.load(kSeqCst));
+  const uint64_t version = ++r.last_version;
+  slot.checksum = sum;
+  slot.committed_unix_ns = ipc::unix_now_ns();
+  slot.lease_id = slot.writer_pid = slot.writer_start = slot.lease_deadline_ns = 0;
+  slot.word.store(ipc::pack_slot_word(version, SlotState::kCommitted), kSeqCst);
+  publish_flip(r, ipc::pack_active(version, s));
+  r.commits.fetch_add(1, std::memory_order_relaxed);
+  evict_history(index);
+  return FlipEvent{r.name, "commit", version, previous, sum};
+}
+
+Status Registry::abort(uint64_t lease) {
+  Result<std::pair<uint32_t, uint32_t>> where = find_lease(lease);
+  if (!where) return where.error();
+  AdapterRecord &r = arena_.adapter(where->first);
+  end_lease(r.slots[where->second]);
+  r.aborts.fetch_add(1, std::memory_order_relaxed);
+  return {};
+}
+
+void Registry::evict_history(uint32_t adapter) {
+  AdapterRecord &r = arena_.adapter(adapter);
+  const uint32_t active = ipc::active_slot(r.active.load(kSeqCst));
+  std::vector<std::pair<uint64_t, uint32_t>> kept;  // (version, slot), non-active committed
+  for (uint32_t s = 0; s < r.slot_count; ++s) {
+    const uint64_t w = r.slots[s].word.load(kSeqCst);
+    if (s != active && ipc::slot_word_state(w) == SlotState::kCommitted)
+      kept.emplace_back(ipc::slot_word_version(w), s);
+  }
+  std::sort(kept.begin(), kept.end(), std::greater<>());
+  for (size_t k = r.history_depth; k < kept.size(); ++k)
+    r.slots[kept[k].second].word.store(ipc::pack_slot_word(0, SlotState::kFree), kSeqCst);
+}
+
+Result<FlipEvent> Registry::rollback(const std::string &name, uint64_t version) {
+  std::optional<uint32_t> index = find(name);
+  if (!index) return make_error(LF_E_NOT_FOUND, "no adapter '" + name + "'");
+  AdapterRecord &r = arena_.adapter(*index);
+  const uint64_t current = r.active.load(kSeqCst);
+  for (uint32_t s = 0; s < r.slot_count; ++s) {
+    const uint64_t w = r.slots[s].word.load(kSeqCst);
+    if (ipc::slot_word_state(w) != SlotState::kCommitted || ipc::slot_word_version(w) != version)
+      continue;
+    if (ipc::active_version(current) != version) {
+      publish_flip(r, ipc::pack_active(version, s));
+      r.rollbacks.fetch_add(1, std::memory_order_relaxed);
+      evict_history(*index);
+    }
+    return FlipEvent{name, "rollback", version, ipc::active_version(current), r.slots[s].checksum};
+  }
+  return make_error(LF_E_NO_VERSION, "version " + std::to_string(version) + " of '" + name +
+                                         "' is not kept any more (kept: the active version and "
+                                         "the last " + std::to_string(r.history_depth) + ")");
+}
+
+ReapReport Registry::reap(uint64_t now_ns) {
+  ReapReport report;
+  // One /proc read per pid per pass, however many entries and slots name it.
+  std::unordered_map<uint64_t, uint64_t> start_of;
+  auto alive = [&](uint64_t pid, uint64_t start) {
+    if (pid == 0 || pid > INT32_MAX) return false;
+    auto [it, fresh] = start_of.try_emplace(pid, 0);
+    if (fresh) it->second = ipc::process_start_time(static_cast<pid_t>(pid));
+    return it->second != 0 && (start == 0 || it->second == start);
+  };
+
+  for (uint32_t i = 0; i < arena_.max_readers(); ++i) {
+    ipc::ReaderEntry &e = arena_.reader(i);
+    uint64_t pid = e.owner_pid.load(kSeqCst);
+    if (pid == 0 || alive(pid, e.owner_start.load(kSeqCst))) continue;
+    // Take the entry before touching its pins: had the owner closed it and another reader
+    // claimed it since the load above, clearing would drop that live reader's pins.
+    if (!e.owner_pid.compare_exchange_strong(pid, ipc::kReaderReaping, kSeqCst)) continue;
+    for (auto &cell : e.pins) {
+      if (cell.exchange(0, kSeqCst) != 0) ++report.pins_cleared;
+    }
+    e.owner_start.store(0, kSeqCst);
+    e.owner_pid.store(0, kSeqCst);
+    ++report.dead_readers;
+  }
+
+  for (uint32_t i = 0; i < arena_.max_adapters(); ++i) {
+    AdapterRecord &r = arena_.adapter(i);
+    const AdapterState state = state_of(r);
+    if (state == AdapterState::kFree) continue;
+    bool writes_pending = false;
+    for (uint32_t s = 0; s < r.slot_count; ++s) {
+      SlotRecord &slot = r.slots[s];
+      const SlotState st = slot_state(slot);
+      if (st != SlotState::kWriting && st != SlotState::kAbandoned) continue;
+      if (!alive(slot.writer_pid, slot.writer_start)) {
+        end_lease(slot);
+        r.aborts.fetch_add(1, std::memory_order_relaxed);
+        ++report.dead_writers;
+        continue;
+      }
+      writes_pending = true;
+      if (st == SlotState::kWriting && now_ns > slot.lease_deadline_ns) {
+        slot.word.store(ipc::pack_slot_word(0, SlotState::kAbandoned), kSeqCst);
+        ++report.expired_leases;
+      }
+    }
+    if (state == AdapterState::kDropping && !writes_pending && !adapter_pinned(i)) {
+      data_.release(r.data_offset, r.slot_bytes * r.slot_count);
+      pool_.release(r.tensors_offset, r.pool_bytes);
+      r.state.store(static_cast<uint32_t>(AdapterState::kFree), kSeqCst);
+      ++report.adapters_freed;
+    }
+  }
+  return report;
+}
+
+SlotCensus Registry::census(uint32_t adapter) const {
+  SlotCensus c;
+  const AdapterRecord &r = arena_.adapter(adapter);
+  for (uint32_t s = 0; s < r.slot_count; ++s) {
+    switch (slot_state(r.slots[s])) {
+      case SlotState::kFree: ++c.free; break;
+      case SlotState::kWriting: ++c.writing; break;
+      case SlotState::kCommitted: ++c.committed; break;
+      case SlotState::kAbandoned: ++c.abandoned; break;
+    }
+    if (slot_pinned(adapter, s)) ++c.pinned;
+  }
+  return c;
+}
+
+uint32_t Registry::live_readers() const {
+  uint32_t n = 0;
+  for (uint32_t i = 0; i < arena_.max_readers(); ++i)
+    if (arena_.reader(i).owner_pid.load(kSeqCst) != 0) ++n;
+  return n;
+}
+
+uint32_t Registry::pins_held() const {
+  uint32_t n = 0;
+  for (uint32_t i = 0; i < arena_.max_readers(); ++i)
+    for (const auto &cell : arena_.reader(i).pins)
+      if (cell.load(kSeqCst) != 0) ++n;
+  return n;
+}
+
+}  // namespace loraflip::daemon

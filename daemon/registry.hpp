@@ -1,0 +1,121 @@
+// The daemon's state machine over the arena: adapters, slots, leases, flips and reclamation.
+// Single-threaded by design (the daemon's event loop calls it); readers never call it, they
+// only load what it stores. No method waits on anything a client holds.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "daemon/allocator.hpp"
+#include "ipc/arena.hpp"
+#include "ipc/result.hpp"
+#include "ipc/schema.hpp"
+
+namespace loraflip::daemon {
+
+struct CreateRequest {
+  std::string name;
+  std::vector<ipc::TensorSpec> tensors;
+  uint32_t rank = 0;
+  double alpha = 0;
+  bool use_rslora = false;
+  std::string target_modules;  // comma-separated
+  std::string metadata;
+  uint32_t slots = 0;     // 0: history + 2
+  int32_t history = -1;   // -1: the arena default
+};
+
+struct BeginRequest {
+  std::string name;
+  uint64_t lease_ms = 30000;
+  uint64_t pid = 0;    // the writer process
+  uint64_t start = 0;  // its start time, from /proc
+};
+
+struct Lease {
+  uint64_t id = 0;
+  uint32_t adapter = 0;
+  uint64_t incarnation = 0;
+  uint32_t slot = 0;
+  uint64_t data_offset = 0;
+  uint64_t slot_bytes = 0;
+};
+
+struct CommitRequest {
+  uint64_t lease = 0;
+  uint32_t flags = 0;                     // LF_COMMIT_*
+  std::optional<uint64_t> checksum;       // the writer's, compared when LF_COMMIT_CHECKSUM
+};
+
+// What a flip changed, for the events socket and the log.
+struct FlipEvent {
+  std::string adapter;
+  std::string kind;  // "commit", "rollback", "drop"
+  uint64_t version = 0;
+  uint64_t previous = 0;
+  uint64_t checksum = 0;
+};
+
+struct ReapReport {
+  uint32_t dead_readers = 0;
+  uint32_t pins_cleared = 0;
+  uint32_t dead_writers = 0;
+  uint32_t expired_leases = 0;
+  uint32_t adapters_freed = 0;
+  bool any() const {
+    return dead_readers || dead_writers || expired_leases || adapters_freed;
+  }
+};
+
+struct SlotCensus {
+  uint32_t free = 0, writing = 0, committed = 0, abandoned = 0, pinned = 0;
+};
+
+class Registry {
+ public:
+  // Takes over the arena; rebuilds the allocators from the adapter records (after a restart the
+  // records are the only truth). Fails when a record is inconsistent with the arena.
+  static Result<Registry> open(ipc::Arena arena);
+
+  Status create(const CreateRequest &request);
+  // Stops new acquires at once; memory returns in reap() once no pin or lease names it.
+  Result<FlipEvent> drop(const std::string &name);
+  Result<Lease> begin_write(const BeginRequest &request, uint64_t now_ns);
+  Result<FlipEvent> commit(const CommitRequest &request, uint64_t now_ns);
+  Status abort(uint64_t lease);
+  Result<FlipEvent> rollback(const std::string &name, uint64_t version);
+  // Clears dead readers' pins, ends dead or expired writers' leases, frees dropped adapters.
+  ReapReport reap(uint64_t now_ns);
+
+  // Index of the live adapter named `name`.
+  std::optional<uint32_t> find(std::string_view name) const;
+  std::vector<uint32_t> live_adapters() const;
+  SlotCensus census(uint32_t adapter) const;
+  uint32_t live_readers() const;
+  uint32_t pins_held() const;
+  const ipc::Arena &arena() const { return arena_; }
+  const RangeAllocator &data_allocator() const { return data_; }
+  const RangeAllocator &pool_allocator() const { return pool_; }
+
+ private:
+  Registry(ipc::Arena arena);
+  Status rebuild();
+  // Finds the slot of a lease; an error when the lease is unknown.
+  Result<std::pair<uint32_t, uint32_t>> find_lease(uint64_t lease) const;
+  bool slot_pinned(uint32_t adapter, uint32_t slot) const;
+  bool adapter_pinned(uint32_t adapter) const;
+  // Frees committed, non-active slots beyond the adapter's history depth (newest kept).
+  void evict_history(uint32_t adapter);
+  void publish_flip(ipc::AdapterRecord &record, uint64_t word);
+  void end_lease(ipc::SlotRecord &slot);
+  Status check_written(const ipc::AdapterRecord &record, const ipc::SlotRecord &slot,
+                       const CommitRequest &request, uint64_t *checksum);
+
+  ipc::Arena arena_;
+  RangeAllocator data_;
+  RangeAllocator pool_;
+};
+
+}  // namespace loraflip::daemon
