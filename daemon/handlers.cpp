@@ -28,6 +28,12 @@ const char *slot_state_name(ipc::SlotState s) {
   return "unknown";
 }
 
+// A name for an error message: names are checked after parsing, so one may still be as long
+// as a string can be, and a reply must stay within the decoding limits of the client.
+std::string shown(std::string_view name) {
+  return name.size() <= 128 ? std::string(name) : std::string(name.substr(0, 128)) + "...";
+}
+
 Result<std::vector<ipc::TensorSpec>> parse_tensors(const MapView &args) {
   auto items = args.array("tensors");
   if (!items) return items.error();
@@ -49,11 +55,12 @@ Result<std::vector<ipc::TensorSpec>> parse_tensors(const MapView &args) {
       spec.dtype = static_cast<int32_t>(std::clamp<int64_t>(code.value(), -1, 1 << 16));
     }
     if (ipc::dtype_size(spec.dtype) == 0)
-      return make_error(LF_E_INVALID_ARGUMENT, "tensor '" + spec.name + "' has an unknown dtype");
+      return make_error(LF_E_INVALID_ARGUMENT,
+                        "tensor '" + shown(spec.name) + "' has an unknown dtype");
     auto dims = t->array("shape");
     if (!dims) return dims.error();
     if (dims->size() > ipc::kMaxDims)
-      return make_error(LF_E_TOO_LARGE, "tensor '" + spec.name + "' has more than " +
+      return make_error(LF_E_TOO_LARGE, "tensor '" + shown(spec.name) + "' has more than " +
                                             std::to_string(ipc::kMaxDims) + " dimensions");
     for (const msgpack::object *d : dims.value()) {
       auto v = ipc::as_int(*d, "shape[]");
@@ -308,7 +315,7 @@ std::string RequestHandler::info(const MapView &args, uint64_t id) {
   const uint64_t active = r.active.load();
   const SlotCensus census = registry_.census(*index);
   Encoder e;
-  e.map(15)
+  e.map(14)  // name .. tensors below: keep in step with the keys
       .key("name").str(r.name)
       .key("index").u64(*index)
       .key("incarnation").u64(r.incarnation.load())

@@ -30,6 +30,12 @@ bool is_float(int32_t dtype) {
          dtype == LF_DTYPE_F64;
 }
 
+// A name for an error message. Lookups by name happen before any name check, so a name may be
+// as long as a protocol string (64 KiB): the reply must stay within the client's limits.
+std::string shown(const std::string &name) {
+  return name.size() <= 128 ? name : name.substr(0, 128) + "...";
+}
+
 }  // namespace
 
 Registry::Registry(ipc::Arena arena)
@@ -188,7 +194,7 @@ void Registry::publish_flip(AdapterRecord &record, uint64_t word) {
 
 Result<FlipEvent> Registry::drop(const std::string &name) {
   std::optional<uint32_t> index = find(name);
-  if (!index) return make_error(LF_E_NOT_FOUND, "no adapter '" + name + "'");
+  if (!index) return make_error(LF_E_NOT_FOUND, "no adapter '" + shown(name) + "'");
   AdapterRecord &r = arena_.adapter(*index);
   FlipEvent event{name, "drop", 0, ipc::active_version(r.active.load(kSeqCst)), 0};
   // kDropping before the flip to 0: a reader that sees the active word go to 0 and checks the
@@ -230,7 +236,7 @@ bool Registry::adapter_pinned(uint32_t adapter) const {
 
 Result<Lease> Registry::begin_write(const BeginRequest &q, uint64_t now_ns) {
   std::optional<uint32_t> index = find(q.name);
-  if (!index) return make_error(LF_E_NOT_FOUND, "no adapter '" + q.name + "'");
+  if (!index) return make_error(LF_E_NOT_FOUND, "no adapter '" + shown(q.name) + "'");
   if (q.pid == 0 || q.pid > INT32_MAX)
     return make_error(LF_E_INVALID_ARGUMENT, "begin_write needs the writer's pid");
   if (q.lease_ms == 0 || q.lease_ms > 24ull * 3600 * 1000)
@@ -377,7 +383,7 @@ void Registry::evict_history(uint32_t adapter) {
 
 Result<FlipEvent> Registry::rollback(const std::string &name, uint64_t version) {
   std::optional<uint32_t> index = find(name);
-  if (!index) return make_error(LF_E_NOT_FOUND, "no adapter '" + name + "'");
+  if (!index) return make_error(LF_E_NOT_FOUND, "no adapter '" + shown(name) + "'");
   AdapterRecord &r = arena_.adapter(*index);
   const uint64_t current = r.active.load(kSeqCst);
   for (uint32_t s = 0; s < r.slot_count; ++s) {
@@ -403,7 +409,12 @@ ReapReport Registry::reap(uint64_t now_ns) {
   auto alive = [&](uint64_t pid, uint64_t start) {
     if (pid == 0 || pid > INT32_MAX) return false;
     auto [it, fresh] = start_of.try_emplace(pid, 0);
-    if (fresh) it->second = ipc::process_start_time(static_cast<pid_t>(pid));
+    // A zombie runs no code and holds nothing: dead, as process_alive() says, though /proc
+    // still gives its start time.
+    if (fresh)
+      it->second = ipc::process_alive(static_cast<pid_t>(pid), 0)
+                       ? ipc::process_start_time(static_cast<pid_t>(pid))
+                       : 0;
     return it->second != 0 && (start == 0 || it->second == start);
   };
 

@@ -125,7 +125,8 @@ Status check_header(const std::byte *base, uint64_t size) {
   if (h.control_bytes != size ||
       !fits(h.adapters_offset, uint64_t{h.max_adapters} * sizeof(AdapterRecord)) ||
       !fits(h.readers_offset, uint64_t{h.max_readers} * sizeof(ReaderEntry)) ||
-      !fits(h.pool_offset, h.pool_bytes) || h.max_adapters > kMaxAdapters)
+      !fits(h.pool_offset, h.pool_bytes) || h.max_adapters > kMaxAdapters ||
+      std::memchr(h.data_segment, '\0', sizeof h.data_segment) == nullptr)
     return make_error(LF_E_LAYOUT_MISMATCH, "the arena header names regions outside the segment");
   return {};
 }
@@ -199,11 +200,19 @@ Result<Arena> Arena::create(const ArenaConfig &config) {
 Result<Arena> Arena::open_or_create(const ArenaConfig &config, bool *created) {
   const std::string cname = control_segment_name(config.instance);
   Result<Segment> control = Segment::open(cname, Segment::Access::kReadWrite);
-  if (!control && control.error().code != LF_E_NOT_FOUND) return control.error();
+  if (!control && control.error().code == LF_E_LAYOUT_MISMATCH) {
+    // Empty: the previous daemon died between creating the segment and sizing it.
+    Segment::remove(cname);
+  } else if (!control && control.error().code != LF_E_NOT_FOUND) {
+    return control.error();
+  }
   if (control) {
     const auto *h = reinterpret_cast<const ArenaHeader *>(control->base());
-    const bool half_made = control->size() >= sizeof(ArenaHeader) && h->magic == kArenaMagic &&
-                           h->ready.load(std::memory_order_seq_cst) == 0;
+    // A daemon killed while creating the arena leaves a segment that is empty, all zeros, or
+    // complete but not marked ready. No client can have attached to any of those.
+    const bool half_made = control->size() < sizeof(ArenaHeader) ||
+                           ((h->magic == kArenaMagic || h->magic == 0) &&
+                            h->ready.load(std::memory_order_seq_cst) == 0);
     if (!half_made) {
       if (Status s = check_header(control->base(), control->size()); !s) return s.error();
       Result<Segment> data =

@@ -13,11 +13,11 @@ std::string quoted(std::string_view what) { return "'" + std::string(what) + "'"
 
 }  // namespace
 
-Result<msgpack::object_handle> decode(const void *data, size_t size) {
-  if (size > kMaxMessageBytes)
+Result<msgpack::object_handle> decode(const void *data, size_t size, size_t max_bytes) {
+  if (size > max_bytes)
     return make_error(LF_E_TOO_LARGE, "message of " + std::to_string(size) +
                                           " bytes is over the limit of " +
-                                          std::to_string(kMaxMessageBytes));
+                                          std::to_string(max_bytes));
   if (size == 0) return bad("empty message");
   try {
     const msgpack::unpack_limit limits(kMaxArray, kMaxMap, kMaxString, kMaxBinary, 0, kMaxDepth);

@@ -37,7 +37,9 @@ inline constexpr size_t kMaxString = 65536;
 inline constexpr size_t kMaxBinary = 65536;
 
 // Decodes one complete msgpack object (trailing bytes are an error) within the limits above.
-Result<msgpack::object_handle> decode(const void *data, size_t size);
+// Clients pass a larger max_bytes for replies (a list of thousands of adapters).
+Result<msgpack::object_handle> decode(const void *data, size_t size,
+                                      size_t max_bytes = kMaxMessageBytes);
 
 // Typed, checked access to the fields of a msgpack map. Every getter fails with LF_E_PROTOCOL
 // (missing field, wrong type) and a message naming the field.

@@ -81,6 +81,8 @@ Result<SlotLayout> plan_slot(const std::vector<TensorSpec> &tensors, uint64_t ma
     layout.offsets.push_back(cursor);
     cursor = align_up(cursor + bytes.value(), kTensorAlign);
   }
+  if (cursor == 0)
+    return make_error(LF_E_INVALID_ARGUMENT, "every tensor of the schema is empty");
   layout.slot_bytes = align_up(cursor, kSlotAlign);
   if (layout.slot_bytes > max_slot_bytes)
     return make_error(LF_E_TOO_LARGE, "the tensors need more than " +

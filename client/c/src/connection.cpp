@@ -92,7 +92,7 @@ Result<msgpack::object_handle> Connection::request(std::string_view op, std::str
       if (!socket_->recv(frame, zmq::recv_flags::dontwait)) continue;
       if (frame.size() != 0 || !frame.more()) continue;
       if (!socket_->recv(body, zmq::recv_flags::dontwait)) continue;
-      auto decoded = ipc::decode(body.data(), body.size());
+      auto decoded = ipc::decode(body.data(), body.size(), ipc::kHardMessageBytes);
       if (!decoded) return make_error(LF_E_PROTOCOL, "undecodable reply: " + decoded.error().message);
       const msgpack::object &root = decoded->get();
       const msgpack::object *reply_id = field(root, "id");

@@ -118,9 +118,11 @@ int acquire(lf_reader &reader, lf_adapter_ref_t ref, uint64_t version, bool exac
     pinned_word = ipc::pack_active(ipc::slot_word_version(best_word), best_slot);
     break;
   }
-  if (r.incarnation.load(kSeqCst) != ref_incarnation(ref)) {
+  // Checked after the pin is published: a drop that happened before it is seen here, and one
+  // after it keeps the memory until this pin is released.
+  if (!same_adapter(r, ref)) {
     pin_cell.store(0, std::memory_order_release);
-    return fail(reader, LF_E_STALE, "the adapter was dropped and its record reused");
+    return fail(reader, LF_E_STALE, "the adapter was dropped");
   }
   reader.free_cells &= ~(1u << cell);
   lf_pin &pin = reader.pins[cell];

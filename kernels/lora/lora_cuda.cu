@@ -1,0 +1,519 @@
+// CUDA implementation of LoRA shrink / expand / apply and the single-adapter cuBLAS path.
+// Compiles; it has not been run on a GPU in this repository yet (see docs/lora_apply.md).
+//
+// Layout of the work: a block takes a tile of kTileRows consecutive rows. Rows of the tile that
+// share an adapter are processed together, so each A row / B row read from memory serves all of
+// them; with segments (SGMV) a tile usually has one adapter, with per-row choice (BGMV) it has
+// as many groups as distinct adapters. Rows resolve their adapter through the same helpers as
+// the CPU path (lora_index.h). Nothing here synchronizes with the host or allocates, so every
+// launcher can be captured in a CUDA graph.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <cublas_v2.h>
+
+#include <climits>
+#include <cmath>
+#include <cstdint>
+
+#include "lora_index.h"
+#include "lora_internal.h"
+
+namespace loraflip::lora {
+namespace {
+
+constexpr int kTileRows = 8;  // rows per block; 8 keeps the per-row accumulators in registers
+constexpr int kWarps = 8;     // warps per block
+constexpr int kThreads = kWarps * 32;
+constexpr int kVec = 8;       // elements per vector load: 16 bytes of fp16/bf16, two float4
+static_assert(kVec == LF_LORA_HIDDEN_MULTIPLE, "hidden sizes are padded to whole vectors");
+
+// ---- element access: 8 contiguous elements at a 16-byte aligned address ----
+
+__device__ __forceinline__ void load8(const float *p, float out[kVec]) {
+    const float4 a = __ldg(reinterpret_cast<const float4 *>(p));
+    const float4 b = __ldg(reinterpret_cast<const float4 *>(p) + 1);
+    out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w;
+    out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
+}
+
+__device__ __forceinline__ void load8(const __half *p, float out[kVec]) {
+    const uint4 u = __ldg(reinterpret_cast<const uint4 *>(p));
+    const auto *h = reinterpret_cast<const __half2 *>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const float2 f = __half22float2(h[i]);
+        out[2 * i] = f.x;
+        out[2 * i + 1] = f.y;
+    }
+}
+
+__device__ __forceinline__ void load8(const __nv_bfloat16 *p, float out[kVec]) {
+    const uint4 u = __ldg(reinterpret_cast<const uint4 *>(p));
+    const auto *h = reinterpret_cast<const __nv_bfloat162 *>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const float2 f = __bfloat1622float2(h[i]);
+        out[2 * i] = f.x;
+        out[2 * i + 1] = f.y;
+    }
+}
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <class T> __device__ __forceinline__ T from_float(float v);
+template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_float<__half>(float v) {
+    return __float2half_rn(v);
+}
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+    return __float2bfloat16_rn(v);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) {
+        v += __shfl_xor_sync(0xffffffffu, v, off);
+    }
+    return v;
+}
+
+__device__ __forceinline__ void flag(int32_t *error, int32_t bits) {
+    if (error != nullptr) {
+        atomicOr(error, bits);
+    }
+}
+
+__device__ __forceinline__ bool aligned16(const void *p) {
+    return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
+}
+
+// Fills s_adapter[t] with the adapter of row row0 + t, or -1 for no adapter, a row past the
+// batch, or anything invalid (which is flagged instead of read). Ends with __syncthreads.
+__device__ void resolve_tile(const lf_lora_batch_t &b, int32_t row0, int32_t n,
+                             int32_t *s_adapter, int32_t *error) {
+    if (threadIdx.x < kTileRows) {
+        int32_t a = LF_LORA_NO_ADAPTER;
+        if (static_cast<int32_t>(threadIdx.x) < n) {
+            a = adapter_of_row(b.select, b.row_adapter, b.seg_offsets, b.seg_adapter,
+                               b.n_segments, row0 + static_cast<int32_t>(threadIdx.x));
+            if (!adapter_index_ok(a, b.n_adapters)) {
+                flag(error, LF_LORA_DEVICE_ERR_INDEX);
+                a = LF_LORA_NO_ADAPTER;
+            } else if (a >= 0) {
+                const lf_lora_adapter_t e = b.adapters[a];
+                if (!adapter_entry_ok(e, b.dtype, b.max_rank) || !aligned16(e.a) ||
+                    !aligned16(e.b)) {
+                    flag(error, LF_LORA_DEVICE_ERR_ADAPTER);
+                    a = LF_LORA_NO_ADAPTER;
+                }
+            }
+        }
+        s_adapter[threadIdx.x] = a;
+    }
+    // One thread of the whole grid checks the partition; segment_of_row already keeps every
+    // row's lookup in bounds, so bad offsets only need reporting.
+    if (b.select == LF_LORA_SELECT_SEGMENTS && blockIdx.x == 0 && blockIdx.y == 0 &&
+        threadIdx.x == 0 && !segment_offsets_ok(b.seg_offsets, b.n_segments, b.n_rows)) {
+        flag(error, LF_LORA_DEVICE_ERR_SEGMENTS);
+    }
+    __syncthreads();
+}
+
+// Calls fn(adapter, row_mask) once per distinct adapter of the tile. Reads only shared memory,
+// so every thread of the block takes the same branches.
+template <class Fn> __device__ void for_each_group(const int32_t *s_adapter, int32_t n, Fn fn) {
+    uint32_t done = 0;
+    for (int32_t t = 0; t < n; ++t) {
+        if ((done >> t) & 1u) {
+            continue;
+        }
+        const int32_t a = s_adapter[t];
+        uint32_t mask = 0;
+        for (int32_t u = t; u < n; ++u) {
+            mask |= static_cast<uint32_t>(s_adapter[u] == a) << u;
+        }
+        done |= mask;
+        if (a >= 0) {
+            fn(a, mask);
+        }
+    }
+}
+
+// grid (tiles, ceil(max_rank / kWarps)); warp w of block (tile, q) computes rank index
+// j = q * kWarps + w of every row of the tile: v[row, j] = A_j . x_row.
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    shrink_kernel(lf_lora_batch_t b, const T *__restrict__ x, float *__restrict__ v,
+                  int32_t *error) {
+    __shared__ int32_t s_adapter[kTileRows];
+    const int32_t row0 = static_cast<int32_t>(blockIdx.x) * kTileRows;
+    const int32_t n = min(kTileRows, b.n_rows - row0);
+    resolve_tile(b, row0, n, s_adapter, error);
+
+    const int32_t lane = static_cast<int32_t>(threadIdx.x) % 32;
+    const int32_t j = static_cast<int32_t>(blockIdx.y) * kWarps + static_cast<int32_t>(threadIdx.x) / 32;
+    const int64_t ldx = effective_ld(b.ldx, b.h_in);
+    const int32_t n_vec = b.h_in / kVec;
+
+    for_each_group(s_adapter, n, [&](int32_t a, uint32_t mask) {
+        const lf_lora_adapter_t e = b.adapters[a];
+        if (j >= e.rank) {
+            return; // warp-uniform
+        }
+        const T *arow = static_cast<const T *>(e.a) + static_cast<int64_t>(j) * b.h_in;
+        float acc[kTileRows] = {};
+        for (int32_t c = lane; c < n_vec; c += 32) {
+            float w[kVec];
+            load8(arow + c * kVec, w);
+#pragma unroll
+            for (int t = 0; t < kTileRows; ++t) {
+                if ((mask >> t) & 1u) {
+                    float xv[kVec];
+                    load8(x + row_offset(row0 + t, ldx) + c * kVec, xv);
+#pragma unroll
+                    for (int l = 0; l < kVec; ++l) {
+                        acc[t] = fmaf(w[l], xv[l], acc[t]);
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int t = 0; t < kTileRows; ++t) {
+            if ((mask >> t) & 1u) {
+                const float s = warp_sum(acc[t]);
+                if (lane == 0) {
+                    v[row_offset(row0 + t, b.max_rank) + j] = s;
+                }
+            }
+        }
+    });
+}
+
+// grid (tiles, ceil(h_out / kThreads)); thread c of the block updates column c of every row of
+// the tile: y[row, c] += scale * B_c . v[row].
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    expand_kernel(lf_lora_batch_t b, const float *__restrict__ v, T *__restrict__ y,
+                  int32_t *error) {
+    __shared__ int32_t s_adapter[kTileRows];
+    __shared__ float s_v[kTileRows * LF_LORA_MAX_RANK];
+    const int32_t row0 = static_cast<int32_t>(blockIdx.x) * kTileRows;
+    const int32_t n = min(kTileRows, b.n_rows - row0);
+    // v rows are dense with stride max_rank, so the tile's rows are one contiguous range. Entries
+    // past a row's rank may be uninitialized; they are copied but never used.
+    for (int32_t i = static_cast<int32_t>(threadIdx.x); i < n * b.max_rank; i += kThreads) {
+        s_v[i] = v[row_offset(row0, b.max_rank) + i];
+    }
+    resolve_tile(b, row0, n, s_adapter, error); // its __syncthreads also publishes s_v
+
+    const int32_t c = static_cast<int32_t>(blockIdx.y) * kThreads + static_cast<int32_t>(threadIdx.x);
+    if (c >= b.h_out) {
+        return; // no barrier follows
+    }
+    const int64_t ldy = effective_ld(b.ldy, b.h_out);
+
+    for_each_group(s_adapter, n, [&](int32_t a, uint32_t mask) {
+        const lf_lora_adapter_t e = b.adapters[a];
+        const int32_t r = e.rank;
+        const T *brow = static_cast<const T *>(e.b) + static_cast<int64_t>(c) * r;
+        float acc[kTileRows] = {};
+        if (r % kVec == 0) { // B rows then start on 16-byte boundaries: vector loads
+            for (int32_t j = 0; j < r; j += kVec) {
+                float w[kVec];
+                load8(brow + j, w);
+#pragma unroll
+                for (int t = 0; t < kTileRows; ++t) {
+                    if ((mask >> t) & 1u) {
+#pragma unroll
+                        for (int l = 0; l < kVec; ++l) {
+                            acc[t] = fmaf(w[l], s_v[t * b.max_rank + j + l], acc[t]);
+                        }
+                    }
+                }
+            }
+        } else {
+            for (int32_t j = 0; j < r; ++j) {
+                const float w = to_float(brow[j]);
+#pragma unroll
+                for (int t = 0; t < kTileRows; ++t) {
+                    if ((mask >> t) & 1u) {
+                        acc[t] = fmaf(w, s_v[t * b.max_rank + j], acc[t]);
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int t = 0; t < kTileRows; ++t) {
+            if ((mask >> t) & 1u) {
+                T *out = y + row_offset(row0 + t, ldy) + c;
+                *out = from_float<T>(fmaf(e.scale, acc[t], to_float(*out)));
+            }
+        }
+    });
+}
+
+// ---- host side ----
+
+bool aligned16_host(const void *p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+int32_t tiles(int32_t n_rows) { return (n_rows + kTileRows - 1) / kTileRows; }
+
+int32_t column_blocks(int32_t h_out) { return (h_out + kThreads - 1) / kThreads; }
+
+// Checks shared by the batch launchers: the host-visible fields, then the data pointers.
+int check_launch(const lf_lora_batch_t *b, const void *in, const void *out) {
+    if (const int rc = check_batch_shape(b); rc != LF_LORA_OK) {
+        return rc;
+    }
+    if (b->n_rows > 0 && (in == nullptr || out == nullptr || !aligned16_host(in) ||
+                          !aligned16_host(out))) {
+        return LF_LORA_E_INVALID_ARGUMENT;
+    }
+    if (column_blocks(b->h_out) > 65535) { // gridDim.y limit
+        return LF_LORA_E_UNSUPPORTED;
+    }
+    return LF_LORA_OK;
+}
+
+int launch_status() {
+    return cudaGetLastError() == cudaSuccess ? LF_LORA_OK : LF_LORA_E_INTERNAL;
+}
+
+template <class T>
+int launch_shrink(const lf_lora_batch_t &b, const void *x, float *v, int32_t *error,
+                  cudaStream_t stream) {
+    const dim3 grid(static_cast<unsigned>(tiles(b.n_rows)),
+                    static_cast<unsigned>((b.max_rank + kWarps - 1) / kWarps));
+    shrink_kernel<T><<<grid, kThreads, 0, stream>>>(b, static_cast<const T *>(x), v, error);
+    return launch_status();
+}
+
+template <class T>
+int launch_expand(const lf_lora_batch_t &b, const float *v, void *y, int32_t *error,
+                  cudaStream_t stream) {
+    const dim3 grid(static_cast<unsigned>(tiles(b.n_rows)),
+                    static_cast<unsigned>(column_blocks(b.h_out)));
+    expand_kernel<T><<<grid, kThreads, 0, stream>>>(b, v, static_cast<T *>(y), error);
+    return launch_status();
+}
+
+// Launches shrink, expand or both (the fused call) for element type T.
+enum class Op { shrink, expand, apply };
+
+template <class T>
+int launch(Op op, const lf_lora_batch_t &b, const void *in, void *out, float *v,
+           int32_t *error, cudaStream_t stream) {
+    if (op != Op::expand) {
+        if (const int rc = launch_shrink<T>(b, in, v, error, stream); rc != LF_LORA_OK) {
+            return rc;
+        }
+    }
+    if (op == Op::shrink) {
+        return LF_LORA_OK;
+    }
+    return launch_expand<T>(b, v, out, error, stream);
+}
+
+// Picks the element type (the shape check already rejected unknown dtypes). Written as a switch
+// rather than a C++20 template lambda because nvcc compiles this file as C++17.
+int launch_typed(Op op, const lf_lora_batch_t &b, const void *in, void *out, float *v,
+                 int32_t *error, cudaStream_t stream) {
+    switch (b.dtype) {
+    case LF_LORA_DTYPE_F32:
+        return launch<float>(op, b, in, out, v, error, stream);
+    case LF_LORA_DTYPE_F16:
+        return launch<__half>(op, b, in, out, v, error, stream);
+    case LF_LORA_DTYPE_BF16:
+        return launch<__nv_bfloat16>(op, b, in, out, v, error, stream);
+    default:
+        return LF_LORA_E_INVALID_ARGUMENT;
+    }
+}
+
+size_t round_up_256(size_t n) { return (n + 255u) & ~size_t{255u}; }
+
+size_t apply_workspace_bytes(const lf_lora_batch_t &b) {
+    return round_up_256(static_cast<size_t>(b.n_rows) * static_cast<size_t>(b.max_rank) *
+                        sizeof(float));
+}
+
+cudaDataType_t blas_type(int32_t dtype) {
+    return dtype == LF_LORA_DTYPE_F32 ? CUDA_R_32F
+           : dtype == LF_LORA_DTYPE_F16 ? CUDA_R_16F
+                                        : CUDA_R_16BF;
+}
+
+// Restores the caller's stream and pointer mode on every path out of the cuBLAS launcher.
+class BlasStateGuard {
+public:
+    explicit BlasStateGuard(cublasHandle_t h) : h_(h) {
+        ok_ = cublasGetStream(h_, &stream_) == CUBLAS_STATUS_SUCCESS &&
+              cublasGetPointerMode(h_, &mode_) == CUBLAS_STATUS_SUCCESS;
+    }
+    ~BlasStateGuard() {
+        if (ok_) {
+            cublasSetStream(h_, stream_);
+            cublasSetPointerMode(h_, mode_);
+        }
+    }
+    BlasStateGuard(const BlasStateGuard &) = delete;
+    BlasStateGuard &operator=(const BlasStateGuard &) = delete;
+    bool ok() const { return ok_; }
+
+private:
+    cublasHandle_t h_;
+    cudaStream_t stream_ = nullptr;
+    cublasPointerMode_t mode_ = CUBLAS_POINTER_MODE_HOST;
+    bool ok_ = false;
+};
+
+int check_single(int32_t dtype, int32_t n_rows, int32_t h_in, int32_t h_out, int64_t ldx,
+                 int64_t ldy, const lf_lora_adapter_t *ad, size_t *workspace_bytes) {
+    if (dtype_size(dtype) == 0 || n_rows < 0 || !valid_hidden(h_in) || !valid_hidden(h_out) ||
+        !valid_ld(ldx, h_in) || !valid_ld(ldy, h_out) || ad == nullptr ||
+        workspace_bytes == nullptr) {
+        return LF_LORA_E_INVALID_ARGUMENT;
+    }
+    if (ad->dtype != dtype && dtype_size(ad->dtype) != 0) {
+        return LF_LORA_E_UNSUPPORTED;
+    }
+    if (!adapter_entry_ok(*ad, dtype, LF_LORA_MAX_RANK) || !std::isfinite(ad->scale) ||
+        !aligned16_host(ad->a) || !aligned16_host(ad->b)) {
+        return LF_LORA_E_INVALID_ARGUMENT;
+    }
+    if (effective_ld(ldx, h_in) > INT_MAX || effective_ld(ldy, h_out) > INT_MAX) {
+        return LF_LORA_E_UNSUPPORTED; // cublasGemmEx takes 32-bit leading dimensions
+    }
+    return LF_LORA_OK;
+}
+
+} // namespace
+} // namespace loraflip::lora
+
+using namespace loraflip::lora;
+
+extern "C" {
+
+int lf_lora_cuda_shrink(const lf_lora_batch_t *batch, const void *x, float *v,
+                        int32_t *device_error, lf_lora_stream_t stream) {
+    try {
+        if (const int rc = check_launch(batch, x, v); rc != LF_LORA_OK) {
+            return rc;
+        }
+        if (batch->n_rows == 0) {
+            return LF_LORA_OK;
+        }
+        return launch_typed(Op::shrink, *batch, x, nullptr, v, device_error, stream);
+    } catch (...) {
+        return LF_LORA_E_INTERNAL;
+    }
+}
+
+int lf_lora_cuda_expand(const lf_lora_batch_t *batch, const float *v, void *y,
+                        int32_t *device_error, lf_lora_stream_t stream) {
+    try {
+        if (const int rc = check_launch(batch, v, y); rc != LF_LORA_OK) {
+            return rc;
+        }
+        if (batch->n_rows == 0) {
+            return LF_LORA_OK;
+        }
+        // The expand only reads v; the shared launcher takes it non-const for the shrink.
+        return launch_typed(Op::expand, *batch, nullptr, y, const_cast<float *>(v),
+                            device_error, stream);
+    } catch (...) {
+        return LF_LORA_E_INTERNAL;
+    }
+}
+
+int lf_lora_cuda_apply(const lf_lora_batch_t *batch, const void *x, void *y, void *workspace,
+                       size_t *workspace_bytes, int32_t *device_error, lf_lora_stream_t stream) {
+    try {
+        if (workspace_bytes == nullptr) {
+            return LF_LORA_E_INVALID_ARGUMENT;
+        }
+        // The size depends on the batch shape only, so it can be asked for before x and y exist.
+        if (const int rc = check_batch_shape(batch); rc != LF_LORA_OK) {
+            return rc;
+        }
+        const size_t need = apply_workspace_bytes(*batch);
+        if (workspace == nullptr) {
+            *workspace_bytes = need;
+            return LF_LORA_OK;
+        }
+        if (const int rc = check_launch(batch, x, y); rc != LF_LORA_OK) {
+            return rc;
+        }
+        if (*workspace_bytes < need || !aligned16_host(workspace)) {
+            return LF_LORA_E_INVALID_ARGUMENT;
+        }
+        if (batch->n_rows == 0) {
+            return LF_LORA_OK;
+        }
+        return launch_typed(Op::apply, *batch, x, y, static_cast<float *>(workspace),
+                            device_error, stream);
+    } catch (...) {
+        return LF_LORA_E_INTERNAL;
+    }
+}
+
+int lf_lora_cuda_apply_single(int32_t dtype, int32_t n_rows, int32_t h_in, int32_t h_out,
+                              const void *x, int64_t ldx, void *y, int64_t ldy,
+                              const lf_lora_adapter_t *adapter, void *workspace,
+                              size_t *workspace_bytes, lf_lora_cublas_t cublas,
+                              lf_lora_stream_t stream) {
+    try {
+        if (const int rc = check_single(dtype, n_rows, h_in, h_out, ldx, ldy, adapter,
+                                        workspace_bytes);
+            rc != LF_LORA_OK) {
+            return rc;
+        }
+        const int32_t r = adapter->rank;
+        const size_t need = round_up_256(static_cast<size_t>(n_rows) * static_cast<size_t>(r) *
+                                         static_cast<size_t>(dtype_size(dtype)));
+        if (workspace == nullptr) {
+            *workspace_bytes = need;
+            return LF_LORA_OK;
+        }
+        if (*workspace_bytes < need || cublas == nullptr) {
+            return LF_LORA_E_INVALID_ARGUMENT;
+        }
+        if (n_rows == 0) {
+            return LF_LORA_OK;
+        }
+        if (x == nullptr || y == nullptr || !aligned16_host(x) || !aligned16_host(y)) {
+            return LF_LORA_E_INVALID_ARGUMENT;
+        }
+        BlasStateGuard guard(cublas);
+        if (!guard.ok() || cublasSetStream(cublas, stream) != CUBLAS_STATUS_SUCCESS ||
+            cublasSetPointerMode(cublas, CUBLAS_POINTER_MODE_HOST) != CUBLAS_STATUS_SUCCESS) {
+            return LF_LORA_E_INTERNAL;
+        }
+        const cudaDataType_t t = blas_type(dtype);
+        const int lx = static_cast<int>(effective_ld(ldx, h_in));
+        const int ly = static_cast<int>(effective_ld(ldy, h_out));
+        // cuBLAS is column-major: a row-major [rows, cols] matrix is its transpose there.
+        // GEMM 1: V^T[r, n] = A[r, h_in] * X^T[h_in, n], i.e. row-major V = X A^T.
+        const float one = 1.0f, zero = 0.0f;
+        if (cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, r, n_rows, h_in, &one, adapter->a, t,
+                         h_in, x, t, lx, &zero, workspace, t, r, CUBLAS_COMPUTE_32F,
+                         CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS) {
+            return LF_LORA_E_INTERNAL;
+        }
+        // GEMM 2: Y^T[h_out, n] += scale * B[h_out, r] * V^T[r, n], i.e. Y += scale V B^T.
+        const float scale = adapter->scale;
+        if (cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, h_out, n_rows, r, &scale, adapter->b,
+                         t, r, workspace, t, r, &one, y, t, ly, CUBLAS_COMPUTE_32F,
+                         CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS) {
+            return LF_LORA_E_INTERNAL;
+        }
+        return LF_LORA_OK;
+    } catch (...) {
+        return LF_LORA_E_INTERNAL;
+    }
+}
+
+} // extern "C"

@@ -1,0 +1,348 @@
+// The daemon as clients meet it: over its real sockets, with hostile input, beside another
+// instance, under another user, and under systemd's notification protocol.
+#include <doctest/doctest.h>
+
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <grp.h>
+#include <pwd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <zmq.hpp>
+
+#include "ipc/paths.hpp"
+#include "ipc/protocol.hpp"
+#include "support.hpp"
+
+using namespace lftest;
+namespace ipc = loraflip::ipc;
+
+namespace {
+
+// A raw DEALER, to send what no well-behaved client would.
+struct RawPeer {
+  zmq::context_t context{1};
+  zmq::socket_t socket{context, zmq::socket_type::dealer};
+  explicit RawPeer(const std::string &dir) {
+    socket.set(zmq::sockopt::linger, 0);
+    socket.connect(ipc::control_endpoint(dir));
+  }
+  // Sends one body; returns the reply body, or "" when none came within timeout_ms.
+  std::string exchange(const std::string &body, int timeout_ms = 2000) {
+    socket.send(zmq::message_t(), zmq::send_flags::sndmore);
+    socket.send(zmq::buffer(body), zmq::send_flags::none);
+    zmq::pollitem_t item{socket.handle(), 0, ZMQ_POLLIN, 0};
+    if (zmq::poll(&item, 1, std::chrono::milliseconds(timeout_ms)) == 0) return "";
+    zmq::message_t delimiter, reply;
+    REQUIRE(socket.recv(delimiter));
+    REQUIRE(socket.recv(reply));
+    return reply.to_string();
+  }
+};
+
+// The error code of a reply, or 0 for success.
+int reply_code(const std::string &reply) {
+  auto decoded = ipc::decode(reply.data(), reply.size());
+  REQUIRE(decoded);
+  auto root = ipc::MapView::of(decoded->get(), "reply");
+  REQUIRE(root);
+  if (root->boolean("ok").value()) return 0;
+  return static_cast<int>(root->map("error").value().integer("code").value());
+}
+
+std::string request(std::string_view op, const ipc::Encoder &args) {
+  return ipc::encode_request(op, 7, {args.data(), args.size()});
+}
+
+std::string snapshot(lf_client_t *client) {
+  char *json = nullptr;
+  REQUIRE(lf_client_list(client, &json) == LF_OK);
+  std::string s(json);
+  lf_free(json);
+  char *info = nullptr;
+  REQUIRE(lf_client_info(client, "steady", &info) == LF_OK);
+  s += info;
+  lf_free(info);
+  return s;
+}
+
+uint64_t publish_value(lf_client_t *client, const char *name, float value) {
+  lf_writer_t *w = nullptr;
+  REQUIRE(lf_client_begin_write(client, name, 0, &w) == LF_OK);
+  size_t n = 0;
+  lf_writer_tensor_count(w, &n);
+  for (size_t t = 0; t < n; ++t) {
+    lf_tensor_view_t v;
+    lf_writer_tensor(w, t, &v);
+    for (uint64_t i = 0; i < v.nbytes / 4; ++i) static_cast<float *>(v.data)[i] = value;
+  }
+  uint64_t version = 0;
+  REQUIRE(lf_writer_commit(w, LF_COMMIT_CHECK_FINITE | LF_COMMIT_CHECKSUM, &version) == LF_OK);
+  return version;
+}
+
+}  // namespace
+
+TEST_CASE("hostile control messages get error replies and change nothing") {
+  Daemon daemon("hostile");
+  daemon.start();
+  lf_client_t *client = nullptr;
+  REQUIRE(lf_client_open(daemon.dir().c_str(), 5000, &client) == LF_OK);
+  REQUIRE(create_pattern_adapter(client, "steady", 2, 1024, 1) == LF_OK);
+  publish_value(client, "steady", 1.0f);
+  const std::string before = snapshot(client);
+
+  RawPeer peer(daemon.dir());
+  ipc::Encoder empty;
+  empty.map(0);
+  ipc::Encoder bad_name;
+  bad_name.map(2).key("name").str("../etc/passwd").key("tensors").array(0);
+  ipc::Encoder overflow;
+  overflow.map(2).key("name").str("huge").key("tensors").array(1).map(3)
+      .key("name").str("t").key("dtype").str("f32").key("shape").array(2).i64(1LL << 40).i64(1LL << 40);
+  ipc::Encoder wrong_type;
+  wrong_type.map(1).key("name").u64(5);
+  ipc::Encoder bad_lease;
+  bad_lease.map(1).key("lease").u64(987654321);
+  std::string deep;
+  for (int i = 0; i < 100; ++i) deep += '\x91';  // array of one, a hundred deep
+  deep += '\xc0';
+  const std::string valid = request("list", empty);
+
+  const std::vector<std::pair<std::string, int>> cases = {
+      {"", LF_E_PROTOCOL},
+      {"\xff\xfe garbage", LF_E_PROTOCOL},
+      {valid.substr(0, valid.size() / 2), LF_E_PROTOCOL},
+      {valid + "trailing", LF_E_PROTOCOL},
+      {std::string("\x93\x01\x02\x03"), LF_E_PROTOCOL},  // an array, not a map
+      {deep, LF_E_TOO_LARGE},
+      {std::string("\xdd\xff\xff\xff\xff", 5), LF_E_TOO_LARGE},  // a 4-billion array header
+      {request("no_such_op", empty), LF_E_UNKNOWN_OP},
+      {request("create_adapter", bad_name), LF_E_INVALID_ARGUMENT},
+      {request("create_adapter", overflow), LF_E_TOO_LARGE},
+      {request("info", wrong_type), LF_E_PROTOCOL},
+      {request("commit", bad_lease), LF_E_LEASE},
+      {request("drop_adapter", empty), LF_E_PROTOCOL},
+      {std::string(5u << 20, '\x00'), LF_E_TOO_LARGE},  // over the protocol limit, under ZeroMQ's
+  };
+  for (const auto &[body, code] : cases) {
+    CAPTURE(body.size());
+    const std::string reply = peer.exchange(body);
+    REQUIRE(!reply.empty());
+    CHECK(reply_code(reply) == code);
+  }
+  // Over ZeroMQ's own limit the connection is dropped before the daemon reads anything; the
+  // daemon stays up and other clients are served.
+  RawPeer giant(daemon.dir());
+  CHECK(giant.exchange(std::string(80u << 20, 'x'), 1000).empty());
+  CHECK(snapshot(client) == before);
+  CHECK(publish_value(client, "steady", 2.0f) == 2);
+  lf_client_close(client);
+}
+
+TEST_CASE("two daemons with different instance names do not interfere") {
+  Daemon a("twin-a"), b("twin-b");
+  a.start();
+  b.start();
+  lf_client_t *ca = nullptr, *cb = nullptr;
+  REQUIRE(lf_client_open(a.dir().c_str(), 5000, &ca) == LF_OK);
+  REQUIRE(lf_client_open(b.dir().c_str(), 5000, &cb) == LF_OK);
+  REQUIRE(create_pattern_adapter(ca, "shared-name", 1, 1024, 1) == LF_OK);
+  REQUIRE(create_pattern_adapter(cb, "shared-name", 1, 1024, 1) == LF_OK);
+  for (int i = 0; i < 3; ++i) publish_value(ca, "shared-name", 10.0f);
+  publish_value(cb, "shared-name", 20.0f);
+
+  lf_reader_t *ra = nullptr, *rb = nullptr;
+  REQUIRE(lf_reader_open(a.dir().c_str(), &ra) == LF_OK);
+  REQUIRE(lf_reader_open(b.dir().c_str(), &rb) == LF_OK);
+  lf_adapter_ref_t refa, refb;
+  REQUIRE(lf_reader_find(ra, "shared-name", &refa) == LF_OK);
+  REQUIRE(lf_reader_find(rb, "shared-name", &refb) == LF_OK);
+  lf_pin_t *pa, *pb;
+  REQUIRE(lf_reader_acquire(ra, refa, 0, &pa) == LF_OK);
+  REQUIRE(lf_reader_acquire(rb, refb, 0, &pb) == LF_OK);
+  lf_tensor_view_t va, vb;
+  lf_pin_tensor(pa, 0, &va);
+  lf_pin_tensor(pb, 0, &vb);
+  CHECK(lf_pin_version(pa) == 3);
+  CHECK(lf_pin_version(pb) == 1);
+  CHECK(static_cast<float *>(va.data)[0] == 10.0f);
+  CHECK(static_cast<float *>(vb.data)[0] == 20.0f);
+  lf_pin_release(pa);
+  lf_pin_release(pb);
+  lf_reader_close(ra);
+  lf_reader_close(rb);
+  // A second daemon on the same runtime directory is refused while the first runs.
+  const std::string cmd = daemon_path() + " --instance " + a.instance() + " --runtime-dir " +
+                          a.dir() + " > /dev/null 2>&1";
+  CHECK(WEXITSTATUS(std::system(cmd.c_str())) == 1);
+  lf_client_close(ca);
+  lf_client_close(cb);
+}
+
+TEST_CASE("only the owning user and group can reach the sockets and the arena") {
+  Daemon daemon("perm");
+  daemon.start();
+  struct stat st{};
+  REQUIRE(stat(daemon.dir().c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0770);
+  for (const char *f : {"/control", "/events"}) {
+    REQUIRE(stat((daemon.dir() + f).c_str(), &st) == 0);
+    CHECK((st.st_mode & 0007) == 0);  // nothing for others, even for an instant (umask at bind)
+  }
+  for (const char *seg : {".control", ".data"}) {
+    REQUIRE(stat(("/dev/shm/loraflip." + daemon.instance() + seg).c_str(), &st) == 0);
+    CHECK((st.st_mode & 0777) == 0660);
+  }
+  if (geteuid() != 0) {
+    MESSAGE("skipping the other-user half: needs root to become another user");
+    return;
+  }
+  const passwd *nobody = getpwnam("nobody");
+  REQUIRE(nobody != nullptr);
+  const pid_t other = spawn([&] {
+    if (setgroups(0, nullptr) != 0 || setgid(nobody->pw_gid) != 0 || setuid(nobody->pw_uid) != 0)
+      return 10;
+    lf_client_t *c = nullptr;
+    if (lf_client_open(daemon.dir().c_str(), 500, &c) == LF_OK) return 11;
+    lf_reader_t *r = nullptr;
+    if (lf_reader_open(daemon.dir().c_str(), &r) == LF_OK) return 12;
+    // Straight at the shared memory, bypassing the socket: refused too.
+    const std::string shm = "/dev/shm/loraflip." + daemon.instance() + ".control";
+    if (fopen(shm.c_str(), "r") != nullptr) return 13;
+    return 0;
+  });
+  CHECK(wait_child(other) == 0);
+}
+
+TEST_CASE("flip events, futex waits, rollback and drop work end to end") {
+  Daemon daemon("flow");
+  daemon.start();
+  lf_client_t *client = nullptr;
+  REQUIRE(lf_client_open(daemon.dir().c_str(), 5000, &client) == LF_OK);
+  REQUIRE(create_pattern_adapter(client, "flow", 2, 1024, 2) == LF_OK);
+  lf_events_t *events = nullptr;
+  REQUIRE(lf_events_open(daemon.dir().c_str(), "flow", &events) == LF_OK);
+  lf_reader_t *reader = nullptr;
+  REQUIRE(lf_reader_open(daemon.dir().c_str(), &reader) == LF_OK);
+  lf_adapter_ref_t ref = 0;
+  REQUIRE(lf_reader_find(reader, "flow", &ref) == LF_OK);
+  uint64_t v = 99;
+  CHECK(lf_reader_wait(reader, ref, 0, 50, &v) == LF_E_TIMEOUT);
+  sleep_ms(200);  // a SUB socket only hears what is published after it connected
+
+  // A thread-free wait: the writer runs in a child and the futex wakes us.
+  const pid_t writer = spawn([&] {
+    lf_client_t *c = nullptr;
+    if (lf_client_open(daemon.dir().c_str(), 5000, &c) != LF_OK) return 2;
+    sleep_ms(100);
+    for (float x : {1.0f, 2.0f, 3.0f}) publish_value(c, "flow", x);
+    return 0;
+  });
+  REQUIRE(lf_reader_wait(reader, ref, 0, 5000, &v) == LF_OK);
+  CHECK(v >= 1);
+  CHECK(wait_child(writer) == 0);
+  char name[64];
+  uint64_t event_version = 0;
+  for (uint64_t expected = 1; expected <= 3; ++expected) {
+    REQUIRE(lf_events_next(events, 2000, name, sizeof name, &event_version) == LF_OK);
+    CHECK(std::string(name) == "flow");
+    CHECK(event_version == expected);
+  }
+
+  // Exact versions from the history, and a rollback that keeps the version number.
+  lf_pin_t *pin = nullptr;
+  REQUIRE(lf_reader_acquire_version(reader, ref, 2, &pin) == LF_OK);
+  lf_tensor_view_t view;
+  lf_pin_tensor(pin, 0, &view);
+  CHECK(static_cast<float *>(view.data)[0] == 2.0f);
+  lf_pin_release(pin);
+  REQUIRE(lf_client_rollback(client, "flow", 1) == LF_OK);
+  REQUIRE(lf_reader_acquire(reader, ref, 0, &pin) == LF_OK);
+  CHECK(lf_pin_version(pin) == 1);
+  lf_pin_release(pin);
+  REQUIRE(lf_reader_acquire(reader, ref, 2, &pin) == LF_OK);  // newest kept >= 2
+  CHECK(lf_pin_version(pin) == 3);
+  lf_pin_release(pin);
+  CHECK(publish_value(client, "flow", 4.0f) == 4);  // numbered above every version so far
+  REQUIRE(lf_events_next(events, 2000, name, sizeof name, &event_version) == LF_OK);
+  CHECK(event_version == 1);  // the rollback
+  REQUIRE(lf_events_next(events, 2000, name, sizeof name, &event_version) == LF_OK);
+  CHECK(event_version == 4);
+
+  // A pinned adapter that is dropped: new acquires fail at once, the pinned bytes stay.
+  REQUIRE(lf_reader_acquire(reader, ref, 0, &pin) == LF_OK);
+  REQUIRE(lf_client_drop_adapter(client, "flow") == LF_OK);
+  lf_pin_t *again = nullptr;
+  CHECK(lf_reader_acquire(reader, ref, 0, &again) == LF_E_STALE);
+  lf_pin_tensor(pin, 0, &view);
+  CHECK(static_cast<float *>(view.data)[0] == 4.0f);
+  char *stats = nullptr;
+  REQUIRE(lf_client_stats(client, &stats) == LF_OK);
+  const int64_t used_while_pinned = json_number(stats, "data_used");
+  lf_free(stats);
+  CHECK(used_while_pinned > 0);
+  lf_pin_release(pin);
+  const int64_t freed = wait_until(
+      [&] {
+        char *s = nullptr;
+        if (lf_client_stats(client, &s) != LF_OK) return false;
+        const bool zero = json_number(s, "data_used") == 0;
+        lf_free(s);
+        return zero;
+      },
+      2000);
+  CHECK(freed >= 0);
+  lf_events_close(events);
+  lf_reader_close(reader);
+  lf_client_close(client);
+}
+
+TEST_CASE("a full reader table gives a clear error and frees up when a reader closes") {
+  Daemon daemon("table", {"--max-readers", "3"});
+  daemon.start();
+  std::vector<lf_reader_t *> readers(3);
+  for (auto &r : readers) REQUIRE(lf_reader_open(daemon.dir().c_str(), &r) == LF_OK);
+  lf_reader_t *extra = nullptr;
+  CHECK(lf_reader_open(daemon.dir().c_str(), &extra) == LF_E_TABLE_FULL);
+  CHECK(std::string(lf_last_error_message()).find("--max-readers") != std::string::npos);
+  lf_reader_close(readers[0]);
+  CHECK(lf_reader_open(daemon.dir().c_str(), &extra) == LF_OK);
+  lf_reader_close(extra);
+  for (size_t i = 1; i < readers.size(); ++i) lf_reader_close(readers[i]);
+}
+
+TEST_CASE("the daemon tells systemd it is ready and stops cleanly on SIGTERM") {
+  const std::string sock_path = "/tmp/lftest-notify-" + std::to_string(getpid());
+  const int fd = socket(AF_UNIX, SOCK_DGRAM, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, sock_path.c_str(), sizeof addr.sun_path - 1);
+  unlink(sock_path.c_str());
+  REQUIRE(bind(fd, reinterpret_cast<sockaddr *>(&addr), sizeof addr) == 0);
+  setenv("NOTIFY_SOCKET", sock_path.c_str(), 1);
+  setenv("WATCHDOG_USEC", "200000", 1);
+  Daemon daemon("notify");
+  daemon.start();
+  unsetenv("NOTIFY_SOCKET");
+  unsetenv("WATCHDOG_USEC");
+  std::string heard;
+  timeval tv{1, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char buf[256];
+  while (heard.find("WATCHDOG=1") == std::string::npos) {
+    const ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) break;
+    heard.append(buf, static_cast<size_t>(n)).append("\n");
+  }
+  CHECK(heard.find("READY=1") != std::string::npos);
+  CHECK(heard.find("WATCHDOG=1") != std::string::npos);
+  CHECK(daemon.stop() == 0);
+  close(fd);
+  unlink(sock_path.c_str());
+}

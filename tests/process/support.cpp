@@ -1,0 +1,185 @@
+#include "support.hpp"
+
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fcntl.h>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+
+namespace lftest {
+
+std::string daemon_path() {
+  const char *p = std::getenv("LORAFLIPD");
+  if (p == nullptr) throw std::runtime_error("set LORAFLIPD to the loraflipd binary");
+  return p;
+}
+
+std::string unique_tag(const std::string &base) {
+  static int counter = 0;
+  return base + "-" + std::to_string(::getpid()) + "-" + std::to_string(++counter);
+}
+
+void sleep_ms(int ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); }
+
+uint64_t now_ms() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::steady_clock::now().time_since_epoch())
+                                   .count());
+}
+
+int64_t wait_until(const std::function<bool()> &condition, int timeout_ms) {
+  const uint64_t start = now_ms();
+  while (true) {
+    if (condition()) return static_cast<int64_t>(now_ms() - start);
+    if (now_ms() - start > static_cast<uint64_t>(timeout_ms)) return -1;
+    sleep_ms(10);
+  }
+}
+
+Daemon::Daemon(std::string tag, std::vector<std::string> extra_args)
+    : instance_(unique_tag(tag)), extra_(std::move(extra_args)) {
+  dir_ = "/tmp/lftest-" + instance_;
+}
+
+Daemon::~Daemon() {
+  kill9();
+  // Remove the arena and runtime directory the daemon left for its next start.
+  std::string cmd = daemon_path() + " --instance " + instance_ + " --remove-arena >/dev/null 2>&1";
+  [[maybe_unused]] int rc = std::system(cmd.c_str());
+  cmd = "rm -rf " + dir_;
+  rc = std::system(cmd.c_str());
+}
+
+std::string Daemon::log() const {
+  std::ifstream in(dir_ + ".log");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void Daemon::start() {
+  const std::string path = daemon_path();
+  std::vector<std::string> args = {path, "--instance", instance_, "--runtime-dir", dir_,
+                                   "--arena-size", "256M", "--log-level", "info"};
+  args.insert(args.end(), extra_.begin(), extra_.end());
+  const std::string log_path = dir_ + ".log";
+  pid_ = ::fork();
+  if (pid_ == 0) {
+    int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd >= 0) {
+      ::dup2(fd, 1);
+      ::dup2(fd, 2);
+    }
+    std::vector<char *> argv;
+    for (auto &a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(path.c_str(), argv.data());
+    std::_Exit(127);
+  }
+  const int64_t waited = wait_until(
+      [&] {
+        lf_client_t *c = nullptr;
+        if (lf_client_open(dir_.c_str(), 200, &c) != LF_OK) return false;
+        lf_client_close(c);
+        return true;
+      },
+      10000);
+  if (waited < 0) throw std::runtime_error("loraflipd did not start: " + log());
+}
+
+void Daemon::kill9() {
+  if (pid_ <= 0) return;
+  ::kill(pid_, SIGKILL);
+  ::waitpid(pid_, nullptr, 0);
+  pid_ = -1;
+}
+
+int Daemon::stop() {
+  if (pid_ <= 0) return -1;
+  ::kill(pid_, SIGTERM);
+  const int status = wait_child(pid_);
+  pid_ = -1;
+  return status;
+}
+
+pid_t spawn(const std::function<int()> &body) {
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    int rc = 1;
+    try {
+      rc = body();
+    } catch (...) {
+      rc = 99;
+    }
+    std::fflush(nullptr);
+    std::_Exit(rc);
+  }
+  return pid;
+}
+
+int wait_child(pid_t pid) {
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -1;
+}
+
+int create_pattern_adapter(lf_client_t *client, const std::string &name, int tensors,
+                           int64_t elements, int history) {
+  lf_spec_t *spec = nullptr;
+  int rc = lf_spec_new(&spec);
+  for (int t = 0; t < tensors && rc == LF_OK; ++t) {
+    const std::string tensor = "base_model.model.model.layers." + std::to_string(t) +
+                               ".self_attn.q_proj.lora_" + (t % 2 ? "B" : "A") + ".weight";
+    const int64_t shape[2] = {elements / 16, 16};
+    rc = lf_spec_add_tensor(spec, tensor.c_str(), LF_DTYPE_F32, 2, shape);
+  }
+  if (rc == LF_OK) rc = lf_spec_set_slots(spec, 0, history);
+  if (rc == LF_OK) rc = lf_client_create_adapter(client, name.c_str(), spec);
+  lf_spec_free(spec);
+  return rc;
+}
+
+void fill_pattern(lf_writer_t *writer, uint64_t version) {
+  size_t count = 0;
+  lf_writer_tensor_count(writer, &count);
+  uint64_t word = 0;
+  for (size_t t = 0; t < count; ++t) {
+    lf_tensor_view_t v;
+    lf_writer_tensor(writer, t, &v);
+    auto *p = static_cast<uint64_t *>(v.data);
+    for (uint64_t i = 0; i < v.nbytes / 8; ++i) p[i] = pattern_word(version, word++);
+  }
+}
+
+uint64_t count_torn(const lf_pin_t *pin) {
+  const uint64_t version = lf_pin_version(pin);
+  uint64_t torn = 0, word = 0;
+  for (size_t t = 0; t < lf_pin_tensor_count(pin); ++t) {
+    lf_tensor_view_t v;
+    lf_pin_tensor(pin, t, &v);
+    const auto *p = static_cast<const volatile uint64_t *>(v.data);
+    for (uint64_t i = 0; i < v.nbytes / 8; ++i)
+      if (p[i] != pattern_word(version, word++)) ++torn;
+  }
+  return torn;
+}
+
+int64_t json_number(const std::string &json, const std::string &key) {
+  const std::string needle = "\"" + key + "\":";
+  const size_t at = json.find(needle);
+  if (at == std::string::npos) return -1;
+  return std::strtoll(json.c_str() + at + needle.size(), nullptr, 10);
+}
+
+}  // namespace lftest

@@ -1,0 +1,744 @@
+// daemon/registry: create, write, commit, history, pins, leases, reaping, drop and restart.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstring>
+#include <optional>
+#include <set>
+#include <string>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "daemon/registry.hpp"
+#include "kernels/validate.hpp"
+#include "support.hpp"
+
+using namespace loraflip;
+using daemon::BeginRequest;
+using daemon::CommitRequest;
+using daemon::CreateRequest;
+using daemon::Lease;
+using daemon::Registry;
+
+namespace {
+
+constexpr uint64_t kT0 = 1'000'000'000'000ULL;  // an arbitrary "now" on the monotonic clock
+constexpr uint64_t kMs = 1'000'000ULL;
+
+// An open registry over a fresh arena, removed at the end of the test.
+struct Fixture {
+  test::ScopedInstance instance;
+  std::optional<Registry> reg;
+
+  explicit Fixture(uint32_t max_adapters = 8, uint64_t data_bytes = uint64_t{4} << 20) {
+    ipc::ArenaConfig config = test::small_config(instance.name);
+    config.max_adapters = max_adapters;
+    config.data_bytes = data_bytes;
+    bool created = false;
+    Result<ipc::Arena> arena = ipc::Arena::open_or_create(config, &created);
+    REQUIRE_MESSAGE(arena.ok(), test::why(arena));
+    Result<Registry> r = Registry::open(std::move(arena).value());
+    REQUIRE_MESSAGE(r.ok(), test::why(r));
+    reg.emplace(std::move(r).value());
+  }
+  Registry &r() { return *reg; }
+  const ipc::Arena &arena() { return reg->arena(); }
+  ipc::AdapterRecord &record(const std::string &name) {
+    auto index = reg->find(name);
+    REQUIRE(index.has_value());
+    return arena().adapter(*index);
+  }
+  uint64_t active(const std::string &name) { return record(name).active.load(); }
+};
+
+// A small LoRA pair: A is f32 [4, 64] (1 KiB), B is f16 [64, 4] (512 B): one page per slot.
+CreateRequest spec(const std::string &name, uint32_t slots = 0, int32_t history = -1) {
+  CreateRequest q;
+  q.name = name;
+  q.tensors = {{"base_model.model.layers.0.q_proj.lora_A.weight", LF_DTYPE_F32, {4, 64}},
+               {"base_model.model.layers.0.q_proj.lora_B.weight", LF_DTYPE_F16, {64, 4}}};
+  q.rank = 4;
+  q.alpha = 8;
+  q.target_modules = "q_proj";
+  q.slots = slots;
+  q.history = history;
+  return q;
+}
+
+BeginRequest begin_req(const std::string &name, uint64_t lease_ms = 30000) {
+  return BeginRequest{name, lease_ms, static_cast<uint64_t>(::getpid()),
+                      ipc::process_start_time(::getpid())};
+}
+
+// Fills the slot of `lease` with finite values derived from `seed`.
+void fill(Fixture &f, const Lease &lease, float seed) {
+  const ipc::AdapterRecord &r = f.arena().adapter(lease.adapter);
+  const ipc::TensorDesc *d = f.arena().tensors(r);
+  auto *a = reinterpret_cast<float *>(f.arena().data_at(lease.data_offset + d[0].offset));
+  for (uint64_t i = 0; i < d[0].nbytes / 4; ++i) a[i] = seed + static_cast<float>(i);
+  auto *b = reinterpret_cast<uint16_t *>(f.arena().data_at(lease.data_offset + d[1].offset));
+  for (uint64_t i = 0; i < d[1].nbytes / 2; ++i) b[i] = 0x3C00;  // 1.0 in f16
+}
+
+Lease begin(Fixture &f, const std::string &name, uint64_t now = kT0) {
+  Result<Lease> lease = f.r().begin_write(begin_req(name), now);
+  REQUIRE_MESSAGE(lease.ok(), test::why(lease));
+  return lease.value();
+}
+
+// begin, fill, commit: returns the new version.
+uint64_t publish(Fixture &f, const std::string &name, uint64_t now = kT0) {
+  const Lease lease = begin(f, name, now);
+  fill(f, lease, 1.0f);
+  auto flip = f.r().commit(CommitRequest{lease.id, 0, std::nullopt}, now);
+  REQUIRE_MESSAGE(flip.ok(), test::why(flip));
+  return flip->version;
+}
+
+void pin(Fixture &f, uint32_t reader, uint32_t cell, uint64_t active_word, uint32_t adapter,
+         uint64_t pid = static_cast<uint64_t>(::getpid()), uint64_t start = 0) {
+  ipc::ReaderEntry &e = f.arena().reader(reader);
+  e.owner_pid.store(pid);
+  e.owner_start.store(start != 0 ? start : ipc::process_start_time(static_cast<pid_t>(pid)));
+  e.pins[cell].store(ipc::pack_pin(active_word, adapter));
+}
+
+void unpin(Fixture &f, uint32_t reader, uint32_t cell) { f.arena().reader(reader).pins[cell].store(0); }
+
+std::set<uint64_t> committed_versions(const ipc::AdapterRecord &r) {
+  std::set<uint64_t> out;
+  for (uint32_t s = 0; s < r.slot_count; ++s) {
+    const uint64_t w = r.slots[s].word.load();
+    if (ipc::slot_word_state(w) == ipc::SlotState::kCommitted) out.insert(ipc::slot_word_version(w));
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("create gives an adapter history + 2 slots by default and stores its schema") {
+  Fixture f;
+  REQUIRE(f.r().create(spec("alpha")).ok());
+  const ipc::AdapterRecord &r = f.record("alpha");
+  CHECK(r.history_depth == 2);  // the arena default
+  CHECK(r.slot_count == 4);
+  CHECK(r.slot_bytes == 4096);
+  CHECK(r.tensor_count == 2);
+  CHECK(r.active.load() == 0);
+  CHECK(r.last_version == 0);
+  CHECK(r.lora.rank == 4);
+  CHECK(std::string(f.arena().pool_string(r.lora.target_modules_offset)) == "q_proj");
+  const ipc::TensorDesc *d = f.arena().tensors(r);
+  CHECK(std::string(d[0].name) == "base_model.model.layers.0.q_proj.lora_A.weight");
+  CHECK(d[1].offset == 1024);
+  CHECK(d[1].nbytes == 512);
+  CHECK(f.r().data_allocator().used() == 4 * 4096);
+
+  REQUIRE(f.r().create(spec("beta", 0, 5)).ok());
+  CHECK(f.record("beta").slot_count == 7);
+  CHECK(f.record("beta").history_depth == 5);
+  REQUIRE(f.r().create(spec("gamma", 9, 0)).ok());
+  CHECK(f.record("gamma").slot_count == 9);
+  // Slots of different adapters never overlap.
+  CHECK(f.record("beta").data_offset >= f.record("alpha").data_offset + 4 * 4096);
+}
+
+TEST_CASE("create refuses a name that exists, bad names and slot counts out of range") {
+  Fixture f;
+  REQUIRE(f.r().create(spec("alpha")).ok());
+  const uint64_t used = f.r().data_allocator().used(), pool = f.r().pool_allocator().used();
+  CHECK(f.r().create(spec("alpha")).code() == LF_E_EXISTS);
+  CHECK(f.r().create(spec("-bad")).code() == LF_E_INVALID_ARGUMENT);
+  CHECK(f.r().create(spec("")).code() == LF_E_INVALID_ARGUMENT);
+  CHECK(f.r().create(spec("b", 3, 2)).code() == LF_E_INVALID_ARGUMENT);   // < history + 2
+  CHECK(f.r().create(spec("b", 65, 2)).code() == LF_E_INVALID_ARGUMENT);  // > kMaxSlots
+  CHECK(f.r().create(spec("b", 0, 63)).code() == LF_E_INVALID_ARGUMENT);  // 65 slots
+  CHECK(f.r().create(spec("b", 0, INT32_MAX)).code() == LF_E_INVALID_ARGUMENT);
+  CreateRequest rank = spec("b");
+  rank.rank = 70000;
+  CHECK(rank.rank > 65536);
+  CHECK(f.r().create(rank).code() == LF_E_INVALID_ARGUMENT);
+  CreateRequest meta = spec("b");
+  meta.metadata.assign(65537, 'm');
+  CHECK(f.r().create(meta).code() == LF_E_TOO_LARGE);
+  CreateRequest none = spec("b");
+  none.tensors.clear();
+  CHECK(f.r().create(none).code() == LF_E_INVALID_ARGUMENT);
+  CHECK(f.r().data_allocator().used() == used);
+  CHECK(f.r().pool_allocator().used() == pool);
+  CHECK(f.r().live_adapters().size() == 1);
+}
+
+TEST_CASE("create refuses a new adapter once max_adapters are in the table") {
+  Fixture f(/*max_adapters=*/2);
+  REQUIRE(f.r().create(spec("a1")).ok());
+  REQUIRE(f.r().create(spec("a2")).ok());
+  const uint64_t used = f.r().data_allocator().used();
+  CHECK(f.r().create(spec("a3")).code() == LF_E_TABLE_FULL);
+  CHECK(f.r().data_allocator().used() == used);
+  // A dropped adapter's record is free again only once reap() gives its memory back.
+  REQUIRE(f.r().drop("a1").ok());
+  CHECK(f.r().create(spec("a3")).code() == LF_E_TABLE_FULL);
+  CHECK(f.r().reap(kT0).adapters_freed == 1);
+  CHECK(f.r().create(spec("a3")).ok());
+}
+
+TEST_CASE("create refuses an adapter that does not fit the data arena") {
+  Fixture f;  // 4 MiB of data
+  auto big = [](const std::string &name, int64_t floats, uint32_t slots) {
+    CreateRequest q = spec(name, slots, 0);
+    q.tensors = {{"w", LF_DTYPE_F32, {floats}}};
+    return q;
+  };
+  // 2 slots of 3 MiB can never fit.
+  CHECK(f.r().create(big("x", 3 << 18, 2)).code() == LF_E_ARENA_FULL);
+  // A slot larger than the arena is "too large", not "full".
+  CHECK(f.r().create(big("x", 2 << 20, 2)).code() == LF_E_TOO_LARGE);
+  CHECK(f.r().data_allocator().used() == 0);
+  // 2 slots of 1.5 MiB fit once; the second copy finds 1 MiB left.
+  REQUIRE(f.r().create(big("x", 3 << 17, 2)).ok());
+  const uint64_t used = f.r().data_allocator().used(), pool = f.r().pool_allocator().used();
+  CHECK(used == 3 << 20);
+  const Status full = f.r().create(big("y", 3 << 17, 2));
+  CHECK(full.code() == LF_E_ARENA_FULL);
+  CHECK(f.r().data_allocator().used() == used);
+  CHECK(f.r().pool_allocator().used() == pool);  // the pool reservation was given back
+  CHECK_FALSE(f.r().find("y").has_value());
+}
+
+TEST_CASE("create refuses an adapter whose descriptors do not fit the pool") {
+  Fixture f;  // 64 KiB of pool: about 190 descriptors
+  CreateRequest q = spec("many", 0, 0);
+  q.tensors.clear();
+  for (int i = 0; i < 400; ++i) q.tensors.push_back({"t" + std::to_string(i), LF_DTYPE_U8, {1}});
+  CHECK(f.r().create(q).code() == LF_E_ARENA_FULL);
+  CHECK(f.r().pool_allocator().used() == 0);
+  CHECK(f.r().data_allocator().used() == 0);
+}
+
+TEST_CASE("commit flips the active word to (version, slot) and versions strictly increase") {
+  Fixture f;
+  REQUIRE(f.r().create(spec("alpha")).ok());
+  const uint32_t seq0 = f.arena().header().flip_seq.load();
+  uint64_t previous = 0;
+  for (int i = 0; i < 20; ++i) {
+    const Lease lease = begin(f, "alpha");
+    if (previous != 0) CHECK(lease.slot != ipc::active_slot(f.active("alpha")));
+    fill(f, lease, static_cast<float>(i));
+    auto flip = f.r().commit(CommitRequest{lease.id, 0, std::nullopt}, kT0);
+    REQUIRE_MESSAGE(flip.ok(), test::why(flip));
+    CHECK(flip->version == previous + 1);
+    CHECK(flip->previous == previous);
+    CHECK(flip->kind == "commit");
+    CHECK(flip->adapter == "alpha");
+    CHECK(f.active("alpha") == ipc::pack_active(flip->version, lease.slot));
+    CHECK(f.record("alpha").last_version == flip->version);
+    CHECK(f.record("alpha").slots[lease.slot].word.load() ==
+          ipc::pack_slot_word(flip->version, ipc::SlotState::kCommitted));
+    previous = flip->version;
+  }
+  CHECK(f.record("alpha").commits.load() == 20);
+  CHECK(f.arena().header().flip_seq.load() == seq0 + 20);
+}
+
+TEST_CASE("history keeps exactly `history` committed versions besides the active one") {
+  for (int32_t history : {0, 1, 2, 5}) {
+    Fixture f;
+    REQUIRE(f.r().create(spec("alpha", 0, history)).ok());
+    for (int i = 1; i <= 12; ++i) {
+      const uint64_t v = publish(f, "alpha");
+      std::set<uint64_t> expect;
+      for (uint64_t k = v > static_cast<uint64_t>(history) ? v - history : 1; k <= v; ++k)
+        expect.insert(k);
+      REQUIRE_MESSAGE(committed_versions(f.record("alpha")) == expect,
+                      "history " << history << " after version " << v);
+      const auto census = f.r().census(*f.r().find("alpha"));
+      CHECK(census.committed == expect.size());
+      CHECK(census.free == f.record("alpha").slot_count - expect.size());
+    }
+  }
+}
+
+TEST_CASE("begin_write never hands out a slot that a reader pins") {
+  Fixture f;
+  REQUIRE(f.r().create(spec("alpha", 3, 0)).ok());  // history 0: old versions are freed at once
+  const uint32_t idx = *f.r().find("alpha");
+  const Lease first = begin(f, "alpha");
+  fill(f, first, 1);
+  REQUIRE(f.r().commit({first.id, 0, std::nullopt}, kT0).ok());
+  const uint64_t v1_word = f.active("alpha");
+  pin(f, 0, 3, v1_word, idx);  // a reader holds version 1
+  publish(f, "alpha");         // version 2 elsewhere: version 1's slot is free but pinned
+  CHECK(ipc::slot_word_state(f.record("alpha").slots[first.slot].word.load()) ==
+        ipc::SlotState::kFree);
+  CHECK(f.r().census(idx).pinned == 1);
+
+  const Lease other = begin(f, "alpha");
+  CHECK(other.slot != first.slot);
+  CHECK(other.slot != ipc::active_slot(f.active("alpha")));
+  Result<Lease> none = f.r().begin_write(begin_req("alpha"), kT0);
+  REQUIRE_FALSE(none.ok());
+  CHECK(none.error().code == LF_E_NO_FREE_SLOT);
+  CHECK(none.error().message.find("1 pinned") != std::string::npos);
+  CHECK(f.r().pins_held() == 1);
+
+  unpin(f, 0, 3);
+  const Lease reused = begin(f, "alpha");
+  CHECK(reused.slot == first.slot);
+}
+
+TEST_CASE("a pin of another adapter or of an empty cell does not block a slot") {
+  Fixture f;
+  REQUIRE(f.r().create(spec("alpha", 2, 0)).ok());
+  REQUIRE(f.r().create(spec("beta", 2, 0)).ok());
+  const uint32_t a = *f.r().find("alpha"), b = *f.r().find("beta");
+  publish(f, "alpha");
+  const uint64_t w = f.active("alpha");
+  publish(f, "alpha");  // version 1's slot is free now
+  pin(f, 1, 0, w, b);   // same slot and version, but beta's
+  CHECK(f.r().begin_write(begin_req("alpha"), kT0).ok());
+  CHECK(f.r().census(a).pinned == 0);
+}
+
+TEST_CASE("rollback flips back to a kept version, keeps its number, and later commits go above") {
+  Fixture f;
+  REQUIRE(f.r().create(spec("alpha", 0, 2)).ok());
+  const uint64_t v1 = publish(f, "alpha");
+  const uint32_t v1_slot = ipc::active_slot(f.active("alpha"));
+  publish(f, "alpha");
+  const uint64_t v3 = publish(f, "alpha");
+  REQUIRE(v3 == 3);
+
+  auto back = f.r().rollback("alpha", v1);
+  REQUIRE_MESSAGE(back.ok(), test::why(back));
+  CHECK(back->version == 1);
+  CHECK(back->previous == 3);
+  CHECK(back->kind == "rollback");
+  CHECK(f.active("alpha") == ipc::pack_active(1, v1_slot));
+  CHECK(committed_versions(f.record("alpha")) == std::set<uint64_t>{1, 2, 3});
+  CHECK(f.record("alpha").rollbacks.load() == 1);
+
+  // Rolling back to the active version changes nothing.
+  auto same = f.r().rollback("alpha", 1);
+  REQUIRE(same.ok());
+  CHECK(f.record("alpha").rollbacks.load() == 1);
+
+  const uint64_t v4 = publish(f, "alpha");
+  CHECK(v4 == 4);  // above last_version, not above the active one
+  // Kept: active 4, then 3 and 2; version 1 was evicted.
+  CHECK(committed_versions(f.record("alpha")) == std::set<uint64_t>{2, 3, 4});
+  auto gone = f.r().rollback("alpha", 1);
+  REQUIRE_FALSE(gone.ok());
+  CHECK(gone.error().code == LF_E_NO_VERSION);
+  CHECK(f.r().rollback("alpha", 99).error().code == LF_E_NO_VERSION);
+  CHECK(f.r().rollback("alpha", 0).error().code == LF_E_NO_VERSION);
+  CHECK(f.r().rollback("nobody", 1).error().code == LF_E_NOT_FOUND);
+  CHECK(ipc::active_version(f.active("alpha")) == 4);
+}
+
+TEST_CASE("abort gives the slot back and ends the lease") {
+  Fixture f;
+  REQUIRE(f.r().create(spec("alpha")).ok());
+  const uint32_t idx = *f.r().find("alpha");
+  const Lease lease = begin(f, "alpha");
+  CHECK(f.r().census(idx).writing == 1);
+  CHECK(f.r().abort(lease.id).ok());
+  CHECK(f.r().census(idx).writing == 0);
+  CHECK(f.r().census(idx).free == 4);
+  CHECK(f.record("alpha").aborts.load() == 1);
+  CHECK(f.r().abort(lease.id).code() == LF_E_LEASE);
+  CHECK(f.r().commit({lease.id, 0, std::nullopt}, kT0).error().code == LF_E_LEASE);
+  CHECK(begin(f, "alpha").slot == lease.slot);
+  CHECK(f.active("alpha") == 0);
+}
+
+TEST_CASE("commit refuses an unknown lease, unknown flags and begin_write bad arguments") {
+  Fixture f;
+  REQUIRE(f.r().create(spec("alpha")).ok());
+  const Lease lease = begin(f, "alpha");
+  CHECK(f.r().commit({lease.id + 1000, 0, std::nullopt}, kT0).error().code == LF_E_LEASE);
+  CHECK(f.r().commit({0, 0, std::nullopt}, kT0).error().code == LF_E_LEASE);
+  CHECK(f.r().commit({lease.id, 4, std::nullopt}, kT0).error().code == LF_E_INVALID_ARGUMENT);
+  CHECK(f.r().abort(0).code() == LF_E_LEASE);
+  // The refused calls did not end the real lease.
+  CHECK(f.r().commit({lease.id, 0, std::nullopt}, kT0).ok());
+
+  BeginRequest q = begin_req("alpha");
+  q.pid = 0;
+  CHECK(f.r().begin_write(q, kT0).error().code == LF_E_INVALID_ARGUMENT);
+  q = begin_req("alpha");
+  q.lease_ms = 0;
+  CHECK(f.r().begin_write(q, kT0).error().code == LF_E_INVALID_ARGUMENT);
+  CHECK(f.r().begin_write(begin_req("nobody"), kT0).error().code == LF_E_NOT_FOUND);
+}
+
+TEST_CASE("lease ids never repeat") {
+  Fixture f;
+  REQUIRE(f.r().create(spec("alpha")).ok());
+  std::set<uint64_t> ids;
+  for (int i = 0; i < 20; ++i) {
+    const Lease l = begin(f, "alpha");
+    CHECK(ids.insert(l.id).second);
+    REQUIRE(f.r().abort(l.id).ok());
+  }
+}
+
+TEST_CASE("commit after the lease deadline fails with LF_E_LEASE and leaves the active version") {
+  Fixture f;
+  REQUIRE(f.r().create(spec("alpha")).ok());
+  publish(f, "alpha");
+  const uint64_t before = f.active("alpha");
+  Result<Lease> lease = f.r().begin_write(begin_req("alpha", 10), kT0);
+  REQUIRE(lease.ok());
+  fill(f, lease.value(), 2);
+  // Exactly at the deadline is still in time; one nanosecond later is not.
+  SUBCASE("late") {
+    auto late = f.r().commit({lease->id, 0, std::nullopt}, kT0 + 10 * kMs + 1);
+    REQUIRE_FALSE(late.ok());
+    CHECK(late.error().code == LF_E_LEASE);
+    CHECK(f.active("alpha") == before);
+    CHECK(f.r().census(*f.r().find("alpha")).writing == 0);
+    CHECK(f.r().commit({lease->id, 0, std::nullopt}, kT0).error().code == LF_E_LEASE);
+  }
+  SUBCASE("on time") {
+    CHECK(f.r().commit({lease->id, 0, std::nullopt}, kT0 + 10 * kMs).ok());
+  }
+}
+
+TEST_CASE("reap marks an expired lease of a live writer abandoned, never to be lent again") {
+  Fixture f;
+  REQUIRE(f.r().create(spec("alpha", 2, 0)).ok());
+  const uint32_t idx = *f.r().find("alpha");
+  Result<Lease> lease = f.r().begin_write(begin_req("alpha", 5), kT0);
+  REQUIRE(lease.ok());
+  CHECK(f.r().reap(kT0 + 5 * kMs).expired_leases == 0);  // not yet
+  const auto report = f.r().reap(kT0 + 6 * kMs);
+  CHECK(report.expired_leases == 1);
+  CHECK(report.dead_writers == 0);
+  CHECK(f.r().census(idx).abandoned == 1);
+  // The other slot is lent; the abandoned one never is.
+  const Lease other = begin(f, "alpha", kT0 + 7 * kMs);
+  CHECK(other.slot != lease->slot);
+  CHECK(f.r().begin_write(begin_req("alpha"), kT0 + 7 * kMs).error().code == LF_E_NO_FREE_SLOT);
+  CHECK(f.r().reap(kT0 + 8 * kMs).expired_leases == 0);  // counted once
+  CHECK(f.r().census(idx).abandoned == 1);
+  // The writer answers at last: told its lease ended, and the slot comes back.
+  CHECK(f.r().commit({lease->id, 0, std::nullopt}, kT0 + 9 * kMs).error().code == LF_E_LEASE);
+  CHECK(f.r().census(idx).abandoned == 0);
+  CHECK(f.r().census(idx).free == 1);
+}
+
+TEST_CASE("reap frees the slot of a writer that died, expired or not") {
+  Fixture f;
+  REQUIRE(f.r().create(spec("alpha")).ok());
+  const uint32_t idx = *f.r().find("alpha");
+  uint64_t start = 0;
+  const pid_t dead = test::dead_child(&start);
+  REQUIRE(dead > 0);
+  REQUIRE(start != 0);
+  BeginRequest q{"alpha", 30000, static_cast<uint64_t>(dead), start};
+  REQUIRE(f.r().begin_write(q, kT0).ok());
+  q.lease_ms = 1;
+  REQUIRE(f.r().begin_write(q, kT0).ok());
+  CHECK(f.r().census(idx).writing == 2);
+  const auto report = f.r().reap(kT0 + 5 * kMs);
+  CHECK(report.dead_writers == 2);
+  CHECK(report.expired_leases == 0);
+  CHECK(f.r().census(idx).writing == 0);
+  CHECK(f.r().census(idx).free == 4);
+  CHECK(f.active("alpha") == 0);
+}
+
+TEST_CASE("reap frees an abandoned slot once its writer dies") {
+  Fixture f;
+  REQUIRE(f.r().create(spec("alpha")).ok());
+  const uint32_t idx = *f.r().find("alpha");
+  // A live pid (ours) with the start time of a process that has exited stands for a writer
+  // that died and whose pid was reused.
+  uint64_t start = 0;
+  test::dead_child(&start);
+  REQUIRE(start != 0);
+  BeginRequest q{"alpha", 1, static_cast<uint64_t>(::getpid()),
+                 ipc::process_start_time(::getpid())};
+  Result<Lease> lease = f.r().begin_write(q, kT0);
+  REQUIRE(lease.ok());
+  CHECK(f.r().reap(kT0 + 2 * kMs).expired_leases == 1);
+  CHECK(f.r().census(idx).abandoned == 1);
+  f.arena().adapter(idx).slots[lease->slot].writer_start = start + 1;  // "pid reused"
+  CHECK(f.r().reap(kT0 + 3 * kMs).dead_writers == 1);
+  CHECK(f.r().census(idx).abandoned == 0);
+}
+
+TEST_CASE("reap clears a dead reader's pins and frees its entry") {
+  Fixture f;
+  REQUIRE(f.r().create(spec("alpha", 2, 0)).ok());
+  const uint32_t idx = *f.r().find("alpha");
+  publish(f, "alpha");
+  const uint64_t v1 = f.active("alpha");
+  uint64_t start = 0;
+  const pid_t dead = test::dead_child(&start);
+  pin(f, 2, 0, v1, idx, static_cast<uint64_t>(dead), start);
+  pin(f, 2, 7, v1, idx, static_cast<uint64_t>(dead), start);
+  pin(f, 4, 1, v1, idx);  // a live reader (this process) is left alone
+  CHECK(f.r().live_readers() == 2);
+  const auto report = f.r().reap(kT0);
+  CHECK(report.dead_readers == 1);
+  CHECK(report.pins_cleared == 2);
+  const ipc::ReaderEntry &e = f.arena().reader(2);
+  CHECK(e.owner_pid.load() == 0);
+  CHECK(e.owner_start.load() == 0);
+  for (const auto &cell : e.pins) CHECK(cell.load() == 0);
+  CHECK(f.arena().reader(4).pins[1].load() == ipc::pack_pin(v1, idx));
+  CHECK(f.r().live_readers() == 1);
+  CHECK(f.r().pins_held() == 1);
+  CHECK(f.r().reap(kT0).dead_readers == 0);
+}
+
+TEST_CASE("reap reclaims a reader entry whose pid now names another process") {
+  Fixture f;
+  REQUIRE(f.r().create(spec("alpha", 2, 0)).ok());
+  const uint32_t idx = *f.r().find("alpha");
+  publish(f, "alpha");
+  const uint64_t v1 = f.active("alpha");
+  const uint64_t me = static_cast<uint64_t>(::getpid());
+  const uint64_t my_start = ipc::process_start_time(::getpid());
+  REQUIRE(my_start != 0);
+  pin(f, 0, 0, v1, idx, me, my_start + 1);  // same pid, another start time: a reused pid
+  pin(f, 1, 0, v1, idx, me, my_start);      // the real owner
+  publish(f, "alpha");                      // version 1's slot is now free, but pinned
+  CHECK(f.r().begin_write(begin_req("alpha"), kT0).error().code == LF_E_NO_FREE_SLOT);
+  const auto report = f.r().reap(kT0);
+  CHECK(report.dead_readers == 1);
+  CHECK(f.arena().reader(0).owner_pid.load() == 0);
+  CHECK(f.arena().reader(1).owner_pid.load() == me);
+  CHECK(f.arena().reader(1).pins[0].load() != 0);
+  unpin(f, 1, 0);
+  CHECK(f.r().begin_write(begin_req("alpha"), kT0).ok());
+}
+
+TEST_CASE("reap treats zombie readers and writers as dead") {
+  Fixture f;
+  REQUIRE(f.r().create(spec("alpha", 2, 0)).ok());
+  const uint32_t idx = *f.r().find("alpha");
+  publish(f, "alpha");
+  uint64_t start = 0;
+  const pid_t zombie = test::zombie_child(&start);
+  REQUIRE(zombie > 0);
+  pin(f, 0, 0, f.active("alpha"), idx, static_cast<uint64_t>(zombie), start);
+  REQUIRE(f.r().begin_write({"alpha", 30000, static_cast<uint64_t>(zombie), start}, kT0).ok());
+  const auto report = f.r().reap(kT0);
+  int status = 0;
+  ::waitpid(zombie, &status, 0);
+  CHECK(report.dead_readers == 1);
+  CHECK(report.dead_writers == 1);
+  CHECK(f.r().census(idx).writing == 0);
+}
+
+TEST_CASE("drop hides the adapter at once and frees its memory only once no pin names it") {
+  Fixture f;
+  const uint64_t data0 = f.r().data_allocator().used(), pool0 = f.r().pool_allocator().used();
+  REQUIRE(f.r().create(spec("alpha")).ok());
+  const uint32_t idx = *f.r().find("alpha");
+  publish(f, "alpha");
+  const uint64_t word = f.active("alpha");
+  pin(f, 3, 0, word, idx);
+  const uint64_t data1 = f.r().data_allocator().used();
+  CHECK(data1 > data0);
+
+  auto dropped = f.r().drop("alpha");
+  REQUIRE(dropped.ok());
+  CHECK(dropped->kind == "drop");
+  CHECK(dropped->previous == 1);
+  CHECK_FALSE(f.r().find("alpha").has_value());
+  CHECK(f.arena().adapter(idx).active.load() == 0);
+  CHECK(f.arena().adapter(idx).state.load() == static_cast<uint32_t>(ipc::AdapterState::kDropping));
+  CHECK(f.r().drop("alpha").error().code == LF_E_NOT_FOUND);
+  CHECK(f.r().begin_write(begin_req("alpha"), kT0).error().code == LF_E_NOT_FOUND);
+
+  CHECK(f.r().reap(kT0).adapters_freed == 0);
+  CHECK(f.r().data_allocator().used() == data1);
+  // A new adapter of the same name is independent of the one being dropped.
+  REQUIRE(f.r().create(spec("alpha")).ok());
+  CHECK(*f.r().find("alpha") != idx);
+  REQUIRE(f.r().drop("alpha").ok());
+  CHECK(f.r().reap(kT0).adapters_freed == 1);  // the unpinned one goes at once
+
+  unpin(f, 3, 0);
+  CHECK(f.r().reap(kT0).adapters_freed == 1);
+  CHECK(f.r().data_allocator().used() == data0);
+  CHECK(f.r().pool_allocator().used() == pool0);
+  CHECK(f.arena().adapter(idx).state.load() == static_cast<uint32_t>(ipc::AdapterState::kFree));
+}
+
+TEST_CASE("drop during a write keeps the slot away until the writer answers") {
+  Fixture f;
+  REQUIRE(f.r().create(spec("alpha")).ok());
+  const uint32_t idx = *f.r().find("alpha");
+  const Lease lease = begin(f, "alpha");
+  REQUIRE(f.r().drop("alpha").ok());
+  CHECK(f.r().census(idx).abandoned == 1);
+  CHECK(f.r().reap(kT0).adapters_freed == 0);  // the writer lives and may still copy
+  auto late = f.r().commit({lease.id, 0, std::nullopt}, kT0);
+  REQUIRE_FALSE(late.ok());
+  CHECK(late.error().code == LF_E_LEASE);
+  CHECK(late.error().message.find("dropped") != std::string::npos);
+  CHECK(f.r().reap(kT0).adapters_freed == 1);
+  CHECK(f.r().data_allocator().used() == 0);
+}
+
+TEST_CASE("LF_COMMIT_CHECK_FINITE refuses a NaN and leaves the active version and the slot free") {
+  Fixture f;
+  REQUIRE(f.r().create(spec("alpha")).ok());
+  const uint32_t idx = *f.r().find("alpha");
+  publish(f, "alpha");
+  const uint64_t before = f.active("alpha");
+  const ipc::TensorDesc *d = f.arena().tensors(f.record("alpha"));
+
+  SUBCASE("NaN in the f32 tensor") {
+    const Lease lease = begin(f, "alpha");
+    fill(f, lease, 3);
+    reinterpret_cast<float *>(f.arena().data_at(lease.data_offset + d[0].offset))[37] = NAN;
+    // Without the check the commit would go through; with it, it is refused.
+    auto bad = f.r().commit({lease.id, LF_COMMIT_CHECK_FINITE, std::nullopt}, kT0);
+    REQUIRE_FALSE(bad.ok());
+    CHECK(bad.error().code == LF_E_VALIDATION);
+    CHECK(bad.error().message.find("lora_A") != std::string::npos);
+    CHECK(bad.error().message.find("37") != std::string::npos);
+    CHECK(f.active("alpha") == before);
+    CHECK(f.record("alpha").last_version == 1);
+    CHECK(f.r().census(idx).writing == 0);
+    CHECK(begin(f, "alpha").slot == lease.slot);  // reusable at once
+  }
+  SUBCASE("infinity in the f16 tensor") {
+    const Lease lease = begin(f, "alpha");
+    fill(f, lease, 3);
+    reinterpret_cast<uint16_t *>(f.arena().data_at(lease.data_offset + d[1].offset))[0] = 0x7C00;
+    CHECK(f.r().commit({lease.id, LF_COMMIT_CHECK_FINITE, std::nullopt}, kT0).error().code ==
+          LF_E_VALIDATION);
+    CHECK(f.active("alpha") == before);
+  }
+  SUBCASE("finite data passes, and the next version follows the last one") {
+    const Lease lease = begin(f, "alpha");
+    fill(f, lease, 3);
+    auto ok = f.r().commit({lease.id, LF_COMMIT_CHECK_FINITE, std::nullopt}, kT0);
+    REQUIRE(ok.ok());
+    CHECK(ok->version == 2);
+  }
+  SUBCASE("a NaN is accepted when the check is not asked for") {
+    const Lease lease = begin(f, "alpha");
+    fill(f, lease, 3);
+    reinterpret_cast<float *>(f.arena().data_at(lease.data_offset + d[0].offset))[0] = NAN;
+    CHECK(f.r().commit({lease.id, 0, std::nullopt}, kT0).ok());
+  }
+}
+
+TEST_CASE("LF_COMMIT_CHECKSUM refuses a wrong writer checksum and accepts the right one") {
+  Fixture f;
+  REQUIRE(f.r().create(spec("alpha")).ok());
+  publish(f, "alpha");
+  const uint64_t before = f.active("alpha");
+  const Lease lease = begin(f, "alpha");
+  fill(f, lease, 5);
+  const uint64_t sum = kernels::checksum(f.arena().data_at(lease.data_offset), lease.slot_bytes);
+  auto wrong = f.r().commit({lease.id, LF_COMMIT_CHECKSUM, sum + 1}, kT0);
+  REQUIRE_FALSE(wrong.ok());
+  CHECK(wrong.error().code == LF_E_VALIDATION);
+  CHECK(f.active("alpha") == before);
+
+  const Lease again = begin(f, "alpha");
+  fill(f, again, 5);
+  auto right = f.r().commit({again.id, LF_COMMIT_CHECKSUM | LF_COMMIT_CHECK_FINITE, sum}, kT0);
+  REQUIRE_MESSAGE(right.ok(), test::why(right));
+  CHECK(right->checksum == sum);
+  CHECK(f.record("alpha").slots[again.slot].checksum == sum);
+  CHECK(f.active("alpha") == ipc::pack_active(2, again.slot));
+
+  // Without a writer checksum the daemon still computes and records one.
+  const Lease third = begin(f, "alpha");
+  fill(f, third, 6);
+  const uint64_t sum3 = kernels::checksum(f.arena().data_at(third.data_offset), third.slot_bytes);
+  auto computed = f.r().commit({third.id, LF_COMMIT_CHECKSUM, std::nullopt}, kT0);
+  REQUIRE(computed.ok());
+  CHECK(computed->checksum == sum3);
+}
+
+TEST_CASE("Registry::open on an existing arena rebuilds the allocators and keeps active versions") {
+  test::ScopedInstance instance;
+  const ipc::ArenaConfig config = test::small_config(instance.name);
+  uint64_t data_used = 0, pool_used = 0, alpha_word = 0, gamma_word = 0, leases = 0;
+  {
+    bool created = false;
+    Result<ipc::Arena> arena = ipc::Arena::open_or_create(config, &created);
+    REQUIRE(arena.ok());
+    Result<Registry> r = Registry::open(std::move(arena).value());
+    REQUIRE(r.ok());
+    Registry &reg = r.value();
+    REQUIRE(reg.create(spec("alpha")).ok());
+    REQUIRE(reg.create(spec("beta", 0, 4)).ok());
+    REQUIRE(reg.create(spec("gamma")).ok());
+    REQUIRE(reg.drop("beta").ok());
+    REQUIRE(reg.reap(kT0).adapters_freed == 1);  // a hole in both allocators
+    for (const char *name : {"alpha", "alpha", "gamma"}) {
+      auto lease = reg.begin_write(begin_req(name), kT0);
+      REQUIRE(lease.ok());
+      REQUIRE(reg.commit({lease->id, 0, std::nullopt}, kT0).ok());
+    }
+    auto pending = reg.begin_write(begin_req("gamma"), kT0);  // a write across the restart
+    REQUIRE(pending.ok());
+    leases = pending->id;
+    data_used = reg.data_allocator().used();
+    pool_used = reg.pool_allocator().used();
+    alpha_word = reg.arena().adapter(*reg.find("alpha")).active.load();
+    gamma_word = reg.arena().adapter(*reg.find("gamma")).active.load();
+  }  // the daemon "exits": only the shared memory is left
+  bool created = true;
+  Result<ipc::Arena> arena = ipc::Arena::open_or_create(config, &created);
+  REQUIRE(arena.ok());
+  CHECK_FALSE(created);
+  Result<Registry> r = Registry::open(std::move(arena).value());
+  REQUIRE_MESSAGE(r.ok(), test::why(r));
+  Registry &reg = r.value();
+  CHECK(reg.data_allocator().used() == data_used);
+  CHECK(reg.pool_allocator().used() == pool_used);
+  CHECK(reg.live_adapters().size() == 2);
+  CHECK(reg.arena().adapter(*reg.find("alpha")).active.load() == alpha_word);
+  CHECK(reg.arena().adapter(*reg.find("gamma")).active.load() == gamma_word);
+  CHECK(ipc::active_version(alpha_word) == 2);
+  // The lease made before the restart still commits, numbered after the last version.
+  auto flip = reg.commit({leases, 0, std::nullopt}, kT0);
+  REQUIRE_MESSAGE(flip.ok(), test::why(flip));
+  CHECK(flip->version == 2);
+  // New allocations do not land on the memory of existing adapters.
+  REQUIRE(reg.create(spec("delta", 0, 0)).ok());
+  const auto &alpha = reg.arena().adapter(*reg.find("alpha"));
+  const auto &delta = reg.arena().adapter(*reg.find("delta"));
+  const auto &gamma = reg.arena().adapter(*reg.find("gamma"));
+  auto disjoint = [](const ipc::AdapterRecord &x, const ipc::AdapterRecord &y) {
+    return x.data_offset + x.slot_bytes * x.slot_count <= y.data_offset ||
+           y.data_offset + y.slot_bytes * y.slot_count <= x.data_offset;
+  };
+  CHECK(disjoint(alpha, delta));
+  CHECK(disjoint(gamma, delta));
+  auto new_lease = reg.begin_write(begin_req("gamma"), kT0);
+  REQUIRE(new_lease.ok());
+  CHECK(new_lease->id > leases);  // lease ids do not repeat across restarts
+}
+
+TEST_CASE("Registry::open refuses an arena whose records overlap") {
+  test::ScopedInstance instance;
+  const ipc::ArenaConfig config = test::small_config(instance.name);
+  {
+    bool created = false;
+    Result<Registry> r = Registry::open(ipc::Arena::open_or_create(config, &created).value());
+    REQUIRE(r.ok());
+    REQUIRE(r->create(spec("alpha")).ok());
+    REQUIRE(r->create(spec("beta")).ok());
+    auto &beta = r->arena().adapter(*r->find("beta"));
+    beta.data_offset = r->arena().adapter(*r->find("alpha")).data_offset;  // damage
+  }
+  bool created = false;
+  Result<Registry> r = Registry::open(ipc::Arena::open_or_create(config, &created).value());
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().code == LF_E_LAYOUT_MISMATCH);
+  CHECK(r.error().message.find("beta") != std::string::npos);
+}
