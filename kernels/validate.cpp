@@ -9,14 +9,46 @@ namespace {
 
 // An IEEE value is NaN or infinite exactly when its exponent bits are all ones.
 template <typename Bits, Bits kExponentMask>
-int64_t scan_exponent(const void *data, uint64_t count) {
-  const auto *p = static_cast<const unsigned char *>(data);
-  for (uint64_t i = 0; i < count; ++i) {
+int64_t scan_scalar(const unsigned char *p, uint64_t begin, uint64_t end) {
+  for (uint64_t i = begin; i < end; ++i) {
     Bits v;
     std::memcpy(&v, p + i * sizeof(Bits), sizeof(Bits));
     if ((v & kExponentMask) == kExponentMask) return static_cast<int64_t>(i);
   }
   return -1;
+}
+
+// `lane` repeated across a 64-bit word.
+template <typename Bits>
+constexpr uint64_t replicate(Bits lane) {
+  uint64_t word = 0;
+  for (size_t i = 0; i < 8 / sizeof(Bits); ++i) word |= uint64_t{lane} << (8 * sizeof(Bits) * i);
+  return word;
+}
+
+// Checks 8 bytes at a time (SIMD within a register): after masking the exponent and XOR-ing
+// with the mask, a lane is zero exactly where the value is not finite, and the classic
+// "has a zero lane" test finds that. The sign bit, the top of each lane, is never in the mask,
+// so the test is exact. Only a word that has such a lane is scanned element by element. The
+// commit path reads tens of MiB per flip: this is several times faster than one compare per
+// f16 element.
+template <typename Bits, Bits kExponentMask>
+int64_t scan_exponent(const void *data, uint64_t count) {
+  const auto *p = static_cast<const unsigned char *>(data);
+  constexpr uint64_t kPerWord = 8 / sizeof(Bits);
+  constexpr uint64_t kMask = replicate<Bits>(kExponentMask);
+  constexpr uint64_t kOnes = replicate<Bits>(1);
+  constexpr uint64_t kHighs = replicate<Bits>(static_cast<Bits>(Bits{1} << (8 * sizeof(Bits) - 1)));
+  const uint64_t words = count / kPerWord;
+  for (uint64_t w = 0; w < words; ++w) {
+    uint64_t v;
+    std::memcpy(&v, p + w * 8, 8);
+    const uint64_t x = (v & kMask) ^ kMask;
+    const bool has_zero_lane = kPerWord == 1 ? x == 0 : ((x - kOnes) & ~x & kHighs) != 0;
+    if (has_zero_lane)
+      return scan_scalar<Bits, kExponentMask>(p, w * kPerWord, (w + 1) * kPerWord);
+  }
+  return scan_scalar<Bits, kExponentMask>(p, words * kPerWord, count);
 }
 
 }  // namespace
