@@ -28,15 +28,20 @@ int64_t census(lf_client_t *client, const std::string &name, const std::string &
   return json_number(json.substr(at), key);
 }
 
-uint64_t publish(lf_client_t *client, const std::string &name, uint64_t expected_version) {
+// Readers may pin every free slot for a moment; a writer retries, as trainers do.
+lf_writer_t *begin_write_retrying(lf_client_t *client, const std::string &name) {
   lf_writer_t *w = nullptr;
   int rc = LF_E_NO_FREE_SLOT;
-  // Readers may pin every free slot for a moment; a writer retries, as trainers do.
   for (int tries = 0; rc == LF_E_NO_FREE_SLOT && tries < 2000; ++tries) {
     rc = lf_client_begin_write(client, name.c_str(), 0, &w);
     if (rc == LF_E_NO_FREE_SLOT) sleep_ms(1);
   }
   REQUIRE(rc == LF_OK);
+  return w;
+}
+
+uint64_t publish(lf_client_t *client, const std::string &name, uint64_t expected_version) {
+  lf_writer_t *w = begin_write_retrying(client, name);
   fill_pattern(w, expected_version);
   uint64_t v = 0;
   REQUIRE(lf_writer_commit(w, 0, &v) == LF_OK);
@@ -257,8 +262,7 @@ TEST_CASE("a daemon killed under traffic restarts with the same active versions"
     // Traffic on both adapters, then SIGKILL in the middle of it.
     for (int i = 0; i < 20; ++i)
       for (int k = 0; k < 2; ++k) next[k] = publish(client, names[k], next[k]) + 1;
-    lf_writer_t *in_flight = nullptr;
-    REQUIRE(lf_client_begin_write(client, "alpha", 0, &in_flight) == LF_OK);
+    lf_writer_t *in_flight = begin_write_retrying(client, "alpha");
     fill_pattern(in_flight, next[0]);
     const uint64_t before[2] = {active_version(daemon.dir(), "alpha"),
                                 active_version(daemon.dir(), "beta")};
