@@ -1,6 +1,8 @@
 #include "daemon/handlers.hpp"
 
+#include <charconv>
 #include <cmath>
+#include <cstring>
 
 #include "ipc/dtype.hpp"
 #include "ipc/proc.hpp"
@@ -32,6 +34,35 @@ const char *slot_state_name(ipc::SlotState s) {
 // as a string can be, and a reply must stay within the decoding limits of the client.
 std::string shown(std::string_view name) {
   return name.size() <= 128 ? std::string(name) : std::string(name.substr(0, 128)) + "...";
+}
+
+// "host", or "cuda:0" / "cuda:0,1" (device ordinals; the first is written to, the others get
+// copies before each flip). "device:" is accepted as a synonym of "cuda:".
+Result<std::vector<int>> parse_placement(std::string_view placement) {
+  if (placement == "host") return std::vector<int>{};
+  std::string_view list;
+  for (std::string_view prefix : {"cuda:", "device:"})
+    if (placement.substr(0, prefix.size()) == prefix) list = placement.substr(prefix.size());
+  std::vector<int> ordinals;
+  while (!list.empty() && ordinals.size() <= ipc::kMaxDevices) {
+    const size_t comma = list.find(',');
+    const std::string_view item = list.substr(0, comma);
+    int value = 0;
+    auto [end, ec] = std::from_chars(item.data(), item.data() + item.size(), value);
+    if (ec != std::errc() || end != item.data() + item.size() || value < 0) {
+      ordinals.clear();
+      break;
+    }
+    ordinals.push_back(value);
+    if (comma == std::string_view::npos) break;
+    list.remove_prefix(comma + 1);
+  }
+  if (ordinals.empty() || ordinals.size() > ipc::kMaxDevices)
+    return make_error(LF_E_INVALID_ARGUMENT,
+                      "placement must be \"host\" or \"cuda:N[,N...]\" (at most " +
+                          std::to_string(ipc::kMaxDevices) + " devices), not '" +
+                          std::string(placement.substr(0, 32)) + "'");
+  return ordinals;
 }
 
 Result<std::vector<ipc::TensorSpec>> parse_tensors(const MapView &args) {
@@ -91,6 +122,17 @@ Result<std::string> parse_target_modules(const MapView &lora) {
   return joined;
 }
 
+std::string placement_name(const ipc::AdapterRecord &r, const DeviceSet &devices) {
+  if (r.placement != static_cast<uint32_t>(ipc::Placement::kDevices)) return "host";
+  if (r.device_epoch != devices.epoch()) return "lost";
+  // The device written to first, then the replicas, as create_adapter took them.
+  std::string name = "cuda:" + std::to_string(devices.ordinal(r.primary_device));
+  for (size_t d = 0; d < devices.size(); ++d)
+    if (d != r.primary_device && (r.device_mask & (1u << d)))
+      name += "," + std::to_string(devices.ordinal(d));
+  return name;
+}
+
 void encode_target_modules(Encoder &e, const char *joined) {
   std::vector<std::string_view> parts;
   std::string_view rest(joined);
@@ -107,8 +149,10 @@ void encode_target_modules(Encoder &e, const char *joined) {
 }  // namespace
 
 std::string RequestHandler::handle(std::string_view request, uint64_t now_ns,
-                                   std::vector<FlipEvent> *events) {
-  ++requests_;
+                                   std::vector<FlipEvent> *events, bool *deferred) {
+  bool deferred_here = false;
+  if (deferred == nullptr) deferred = &deferred_here;
+  *deferred = false;
   uint64_t id = 0;
   std::string reply;
   try {
@@ -139,13 +183,14 @@ std::string RequestHandler::handle(std::string_view request, uint64_t now_ns,
         if (!id_field) reply = error_reply(0, id_field.error());
         else if (!op) reply = error_reply(id, op.error());
         else if (!args) reply = error_reply(id, args.error());
-        else reply = dispatch(op.value(), args.value(), id, now_ns, events);
+        else reply = dispatch(op.value(), args.value(), id, now_ns, events, deferred);
       }
     }
   } catch (const std::exception &e) {
     // Every path above returns errors as values; this is the last guard of the event loop.
     reply = error_reply(id, make_error(LF_E_INTERNAL, std::string("internal error: ") + e.what()));
   }
+  if (!*deferred) ++requests_;
   return reply;
 }
 
@@ -155,7 +200,8 @@ std::string RequestHandler::error_reply(uint64_t id, const Error &error) {
 }
 
 std::string RequestHandler::dispatch(std::string_view op, const MapView &args, uint64_t id,
-                                     uint64_t now_ns, std::vector<FlipEvent> *events) {
+                                     uint64_t now_ns, std::vector<FlipEvent> *events,
+                                     bool *deferred) {
   auto flip_reply = [&](Result<FlipEvent> flip, bool with_checksum) {
     if (!flip) return error_reply(id, flip.error());
     Encoder e;
@@ -198,11 +244,23 @@ std::string RequestHandler::dispatch(std::string_view op, const MapView &args, u
   if (op == "commit") {
     LF_TRY(lease, args.uint("lease"));
     LF_TRY(flags, args.uint_or("flags", 0));
-    CommitRequest q{lease, static_cast<uint32_t>(flags), std::nullopt};
+    CommitRequest q{lease, static_cast<uint32_t>(flags), std::nullopt, std::nullopt};
     if (flags > UINT32_MAX) q.flags = UINT32_MAX;  // rejected as unknown flags
     if (const msgpack::object *c = args.find("checksum"); c && c->type != msgpack::type::NIL) {
       LF_TRY(sum, ipc::as_uint(*c, "checksum"));
       q.checksum = sum;
+    }
+    if (const msgpack::object *ev = args.find("event"); ev && ev->type != msgpack::type::NIL) {
+      if (ev->type != msgpack::type::BIN || ev->via.bin.size != sizeof(device::IpcHandle::bytes))
+        return error_reply(id, make_error(LF_E_PROTOCOL, "'event' must be 64 bytes of binary"));
+      device::IpcHandle handle;
+      std::memcpy(handle.bytes, ev->via.bin.ptr, sizeof handle.bytes);
+      q.event = handle;
+    }
+    LF_TRY(done, registry_.copies_done(q));
+    if (!done) {
+      *deferred = true;  // the writer's copies are still running: the server asks again
+      return {};
     }
     return flip_reply(registry_.commit(q, now_ns), true);
   }
@@ -271,11 +329,8 @@ std::string RequestHandler::create(const MapView &args, uint64_t id) {
   q.slots = static_cast<uint32_t>(slots);
   q.history = static_cast<int32_t>(history);
   LF_TRY(placement, args.str_or("placement", "host"));
-  if (placement != "host")
-    return error_reply(
-        id, make_error(LF_E_UNSUPPORTED, "placement '" + std::string(placement.substr(0, 32)) +
-                                             "' is not available; this daemon places adapters "
-                                             "in host memory"));
+  LF_TRY(devices, parse_placement(placement));
+  q.devices = std::move(devices);
   if (Status s = registry_.create(q); !s) return error_reply(id, s.error());
   const ipc::AdapterRecord &r = registry_.arena().adapter(*registry_.find(q.name));
   Encoder e;
@@ -323,7 +378,7 @@ std::string RequestHandler::info(const MapView &args, uint64_t id) {
       .key("last_version").u64(r.last_version)
       .key("slot_bytes").u64(r.slot_bytes)
       .key("history").u64(r.history_depth)
-      .key("placement").str("host");
+      .key("placement").str(placement_name(r, registry_.devices()));
   e.key("lora").map(4)
       .key("rank").u64(r.lora.rank)
       .key("alpha").f64(r.lora.alpha)

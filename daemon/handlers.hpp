@@ -25,16 +25,19 @@ class RequestHandler {
   RequestHandler(Registry &registry, DaemonIdentity identity)
       : registry_(registry), identity_(std::move(identity)) {}
 
-  // Answers one request. Never throws; a reply is always produced, even for garbage. Flips that
-  // the request caused are appended to `events` for the events socket.
-  std::string handle(std::string_view request, uint64_t now_ns, std::vector<FlipEvent> *events);
+  // Answers one request. Never throws; a reply is always produced, even for garbage, except
+  // for a commit whose device copies are still running: then *deferred is set, nothing changed,
+  // and the caller hands the same request in again later. Flips that the request caused are
+  // appended to `events` for the events socket.
+  std::string handle(std::string_view request, uint64_t now_ns, std::vector<FlipEvent> *events,
+                     bool *deferred = nullptr);
 
   uint64_t requests() const { return requests_; }
   uint64_t errors() const { return errors_; }
 
  private:
   std::string dispatch(std::string_view op, const ipc::MapView &args, uint64_t id,
-                       uint64_t now_ns, std::vector<FlipEvent> *events);
+                       uint64_t now_ns, std::vector<FlipEvent> *events, bool *deferred);
   std::string hello(const ipc::MapView &args, uint64_t id);
   std::string create(const ipc::MapView &args, uint64_t id);
   std::string list(uint64_t id);

@@ -6,6 +6,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "daemon/devices.hpp"
 #include "daemon/options.hpp"
 #include "daemon/server.hpp"
 #include "ipc/arena.hpp"
@@ -27,6 +28,7 @@ int main(int argc, char **argv) {
   }
   if (options->remove_arena) {
     loraflip::ipc::Arena::remove(options->arena.instance);
+    loraflip::device::remove_host_blocks(options->arena.instance, kDeviceArenaTag);
     std::printf("removed the arena of instance '%s'\n", options->arena.instance.c_str());
     return 0;
   }

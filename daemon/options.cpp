@@ -47,6 +47,9 @@ std::string usage() {
          "  --max-readers N        reader table size (default: 256)\n"
          "  --history N            versions kept besides the active one (default: 2)\n"
          "  --reap-interval-ms N   how often dead clients are reclaimed (default: 100, max 250)\n"
+         "  --devices LIST         GPU ordinals to serve, e.g. 0,1 (default: none, host only)\n"
+         "  --device-arena-size SIZE  bytes of each GPU's arena (default: 1G)\n"
+         "  --device-backend NAME  cuda (default), or host: shared memory stands in for GPUs\n"
          "  --log-level LEVEL      trace, debug, info, warn, error (default: info)\n"
          "  --remove-arena         remove the instance's shared memory and exit\n"
          "  --version, --help\n";
@@ -121,6 +124,30 @@ Result<Options> parse_options(const std::vector<std::string> &args) {
       auto n = parse_uint(key, v, 1, 250);
       if (!n) return n.error();
       o.reap_interval_ms = static_cast<uint32_t>(n.value());
+    } else if (key == "--devices") {
+      LF_NEXT(v);
+      o.devices.clear();
+      size_t start = 0;
+      while (start <= v.size()) {
+        const size_t comma = v.find(',', start);
+        auto n = parse_uint(key, v.substr(start, comma - start), 0, 1023);
+        if (!n) return n.error();
+        o.devices.push_back(static_cast<int>(n.value()));
+        if (comma == std::string::npos) break;
+        start = comma + 1;
+      }
+      if (o.devices.size() > ipc::kMaxDevices)
+        return make_error(LF_E_INVALID_ARGUMENT, "--devices takes at most 8 devices");
+    } else if (key == "--device-arena-size") {
+      LF_NEXT(v);
+      auto n = parse_size(v);
+      if (!n) return n.error();
+      o.device_arena_bytes = n.value();
+    } else if (key == "--device-backend") {
+      LF_NEXT(v);
+      if (v != "cuda" && v != "host")
+        return make_error(LF_E_INVALID_ARGUMENT, "--device-backend wants cuda or host");
+      o.device_backend = v;
     } else if (key == "--log-level") {
       LF_NEXT(v);
       if (v != "trace" && v != "debug" && v != "info" && v != "warn" && v != "error")

@@ -16,6 +16,9 @@ struct Options {
   std::string group;           // empty: the daemon's own group
   std::string log_level = "info";
   uint32_t reap_interval_ms = 100;  // design.md asks for at most 250
+  std::vector<int> devices;           // GPU ordinals to serve; empty: host memory only
+  std::string device_backend = "cuda";  // "cuda", or "host" (shared memory stands in for GPUs)
+  uint64_t device_arena_bytes = uint64_t{1} << 30;  // per device
   bool remove_arena = false;        // remove the instance's arena and exit
   bool show_help = false;
   bool show_version = false;

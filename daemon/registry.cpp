@@ -38,13 +38,15 @@ std::string shown(const std::string &name) {
 
 }  // namespace
 
-Registry::Registry(ipc::Arena arena)
+Registry::Registry(ipc::Arena arena, DeviceSet devices)
     : arena_(std::move(arena)),
       data_(arena_.data_bytes(), ipc::kSlotAlign),
-      pool_(arena_.header().pool_bytes, alignof(ipc::TensorDesc)) {}
+      pool_(arena_.header().pool_bytes, alignof(ipc::TensorDesc)),
+      devices_(std::move(devices)) {}
 
-Result<Registry> Registry::open(ipc::Arena arena) {
-  Registry registry(std::move(arena));
+Result<Registry> Registry::open(ipc::Arena arena, DeviceSet devices) {
+  Registry registry(std::move(arena), std::move(devices));
+  registry.devices_.publish(registry.arena_.header());
   if (Status s = registry.rebuild(); !s) return s.error();
   return registry;
 }
@@ -55,11 +57,22 @@ Status Registry::rebuild() {
     if (state_of(r) == AdapterState::kFree) continue;
     const std::string which = "adapter record " + std::to_string(i) + " ('" +
                               std::string(r.name, strnlen(r.name, sizeof r.name)) + "')";
+    const bool on_devices = r.placement == static_cast<uint32_t>(ipc::Placement::kDevices);
     if (r.slot_count == 0 || r.slot_count > ipc::kMaxSlots || r.tensor_count == 0 ||
-        !data_.reserve(r.data_offset, r.slot_bytes * r.slot_count) ||
+        (!on_devices && !data_.reserve(r.data_offset, r.slot_bytes * r.slot_count)) ||
         !pool_.reserve(r.tensors_offset, r.pool_bytes))
       return make_error(LF_E_LAYOUT_MISMATCH, which + " does not fit the arena; the arena is "
                                                       "damaged: remove it and restart");
+    if (on_devices && r.device_epoch != devices_.epoch()) {
+      // Its device memory belonged to the previous daemon and died with it. Readers that pin
+      // it get LF_E_STALE from now on; the record is freed once their pins are gone.
+      lost_at_restart_.emplace_back(r.name);
+      if (state_of(r) == AdapterState::kLive) {
+        r.state.store(static_cast<uint32_t>(AdapterState::kDropping), kSeqCst);
+        publish_flip(r, 0);
+      }
+      for (uint32_t s = 0; s < r.slot_count; ++s) end_lease(r.slots[s]);
+    }
   }
   return {};
 }
@@ -94,10 +107,14 @@ Status Registry::create(const CreateRequest &q) {
   if (q.metadata.size() > 65536 || q.target_modules.size() > 65536)
     return make_error(LF_E_TOO_LARGE, "metadata or target modules longer than 64 KiB");
 
+  Result<std::vector<int>> device_list = device_indexes(q.devices);
+  if (!device_list) return device_list.error();
+  const bool on_devices = !device_list->empty();
+
   Result<ipc::SlotLayout> layout = ipc::plan_slot(q.tensors, arena_.data_bytes());
   if (!layout) return layout.error();
   const uint64_t slot_bytes = layout->slot_bytes;
-  if (slot_bytes > arena_.data_bytes() / slots)
+  if (!on_devices && slot_bytes > arena_.data_bytes() / slots)
     return make_error(LF_E_ARENA_FULL, std::to_string(slots) + " slots of " +
                                            std::to_string(slot_bytes) +
                                            " bytes do not fit the data arena at all");
@@ -120,7 +137,25 @@ Status Registry::create(const CreateRequest &q) {
   if (!pool_offset)
     return make_error(LF_E_ARENA_FULL, "the descriptor pool has no room for " +
                                            std::to_string(q.tensors.size()) + " tensors");
-  std::optional<uint64_t> data_offset = data_.allocate(slot_bytes * slots);
+  // Host: one range of the data segment. Devices: one range in each device arena.
+  std::optional<uint64_t> data_offset = on_devices ? std::optional<uint64_t>(0) : data_.allocate(slot_bytes * slots);
+  uint64_t device_offset[ipc::kMaxDevices] = {};
+  uint32_t device_mask = 0;
+  for (size_t k = 0; k < device_list->size() && data_offset; ++k) {
+    const int d = device_list.value()[k];
+    std::optional<uint64_t> at = devices_.allocator(d).allocate(slot_bytes * slots);
+    if (!at) {
+      for (size_t j = 0; j < k; ++j)
+        devices_.allocator(device_list.value()[j]).release(device_offset[device_list.value()[j]], slot_bytes * slots);
+      pool_.release(*pool_offset, pool_bytes);
+      return make_error(LF_E_ARENA_FULL, "device " + std::to_string(devices_.ordinal(d)) +
+                                             " has " + std::to_string(devices_.allocator(d).largest_free()) +
+                                             " contiguous bytes free; the adapter needs " +
+                                             std::to_string(slot_bytes * slots));
+    }
+    device_offset[d] = *at;
+    device_mask |= 1u << d;
+  }
   if (!data_offset) {
     pool_.release(*pool_offset, pool_bytes);
     return make_error(LF_E_ARENA_FULL, "the data arena has " +
@@ -128,6 +163,8 @@ Status Registry::create(const CreateRequest &q) {
                                            " contiguous bytes free; the adapter needs " +
                                            std::to_string(slot_bytes * slots));
   }
+  // The first device listed is where writers write; it comes first in the slot offsets.
+  const uint64_t slots_base = on_devices ? device_offset[device_list->front()] : *data_offset;
 
   // Fill the record while it is kFree: no reader looks at it until the state store below.
   AdapterRecord &r = arena_.adapter(index);
@@ -136,7 +173,11 @@ Status Registry::create(const CreateRequest &q) {
   r.slot_count = slots;
   r.tensor_count = static_cast<uint32_t>(q.tensors.size());
   r.history_depth = history;
-  r.placement = static_cast<uint32_t>(ipc::Placement::kHost);
+  r.placement = static_cast<uint32_t>(on_devices ? ipc::Placement::kDevices : ipc::Placement::kHost);
+  r.device_mask = device_mask;
+  std::copy(std::begin(device_offset), std::end(device_offset), r.device_offset);
+  r.device_epoch = on_devices ? devices_.epoch() : 0;
+  r.primary_device = on_devices ? static_cast<uint32_t>(device_list->front()) : 0;
   r.slot_bytes = slot_bytes;
   r.data_offset = *data_offset;
   r.tensors_offset = *pool_offset;
@@ -172,7 +213,7 @@ Status Registry::create(const CreateRequest &q) {
   r.rollbacks.store(0, std::memory_order_relaxed);
   for (uint32_t s = 0; s < ipc::kMaxSlots; ++s) {
     SlotRecord &slot = r.slots[s];
-    slot.data_offset = s < slots ? *data_offset + uint64_t{s} * slot_bytes : 0;
+    slot.data_offset = s < slots ? slots_base + uint64_t{s} * slot_bytes : 0;
     slot.checksum = 0;
     slot.committed_unix_ns = 0;
     slot.lease_id = slot.writer_pid = slot.writer_start = slot.lease_deadline_ns = 0;
@@ -295,9 +336,102 @@ void Registry::end_lease(SlotRecord &slot) {
   slot.word.store(ipc::pack_slot_word(0, SlotState::kFree), kSeqCst);
 }
 
+Result<std::vector<int>> Registry::device_indexes(const std::vector<int> &ordinals) const {
+  std::vector<int> indexes;
+  for (int ordinal : ordinals) {
+    if (devices_.empty())
+      return make_error(LF_E_UNSUPPORTED, "device placement is not available: " +
+                                              devices_.unavailable_reason());
+    const int index = devices_.index_of(ordinal);
+    if (index < 0)
+      return make_error(LF_E_NOT_FOUND, "this daemon does not serve device " +
+                                            std::to_string(ordinal) + " (see --devices)");
+    if (std::find(indexes.begin(), indexes.end(), index) != indexes.end())
+      return make_error(LF_E_INVALID_ARGUMENT, "device " + std::to_string(ordinal) + " listed twice");
+    indexes.push_back(index);
+  }
+  return indexes;
+}
+
+Result<const std::byte *> Registry::readable_slot(const AdapterRecord &r, uint32_t s) {
+  const SlotRecord &slot = r.slots[s];
+  if (r.placement != static_cast<uint32_t>(ipc::Placement::kDevices))
+    return static_cast<const std::byte *>(arena_.data_at(slot.data_offset));
+  const int primary = static_cast<int>(r.primary_device);
+  const std::byte *device_ptr = devices_.base(primary) + slot.data_offset;
+  // The host stand-in's device memory is ordinary shared memory: read it in place.
+  if (std::strcmp(devices_.backend().name(), "host") == 0) return device_ptr;
+  scratch_.resize(r.slot_bytes);
+  device::Backend &b = devices_.backend();
+  if (Status st = b.copy(scratch_.data(), device_ptr, r.slot_bytes, device::CopyKind::kDeviceToHost,
+                         devices_.ordinal(primary), nullptr);
+      !st)
+    return st.error();
+  if (Status st = b.synchronize(devices_.ordinal(primary), nullptr); !st) return st.error();
+  return static_cast<const std::byte *>(scratch_.data());
+}
+
+Status Registry::replicate(const AdapterRecord &r, uint32_t s) {
+  if (r.placement != static_cast<uint32_t>(ipc::Placement::kDevices)) return {};
+  const int primary = static_cast<int>(r.primary_device);
+  const std::byte *src = devices_.base(primary) + r.slots[s].data_offset;
+  device::Backend &b = devices_.backend();
+  for (size_t d = 0; d < devices_.size(); ++d) {
+    if (static_cast<int>(d) == primary || !(r.device_mask & (1u << d))) continue;
+    std::byte *dst = devices_.base(d) + r.device_offset[d] + uint64_t{s} * r.slot_bytes;
+    if (Status st = b.copy_peer(dst, devices_.ordinal(d), src, devices_.ordinal(primary),
+                                r.slot_bytes, nullptr);
+        !st)
+      return st;
+  }
+  // Every copy is complete before the flip: all ranks switch to the same, whole version.
+  for (size_t d = 0; d < devices_.size(); ++d) {
+    if (!(r.device_mask & (1u << d))) continue;
+    if (Status st = b.synchronize(devices_.ordinal(d), nullptr); !st) return st;
+  }
+  return {};
+}
+
+Result<bool> Registry::event_done(const device::IpcHandle &handle) {
+  if (devices_.empty())
+    return make_error(LF_E_UNSUPPORTED, "a commit event needs device placement");
+  device::Event *event = nullptr;
+  for (auto &[h, e] : events_)
+    if (std::memcmp(h.bytes, handle.bytes, sizeof h.bytes) == 0) event = &e;
+  if (event == nullptr) {
+    // Writers keep one event each, so this stays small; drop the oldest beyond a bound.
+    if (events_.size() >= 256) {
+      devices_.backend().destroy_event(events_.front().second);
+      events_.erase(events_.begin());
+    }
+    Result<device::Event> opened = devices_.backend().open_event(devices_.ordinal(0), handle);
+    if (!opened) return opened.error();
+    events_.emplace_back(handle, opened.value());
+    event = &events_.back().second;
+  }
+  return devices_.backend().query(*event);
+}
+
+void Registry::release_memory(AdapterRecord &r) {
+  if (r.placement == static_cast<uint32_t>(ipc::Placement::kDevices)) {
+    if (r.device_epoch == devices_.epoch()) {
+      for (size_t d = 0; d < devices_.size(); ++d)
+        if (r.device_mask & (1u << d))
+          devices_.allocator(d).release(r.device_offset[d], r.slot_bytes * r.slot_count);
+    }
+  } else {
+    data_.release(r.data_offset, r.slot_bytes * r.slot_count);
+  }
+  pool_.release(r.tensors_offset, r.pool_bytes);
+}
+
 Status Registry::check_written(const AdapterRecord &r, const SlotRecord &slot,
                                const CommitRequest &q, uint64_t *checksum) {
-  const std::byte *base = arena_.data_at(slot.data_offset);
+  if (!(q.flags & (LF_COMMIT_CHECK_FINITE | LF_COMMIT_CHECKSUM))) return {};
+  const uint32_t s = static_cast<uint32_t>(&slot - r.slots);
+  Result<const std::byte *> readable = readable_slot(r, s);
+  if (!readable) return readable.error();
+  const std::byte *base = readable.value();
   if (q.flags & LF_COMMIT_CHECK_FINITE) {
     const ipc::TensorDesc *descs = arena_.tensors(r);
     for (uint32_t t = 0; t < r.tensor_count; ++t) {
@@ -321,6 +455,24 @@ Status Registry::check_written(const AdapterRecord &r, const SlotRecord &slot,
   return {};
 }
 
+Result<bool> Registry::copies_done(const CommitRequest &q) {
+  if (!q.event) return true;
+  Result<std::pair<uint32_t, uint32_t>> where = find_lease(q.lease);
+  if (!where) return where.error();
+  AdapterRecord &r = arena_.adapter(where->first);
+  SlotRecord &slot = r.slots[where->second];
+  Result<bool> done = event_done(*q.event);
+  if (done && done.value()) return true;
+  // Still copying, as long as the writer lives: the daemon asks again later and serves other
+  // requests meanwhile. (The lease deadline is enforced by commit() and the reaper.)
+  if (done && ipc::process_alive(static_cast<pid_t>(slot.writer_pid), slot.writer_start))
+    return false;
+  end_lease(slot);
+  r.aborts.fetch_add(1, std::memory_order_relaxed);
+  if (!done) return done.error();
+  return make_error(LF_E_LEASE, "the writer died before its copies completed");
+}
+
 Result<FlipEvent> Registry::commit(const CommitRequest &q, uint64_t now_ns) {
   if (q.flags & ~(LF_COMMIT_CHECK_FINITE | LF_COMMIT_CHECKSUM))
     return make_error(LF_E_INVALID_ARGUMENT, "unknown commit flags");
@@ -341,10 +493,12 @@ Result<FlipEvent> Registry::commit(const CommitRequest &q, uint64_t now_ns) {
     return make_error(LF_E_TOO_LARGE, "adapter '" + std::string(r.name) +
                                           "' used every version number; drop and re-create it");
   uint64_t sum = 0;
-  if (Status s_ok = check_written(r, slot, q, &sum); !s_ok) {
+  Status checked = check_written(r, slot, q, &sum);
+  if (checked) checked = replicate(r, s);
+  if (!checked) {
     end_lease(slot);
     r.aborts.fetch_add(1, std::memory_order_relaxed);
-    return s_ok.error();
+    return checked.error();
   }
   const uint64_t previous = ipc::active_version(r.active.load(kSeqCst));
   const uint64_t version = ++r.last_version;
@@ -455,8 +609,7 @@ ReapReport Registry::reap(uint64_t now_ns) {
       }
     }
     if (state == AdapterState::kDropping && !writes_pending && !adapter_pinned(i)) {
-      data_.release(r.data_offset, r.slot_bytes * r.slot_count);
-      pool_.release(r.tensors_offset, r.pool_bytes);
+      release_memory(r);
       r.state.store(static_cast<uint32_t>(AdapterState::kFree), kSeqCst);
       ++report.adapters_freed;
     }

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "daemon/allocator.hpp"
+#include "daemon/devices.hpp"
 #include "ipc/arena.hpp"
 #include "ipc/result.hpp"
 #include "ipc/schema.hpp"
@@ -25,6 +26,7 @@ struct CreateRequest {
   std::string metadata;
   uint32_t slots = 0;     // 0: history + 2
   int32_t history = -1;   // -1: the arena default
+  std::vector<int> devices;  // device ordinals; empty: host memory. The first is written to.
 };
 
 struct BeginRequest {
@@ -47,6 +49,9 @@ struct CommitRequest {
   uint64_t lease = 0;
   uint32_t flags = 0;                     // LF_COMMIT_*
   std::optional<uint64_t> checksum;       // the writer's, compared when LF_COMMIT_CHECKSUM
+  // An interprocess event the writer recorded after its device copies: the commit waits for
+  // it (without blocking the daemon) before checking and flipping.
+  std::optional<device::IpcHandle> event;
 };
 
 // What a flip changed, for the events socket and the log.
@@ -77,12 +82,17 @@ class Registry {
  public:
   // Takes over the arena; rebuilds the allocators from the adapter records (after a restart the
   // records are the only truth). Fails when a record is inconsistent with the arena.
-  static Result<Registry> open(ipc::Arena arena);
+  static Result<Registry> open(ipc::Arena arena,
+                               DeviceSet devices = DeviceSet::none("this daemon serves no devices"));
 
   Status create(const CreateRequest &request);
   // Stops new acquires at once; memory returns in reap() once no pin or lease names it.
   Result<FlipEvent> drop(const std::string &name);
   Result<Lease> begin_write(const BeginRequest &request, uint64_t now_ns);
+  // Whether the copies behind a commit's event (if any) are complete: false while they run
+  // and the writer lives (ask again later); an error, with the lease ended, once the writer
+  // died first. commit() expects true.
+  Result<bool> copies_done(const CommitRequest &request);
   Result<FlipEvent> commit(const CommitRequest &request, uint64_t now_ns);
   Status abort(uint64_t lease);
   Result<FlipEvent> rollback(const std::string &name, uint64_t version);
@@ -98,9 +108,13 @@ class Registry {
   const ipc::Arena &arena() const { return arena_; }
   const RangeAllocator &data_allocator() const { return data_; }
   const RangeAllocator &pool_allocator() const { return pool_; }
+  const DeviceSet &devices() const { return devices_; }
+  // Names of device-placed adapters a restart found: their memory died with the previous
+  // daemon, so they were dropped.
+  const std::vector<std::string> &lost_at_restart() const { return lost_at_restart_; }
 
  private:
-  Registry(ipc::Arena arena);
+  Registry(ipc::Arena arena, DeviceSet devices);
   Status rebuild();
   // Finds the slot of a lease; an error when the lease is unknown.
   Result<std::pair<uint32_t, uint32_t>> find_lease(uint64_t lease) const;
@@ -112,10 +126,22 @@ class Registry {
   void end_lease(ipc::SlotRecord &slot);
   Status check_written(const ipc::AdapterRecord &record, const ipc::SlotRecord &slot,
                        const CommitRequest &request, uint64_t *checksum);
+  // The bytes of a slot where the CPU can read them: in place for host memory, else copied
+  // from the first device into scratch_.
+  Result<const std::byte *> readable_slot(const ipc::AdapterRecord &record, uint32_t slot);
+  // Copies the written slot from the first device to the others, before the flip.
+  Status replicate(const ipc::AdapterRecord &record, uint32_t slot);
+  Result<bool> event_done(const device::IpcHandle &handle);
+  void release_memory(ipc::AdapterRecord &record);
+  Result<std::vector<int>> device_indexes(const std::vector<int> &ordinals) const;
 
   ipc::Arena arena_;
   RangeAllocator data_;
   RangeAllocator pool_;
+  DeviceSet devices_;
+  std::vector<std::byte> scratch_;
+  std::vector<std::pair<device::IpcHandle, device::Event>> events_;  // opened once each
+  std::vector<std::string> lost_at_restart_;
 };
 
 }  // namespace loraflip::daemon

@@ -31,6 +31,8 @@
 namespace loraflip::daemon {
 namespace {
 
+constexpr uint64_t kDeferredPollNs = 100000;
+
 Error os_error(const std::string &what) {
   const int err = errno;
   return make_error(err == EACCES || err == EPERM ? LF_E_PERMISSION : LF_E_SYSTEM,
@@ -79,6 +81,31 @@ class Fd {
 
 }  // namespace
 
+// The device arenas asked for with --devices. Any failure (no GPU, a driver too old, no IPC)
+// leaves the daemon serving host placements, with the reason kept for the log and for the
+// error every device placement then gets.
+DeviceSet open_devices(const Options &options, std::string *note) {
+  if (options.devices.empty()) return DeviceSet::none("this daemon serves no devices (see --devices)");
+  Result<std::unique_ptr<device::Backend>> backend =
+      options.device_backend == "host"
+          ? Result<std::unique_ptr<device::Backend>>(device::make_host_backend(options.arena.instance))
+          : device::make_cuda_backend();
+  if (!backend) {
+    *note = backend.error().message;
+    return DeviceSet::none(*note);
+  }
+  // The stand-in's blocks of a killed predecessor are still in /dev/shm (on a GPU they died
+  // with it); this daemon holds the instance's lock, so they are its to remove.
+  if (options.device_backend == "host") device::remove_host_blocks(options.arena.instance, kDeviceArenaTag);
+  Result<DeviceSet> set = DeviceSet::open(std::move(backend).value(), options.devices,
+                                          options.device_arena_bytes, kDeviceArenaTag);
+  if (!set) {
+    *note = set.error().message;
+    return DeviceSet::none(*note);
+  }
+  return std::move(set).value();
+}
+
 Result<int> group_id(const std::string &name) {
   std::vector<char> buf(16384);
   group g{};
@@ -100,6 +127,8 @@ struct Server::State {
   zmq::context_t context{1};
   zmq::socket_t control{context, zmq::socket_type::router};
   zmq::socket_t events{context, zmq::socket_type::pub};
+  std::vector<std::vector<zmq::message_t>> deferred;  // commits waiting on device copies
+  std::string device_note;  // why device placement is unavailable, when devices were asked for
   sigset_t old_mask{};
 };
 
@@ -159,7 +188,7 @@ Result<std::unique_ptr<Server>> Server::start(const Options &options) {
   arena_config.gid = gid;
   Result<ipc::Arena> arena = ipc::Arena::open_or_create(arena_config, &s.created);
   if (!arena) return arena.error();
-  Result<Registry> registry = Registry::open(std::move(arena).value());
+  Result<Registry> registry = Registry::open(std::move(arena).value(), open_devices(options, &s.device_note));
   if (!registry) return registry.error();
   s.registry.emplace(std::move(registry).value());
   ipc::ArenaHeader &h = s.registry->arena().header();
@@ -208,6 +237,45 @@ Result<std::unique_ptr<Server>> Server::start(const Options &options) {
   return server;
 }
 
+bool Server::serve(const std::vector<zmq::message_t> &frames) {
+  State &s = *s_;
+  const zmq::message_t &body = frames.back();
+  std::vector<FlipEvent> events;
+  bool deferred = false;
+  const std::string reply = s.handler->handle({static_cast<const char *>(body.data()), body.size()},
+                                              ipc::monotonic_now_ns(), &events, &deferred);
+  if (deferred) return true;
+  // Same envelope back (routing id, and the empty delimiter a REQ socket adds), new body.
+  try {
+    for (size_t i = 0; i + 1 < frames.size(); ++i) {
+      zmq::message_t copy;
+      copy.copy(const_cast<zmq::message_t &>(frames[i]));
+      s.control.send(copy, zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+    }
+    s.control.send(zmq::buffer(reply), zmq::send_flags::dontwait);
+  } catch (const zmq::error_t &e) {
+    spdlog::warn("reply dropped: {}", e.what());
+  }
+  for (const FlipEvent &ev : events) {
+    spdlog::info("{} '{}': version {} -> {}", ev.kind, ev.adapter, ev.previous, ev.version);
+    ipc::Encoder e;
+    e.map(5)
+        .key("adapter").str(ev.adapter)
+        .key("kind").str(ev.kind)
+        .key("version").u64(ev.version)
+        .key("previous").u64(ev.previous)
+        .key("unix_ns").u64(ipc::unix_now_ns());
+    try {
+      s.events.send(zmq::buffer(ipc::event_topic(ev.adapter)),
+                    zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+      s.events.send(zmq::buffer(e.data(), e.size()), zmq::send_flags::dontwait);
+    } catch (const zmq::error_t &err) {
+      spdlog::warn("event dropped: {}", err.what());
+    }
+  }
+  return false;
+}
+
 int Server::run() {
   State &s = *s_;
   Registry &registry = *s.registry;
@@ -217,6 +285,15 @@ int Server::run() {
                LORAFLIP_VERSION, s.options.arena.instance, s.runtime_dir,
                s.created ? "new" : "re-attached", h.data_bytes >> 20, h.max_adapters,
                h.max_readers);
+  const DeviceSet &devices = registry.devices();
+  if (!s.device_note.empty())
+    spdlog::error("device placement unavailable, serving host memory only: {}", s.device_note);
+  for (size_t d = 0; d < devices.size(); ++d)
+    spdlog::info("device {} ({}): {} MiB arena", devices.ordinal(d), s.options.device_backend,
+                 devices.allocator(d).size() >> 20);
+  for (const std::string &name : registry.lost_at_restart())
+    spdlog::warn("adapter '{}' lived in device memory of the previous daemon, which is gone: "
+                 "dropped; create and publish it again", name);
   if (!s.created) {
     for (uint32_t index : registry.live_adapters()) {
       const ipc::AdapterRecord &r = registry.arena().adapter(index);
@@ -230,8 +307,6 @@ int Server::run() {
   uint64_t next_watchdog = next_reap;
   sd_notify_send("READY=1\nSTATUS=serving " + s.runtime_dir);
 
-  std::vector<FlipEvent> events;
-  std::vector<zmq::message_t> frames;
   bool running = true;
   while (running) {
     uint64_t now = ipc::monotonic_now_ns();
@@ -250,6 +325,8 @@ int Server::run() {
     }
     uint64_t wake = next_reap;
     if (watchdog_ns != 0) wake = std::min(wake, next_watchdog);
+    // A deferred commit is polled about every 100 microseconds of idle time.
+    if (!s.deferred.empty()) wake = std::min(wake, now + kDeferredPollNs);
     const auto timeout = std::chrono::milliseconds((wake - std::min(wake, now)) / 1000000 + 1);
 
     zmq::pollitem_t items[] = {
@@ -271,11 +348,20 @@ int Server::run() {
       running = false;
     }
     if (items[2].revents & ZMQ_POLLIN) running = false;
+
+    // Commits waiting for their writer's device copies: ask again, in arrival order.
+    for (size_t i = 0; i < s.deferred.size();) {
+      if (serve(s.deferred[i])) {
+        ++i;
+      } else {
+        s.deferred.erase(s.deferred.begin() + static_cast<std::ptrdiff_t>(i));
+      }
+    }
     if (!(items[0].revents & ZMQ_POLLIN)) continue;
 
     // Drain what is queued, but come back to the timers after a bounded batch.
     for (int batch = 0; batch < 256; ++batch) {
-      frames.clear();
+      std::vector<zmq::message_t> frames;
       try {
         if (!zmq::recv_multipart(s.control, std::back_inserter(frames), zmq::recv_flags::dontwait))
           break;
@@ -284,36 +370,7 @@ int Server::run() {
         break;
       }
       if (frames.size() < 2) continue;  // a ROUTER always prepends the peer's routing id
-      const zmq::message_t &body = frames.back();
-      const uint64_t now_req = ipc::monotonic_now_ns();
-      events.clear();
-      std::string reply =
-          s.handler->handle({static_cast<const char *>(body.data()), body.size()}, now_req, &events);
-      // Same envelope back (routing id, and the empty delimiter a REQ socket adds), new body.
-      try {
-        for (size_t i = 0; i + 1 < frames.size(); ++i)
-          s.control.send(frames[i], zmq::send_flags::sndmore | zmq::send_flags::dontwait);
-        s.control.send(zmq::buffer(reply), zmq::send_flags::dontwait);
-      } catch (const zmq::error_t &e) {
-        spdlog::warn("reply dropped: {}", e.what());
-      }
-      for (const FlipEvent &ev : events) {
-        spdlog::info("{} '{}': version {} -> {}", ev.kind, ev.adapter, ev.previous, ev.version);
-        ipc::Encoder e;
-        e.map(5)
-            .key("adapter").str(ev.adapter)
-            .key("kind").str(ev.kind)
-            .key("version").u64(ev.version)
-            .key("previous").u64(ev.previous)
-            .key("unix_ns").u64(ipc::unix_now_ns());
-        try {
-          s.events.send(zmq::buffer(ipc::event_topic(ev.adapter)),
-                        zmq::send_flags::sndmore | zmq::send_flags::dontwait);
-          s.events.send(zmq::buffer(e.data(), e.size()), zmq::send_flags::dontwait);
-        } catch (const zmq::error_t &err) {
-          spdlog::warn("event dropped: {}", err.what());
-        }
-      }
+      if (serve(frames)) s.deferred.push_back(std::move(frames));
     }
   }
   sd_notify_send("STOPPING=1");

@@ -5,6 +5,9 @@
 
 #include <memory>
 #include <string>
+#include <vector>
+
+#include <zmq.hpp>
 
 #include "daemon/options.hpp"
 #include "ipc/result.hpp"
@@ -29,6 +32,9 @@ class Server {
 
  private:
   Server();
+  // Answers one request (envelope + body). True when it is a commit that must wait for its
+  // writer's device copies: then nothing was sent and the caller keeps it to ask again.
+  bool serve(const std::vector<zmq::message_t> &frames);
   struct State;
   std::unique_ptr<State> s_;
 };

@@ -34,6 +34,8 @@ inline constexpr uint32_t kPinCells = LF_MAX_PINS;
 inline constexpr uint32_t kMaxSlots = 64;
 // Adapter indices travel in 16 bits of a pin cell.
 inline constexpr uint32_t kMaxAdapters = 65535;
+// Device arenas (one per GPU the daemon serves).
+inline constexpr uint32_t kMaxDevices = 8;
 // Versions travel in 40 bits: 10^12 versions, 30 years at 1000 flips per second.
 inline constexpr uint64_t kMaxVersion = (uint64_t{1} << 40) - 1;
 // Tensors start on 256-byte boundaries inside a slot: cache lines on the CPU, and the
@@ -77,7 +79,11 @@ enum class AdapterState : uint32_t {
   kDropping = 2,  // no longer found by name; its memory returns when no pin names it
 };
 
-enum class Placement : uint32_t { kHost = 0 };
+enum class Placement : uint32_t {
+  kHost = 0,     // slots in the data segment
+  kDevices = 1,  // slots in the device arenas of AdapterRecord::device_mask; the first is where
+                 // writers write, the others receive copies before the flip
+};
 
 // ---- Descriptor pool entries ----
 struct TensorDesc {
@@ -128,9 +134,15 @@ struct alignas(64) AdapterRecord {
   uint32_t tensor_count;
   uint32_t history_depth;  // committed versions kept readable besides the active one
   uint32_t placement;      // Placement
+  uint32_t device_mask;    // kDevices: bit i set = a copy lives in ArenaHeader::devices[i]
+  uint32_t primary_device; // kDevices: the index (in ArenaHeader::devices) writers write to
   uint32_t reserved;
   uint64_t slot_bytes;       // bytes of one slot (a multiple of kSlotAlign)
-  uint64_t data_offset;      // data-segment offset of slot 0; slots follow contiguously
+  uint64_t data_offset;      // kHost: data-segment offset of slot 0; slots follow contiguously
+  // kDevices: offset of slot 0 in each device arena of device_mask, and the device epoch the
+  // memory belongs to (device memory dies with the daemon that allocated it).
+  uint64_t device_offset[kMaxDevices];
+  uint64_t device_epoch;
   uint64_t tensors_offset;   // pool offset of tensor_count TensorDescs
   uint64_t pool_bytes;       // bytes this adapter holds in the pool, from tensors_offset
   uint64_t last_version;     // daemon: the highest version ever assigned (versions never repeat)
@@ -156,6 +168,15 @@ struct alignas(128) ReaderEntry {
   // pack_pin words; 0 = empty. Written only by the owner (seq_cst), cleared by the reaper
   // after the owner died.
   std::atomic<uint64_t> pins[kPinCells];
+};
+
+// One GPU's arena: a single block the daemon allocated and exported once. Written by the daemon
+// at each start, before it answers any hello; immutable while that daemon runs.
+struct DeviceArenaRecord {
+  int32_t ordinal;   // the runtime's device number
+  uint32_t reserved;
+  uint64_t bytes;
+  unsigned char handle[64];  // device::IpcHandle
 };
 
 // owner_pid of a reader entry the daemon is reclaiming; never a real pid (pids fit 22 bits).
@@ -189,13 +210,21 @@ struct alignas(64) ArenaHeader {
   std::atomic<uint64_t> daemon_start;
   std::atomic<uint64_t> flips;  // daemon, relaxed: every flip of every adapter
   uint64_t last_lease_id;       // daemon: lease ids never repeat, across restarts too
+  // Device arenas of the running daemon (see DeviceArenaRecord). device_epoch changes at every
+  // daemon start that serves devices: clients reopen blocks when it differs from theirs.
+  char device_backend[16];  // "" (none), "host" or "cuda"
+  uint32_t device_count;
+  uint32_t reserved2;
+  std::atomic<uint64_t> device_epoch;
+  DeviceArenaRecord devices[kMaxDevices];
 };
 
 // ---- Invariants the compiler can check ----
 template <typename T>
 inline constexpr bool kShareable = std::is_standard_layout_v<T> && std::is_trivially_copyable_v<T>;
 static_assert(kShareable<ArenaHeader> && kShareable<AdapterRecord> && kShareable<ReaderEntry> &&
-              kShareable<SlotRecord> && kShareable<TensorDesc> && kShareable<LoraConfig>);
+              kShareable<SlotRecord> && kShareable<TensorDesc> && kShareable<LoraConfig> &&
+              kShareable<DeviceArenaRecord>);
 static_assert(std::atomic<uint64_t>::is_always_lock_free, "64-bit atomics must be lock-free");
 static_assert(std::atomic<uint32_t>::is_always_lock_free, "32-bit atomics must be lock-free");
 static_assert(sizeof(std::atomic<uint64_t>) == 8 && sizeof(std::atomic<uint32_t>) == 4,
@@ -227,6 +256,8 @@ constexpr uint64_t layout_hash() {
   mix(offsetof(AdapterRecord, lora)); mix(offsetof(AdapterRecord, tensors_offset));
   mix(offsetof(ReaderEntry, pins)); mix(offsetof(TensorDesc, offset));
   mix(offsetof(SlotRecord, lease_id)); mix(offsetof(ArenaHeader, last_lease_id));
+  mix(offsetof(ArenaHeader, devices)); mix(sizeof(DeviceArenaRecord)); mix(kMaxDevices);
+  mix(offsetof(AdapterRecord, device_offset));
   mix(kMaxSlots); mix(kPinCells); mix(kMaxDims); mix(kMaxTensorName); mix(kMaxAdapterName);
   mix(kTensorAlign); mix(kSlotAlign);
   return h;

@@ -405,7 +405,8 @@ std::vector<Bad> bad_requests() {
   add("create, history -2", encode_create({.name = "delta", .history = -2}), LF_E_INVALID_ARGUMENT);
   add("create, placement cuda:0", encode_create({.name = "delta", .placement = "cuda:0"}),
       LF_E_UNSUPPORTED);
-  add("create, placement empty", encode_create({.name = "delta", .placement = ""}), LF_E_UNSUPPORTED);
+  add("create, placement empty", encode_create({.name = "delta", .placement = ""}),
+      LF_E_INVALID_ARGUMENT);
   add("create, slot larger than the arena",
       encode_create({.name = "delta", .tensors = {{"w", "f32", {4096, 4096}}}}), LF_E_TOO_LARGE);
   add("create, slots that can never fit",
@@ -434,7 +435,7 @@ std::vector<Bad> bad_requests() {
   add("create, longest unknown dtype name",
       encode_create({.name = "delta", .tensors = {{"w", longest, {4}}}}), LF_E_INVALID_ARGUMENT);
   add("create, longest placement", encode_create({.name = "delta", .placement = longest}),
-      LF_E_UNSUPPORTED);
+      LF_E_INVALID_ARGUMENT);
   add("info, longest name", named("info", longest), LF_E_NOT_FOUND);
   add("drop, longest name", named("drop_adapter", longest), LF_E_NOT_FOUND);
   add("begin_write, longest name", begin_write(longest), LF_E_NOT_FOUND);

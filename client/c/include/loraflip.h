@@ -92,14 +92,15 @@ LF_API const char *lf_dtype_name(int dtype);
 /* A view of one tensor of a slot. Filled by lf_writer_tensor and lf_pin_tensor.
  * Fields are appended only, never reordered. */
 typedef struct lf_tensor_view {
-  void *data;         /* host address (readers: mapped read-only, never write through it) */
+  void *data;         /* host address (readers: mapped read-only, never write through it),
+                         or a device address in this process when device >= 0 */
   const char *name;   /* NUL-terminated; lives as long as the handle that filled the view */
   int32_t dtype;      /* LF_DTYPE_* */
   int32_t ndim;
   int64_t shape[LF_MAX_DIMS];
   uint64_t nbytes;
   uint64_t version;   /* readers: the pinned version; writers: 0 (assigned at commit) */
-  int32_t device;     /* -1 for host memory */
+  int32_t device;     /* -1 for host memory, else the CUDA device ordinal */
   int32_t reserved;
 } lf_tensor_view_t;
 
@@ -113,6 +114,8 @@ typedef struct lf_client lf_client_t;
  * On failure, *out is untouched; a message is available through lf_last_error_message().
  * Thread-safe. Close with lf_client_close. */
 LF_API int lf_client_open(const char *runtime_dir, int timeout_ms, lf_client_t **out);
+/* Frees the client. No other thread may be inside a call on it, and no writer of it may remain
+ * (commit or abort them first). */
 LF_API void lf_client_close(lf_client_t *client);
 /* Message of the last failed call on this client; never NULL; valid until the next call on it. */
 LF_API const char *lf_client_last_error(const lf_client_t *client);
@@ -135,6 +138,10 @@ LF_API int lf_spec_set_metadata(lf_spec_t *spec, const char *metadata);
 /* Slots in the ring (0: history + 2) and versions kept readable besides the active one
  * (-1: the daemon's default). */
 LF_API int lf_spec_set_slots(lf_spec_t *spec, int slots, int history);
+/* Where the slots live: "host" (default), or "cuda:N" / "cuda:N,M,..." for GPU memory on
+ * those devices (the first is written to; the daemon copies each version to the others before
+ * the flip, so every tensor-parallel rank switches to the same version at once). */
+LF_API int lf_spec_set_placement(lf_spec_t *spec, const char *placement);
 
 LF_API int lf_client_create_adapter(lf_client_t *client, const char *name, const lf_spec_t *spec);
 /* Drops the adapter: new acquires fail at once; its memory returns once no reader pins it. */
@@ -169,6 +176,15 @@ LF_API int lf_writer_tensor_by_name(const lf_writer_t *writer, const char *name,
                                     lf_tensor_view_t *out);
 /* Copies `nbytes` (must equal the tensor's size) from `src` into tensor `index`. */
 LF_API int lf_writer_copy_in(lf_writer_t *writer, size_t index, const void *src, size_t nbytes);
+/* Copies `nbytes` from `src` into tensor `index` on `stream` (a cudaStream_t; NULL: the
+ * default stream) and returns without waiting. `src_device` is the device ordinal of `src`, or
+ * -1 for host memory. All of one write's asynchronous copies go on one stream (changing
+ * stream waits for the previous one). At commit the library records an interprocess event on
+ * that stream and the daemon waits for it (never blocking other clients) before it checks and
+ * flips; a writer that dies before its copies complete changes nothing. On a host-placed
+ * adapter this is a plain copy of host memory, done when the call returns. */
+LF_API int lf_writer_copy_in_async(lf_writer_t *writer, size_t index, const void *src,
+                                   size_t nbytes, int src_device, void *stream);
 /* Validates (per flags), assigns the next version and flips it active. Frees the writer
  * whether it succeeds or not; *version_out (may be NULL) receives the new version. */
 LF_API int lf_writer_commit(lf_writer_t *writer, unsigned flags, uint64_t *version_out);
@@ -200,12 +216,19 @@ LF_API int lf_reader_acquire(lf_reader_t *reader, lf_adapter_ref_t ref, uint64_t
 /* Pins exactly `version`, if it is active or kept. */
 LF_API int lf_reader_acquire_version(lf_reader_t *reader, lf_adapter_ref_t ref, uint64_t version,
                                      lf_pin_t **out);
-/* Ends the pin; its views must not be used after this. Accepts NULL. */
+/* Ends the pin; its views must not be used after this. Accepts NULL. Like free(), the pointer
+ * is dead afterwards: the reader reuses its storage for a later pin, so releasing it a second
+ * time may end that other pin. */
 LF_API void lf_pin_release(lf_pin_t *pin);
 LF_API uint64_t lf_pin_version(const lf_pin_t *pin);
 LF_API size_t lf_pin_tensor_count(const lf_pin_t *pin);
 LF_API int lf_pin_tensor(const lf_pin_t *pin, size_t index, lf_tensor_view_t *out);
 LF_API int lf_pin_tensor_by_name(const lf_pin_t *pin, const char *name, lf_tensor_view_t *out);
+/* The pinned version's tensor `index` on device `device` (an ordinal the adapter is placed on:
+ * a tensor-parallel rank reads its own GPU's copy; all copies are the same version).
+ * lf_pin_tensor gives the copy on the adapter's first device (view.device says which). */
+LF_API int lf_pin_tensor_on_device(const lf_pin_t *pin, size_t index, int device,
+                                   lf_tensor_view_t *out);
 /* The active version now (0: none yet), without pinning. */
 LF_API int lf_reader_active_version(lf_reader_t *reader, lf_adapter_ref_t ref, uint64_t *out);
 /* Blocks until the adapter's active version differs from `version` and is newer, or

@@ -1,4 +1,5 @@
 // The C ABI. Every function catches everything: no exception crosses into the caller.
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -11,6 +12,7 @@
 #include <zmq_addon.hpp>
 
 #include "connection.hpp"
+#include "devices.hpp"
 #include "ipc/arena.hpp"
 #include "ipc/dtype.hpp"
 #include "ipc/paths.hpp"
@@ -31,6 +33,8 @@ struct lf_client {
   std::mutex mutex;  // serializes every call: one socket, one reply at a time
   client::Connection connection;
   std::optional<ipc::Arena> arena;  // data mapped read-write, made at the first begin_write
+  client::DeviceMap devices;        // opened at the first write of a device-placed adapter
+  std::optional<loraflip::device::Event> event;  // recorded after asynchronous copies
   std::string last_error;
   explicit lf_client(client::Connection c) : connection(std::move(c)) {}
 };
@@ -45,6 +49,7 @@ struct lf_spec {
   std::string metadata;
   int slots = 0;
   int history = -1;
+  std::string placement = "host";
 };
 
 struct lf_writer {
@@ -55,6 +60,9 @@ struct lf_writer {
   const ipc::TensorDesc *tensors;
   uint32_t tensor_count;
   uint64_t slot_bytes;
+  int32_t device = -1;              // ordinal of the slot's device; -1: host memory
+  bool async_pending = false;       // copies queued by lf_writer_copy_in_async
+  loraflip::device::Stream stream = nullptr;  // the stream they were queued on
 };
 
 struct lf_events {
@@ -65,6 +73,19 @@ struct lf_events {
 namespace {
 
 thread_local std::string t_last_error;
+
+// This process's start time, read from /proc once per process (8 us a read): begin_write needs
+// it every time. Keyed by pid so that a forked child reads its own.
+uint64_t own_start_time() {
+  static std::atomic<uint64_t> cached{0};
+  static std::atomic<pid_t> cached_pid{0};
+  const pid_t pid = ::getpid();
+  if (cached_pid.load(std::memory_order_acquire) != pid) {
+    cached.store(ipc::process_start_time(pid), std::memory_order_relaxed);
+    cached_pid.store(pid, std::memory_order_release);
+  }
+  return cached.load(std::memory_order_relaxed);
+}
 
 // Runs `body` (which returns a status), turning any exception into LF_E_INTERNAL.
 template <typename F>
@@ -109,7 +130,7 @@ int request_json(lf_client *c, const char *op, const ipc::Encoder &args, char **
   return LF_OK;
 }
 
-int fill_view(const ipc::TensorDesc &d, const std::byte *base, uint64_t version,
+int fill_view(const ipc::TensorDesc &d, const std::byte *base, uint64_t version, int32_t device,
               lf_tensor_view_t *out) {
   lf_tensor_view_t v{};
   v.data = const_cast<std::byte *>(base + d.offset);
@@ -119,7 +140,7 @@ int fill_view(const ipc::TensorDesc &d, const std::byte *base, uint64_t version,
   for (int i = 0; i < d.ndim && i < LF_MAX_DIMS; ++i) v.shape[i] = d.shape[i];
   v.nbytes = d.nbytes;
   v.version = version;
-  v.device = -1;
+  v.device = device;
   *out = v;
   return LF_OK;
 }
@@ -245,13 +266,23 @@ int lf_spec_set_slots(lf_spec_t *spec, int slots, int history) {
   });
 }
 
+int lf_spec_set_placement(lf_spec_t *spec, const char *placement) {
+  return guarded(&t_last_error, [&] {
+    if (spec == nullptr || placement == nullptr) return invalid(&t_last_error, "spec or placement is NULL");
+    if (std::strlen(placement) > 64) return invalid(&t_last_error, "placement is too long");
+    spec->placement = placement;
+    return LF_OK;
+  });
+}
+
 int lf_client_create_adapter(lf_client_t *c, const char *name, const lf_spec_t *spec) {
   if (c == nullptr) return LF_E_INVALID_ARGUMENT;
   std::lock_guard lock(c->mutex);
   return guarded(&c->last_error, [&] {
     if (name == nullptr || spec == nullptr) return invalid(&c->last_error, "name or spec is NULL");
     ipc::Encoder e;
-    e.map(spec->rank_set ? 6 : 5).key("name").str(name);
+    e.map(spec->rank_set ? 7 : 6).key("name").str(name);
+    e.key("placement").str(spec->placement);
     e.key("tensors").array(static_cast<uint32_t>(spec->tensors.size()));
     for (const ipc::TensorSpec &t : spec->tensors) {
       e.map(3).key("name").str(t.name).key("dtype").str(ipc::dtype_name(t.dtype)).key("shape");
@@ -346,7 +377,7 @@ int lf_client_begin_write(lf_client_t *c, const char *name, int lease_ms, lf_wri
         .key("name").str(name)
         .key("lease_ms").u64(lease_ms > 0 ? static_cast<uint64_t>(lease_ms) : 30000)
         .key("pid").u64(static_cast<uint64_t>(::getpid()))
-        .key("start").u64(ipc::process_start_time(::getpid()));
+        .key("start").u64(own_start_time());
     auto reply = c->connection.request("begin_write", {e.data(), e.size()});
     if (!reply) return fail(&c->last_error, reply.error());
     auto r = ipc::MapView::of(client::result_of(reply.value()), "begin_write result");
@@ -359,15 +390,30 @@ int lf_client_begin_write(lf_client_t *c, const char *name, int lease_ms, lf_wri
     if (!lease || !adapter || !incarnation || !offset || !slot_bytes)
       return fail(&c->last_error, make_error(LF_E_PROTOCOL, "begin_write reply lacks a field"));
     const ipc::Arena &arena = *c->arena;
-    if (adapter.value() >= arena.max_adapters() ||
-        offset.value() > arena.data_bytes() || slot_bytes.value() > arena.data_bytes() - offset.value())
-      return fail(&c->last_error, make_error(LF_E_PROTOCOL, "begin_write reply names memory outside the arena"));
+    if (adapter.value() >= arena.max_adapters())
+      return fail(&c->last_error, make_error(LF_E_PROTOCOL, "begin_write reply names no adapter"));
     const ipc::AdapterRecord &rec = arena.adapter(static_cast<uint32_t>(adapter.value()));
     if (rec.incarnation.load() != incarnation.value())
       return fail(&c->last_error, make_error(LF_E_STALE, "the adapter was dropped during begin_write"));
-    *out = new lf_writer{c, lease.value(), arena.data_at(offset.value()),
-                         arena.data_at(offset.value()), arena.tensors(rec), rec.tensor_count,
-                         slot_bytes.value()};
+    // The slot lies in the data segment, or in the arena of the adapter's first device.
+    std::byte *base = nullptr;
+    int32_t device = -1;
+    uint64_t region_bytes = arena.data_bytes();
+    if (rec.placement == static_cast<uint32_t>(ipc::Placement::kDevices)) {
+      if (Status st = c->devices.refresh(arena); !st) return fail(&c->last_error, st.error());
+      base = c->devices.base(rec.primary_device);
+      device = c->devices.ordinal(rec.primary_device);
+      region_bytes = arena.header().devices[rec.primary_device].bytes;
+    } else {
+      base = arena.data_at(0);
+    }
+    if (offset.value() > region_bytes || slot_bytes.value() > region_bytes - offset.value()) {
+      return fail(&c->last_error, make_error(LF_E_PROTOCOL, "begin_write reply names memory outside the arena"));
+    }
+    auto *w = new lf_writer{c, lease.value(), base + offset.value(), base + offset.value(),
+                            arena.tensors(rec), rec.tensor_count, slot_bytes.value()};
+    w->device = device;
+    *out = w;
     return LF_OK;
   });
 }
@@ -381,14 +427,14 @@ int lf_writer_tensor_count(const lf_writer_t *w, size_t *out) {
 int lf_writer_tensor(const lf_writer_t *w, size_t index, lf_tensor_view_t *out) {
   if (w == nullptr || out == nullptr) return LF_E_INVALID_ARGUMENT;
   if (index >= w->tensor_count) return LF_E_NOT_FOUND;
-  return fill_view(w->tensors[index], w->base, 0, out);
+  return fill_view(w->tensors[index], w->base, 0, w->device, out);
 }
 
 int lf_writer_tensor_by_name(const lf_writer_t *w, const char *name, lf_tensor_view_t *out) {
   if (w == nullptr || name == nullptr || out == nullptr) return LF_E_INVALID_ARGUMENT;
   const int64_t i = tensor_index(w->tensors, w->tensor_count, name);
   if (i < 0) return LF_E_NOT_FOUND;
-  return fill_view(w->tensors[i], w->base, 0, out);
+  return fill_view(w->tensors[i], w->base, 0, w->device, out);
 }
 
 int lf_writer_copy_in(lf_writer_t *w, size_t index, const void *src, size_t nbytes) {
@@ -396,8 +442,47 @@ int lf_writer_copy_in(lf_writer_t *w, size_t index, const void *src, size_t nbyt
   if (index >= w->tensor_count) return LF_E_NOT_FOUND;
   const ipc::TensorDesc &d = w->tensors[index];
   if (nbytes != d.nbytes) return LF_E_INVALID_ARGUMENT;
-  std::memcpy(w->writable + d.offset, src, nbytes);
-  return LF_OK;
+  if (w->device < 0) {
+    std::memcpy(w->writable + d.offset, src, nbytes);
+    return LF_OK;
+  }
+  return guarded(&w->client->last_error, [&] {
+    loraflip::device::Backend *b = w->client->devices.backend();
+    Status st = b->copy(w->writable + d.offset, src, nbytes, loraflip::device::CopyKind::kHostToDevice,
+                        w->device, nullptr);
+    if (st) st = b->synchronize(w->device, nullptr);
+    return st ? LF_OK : fail(&w->client->last_error, st.error());
+  });
+}
+
+int lf_writer_copy_in_async(lf_writer_t *w, size_t index, const void *src, size_t nbytes,
+                            int src_device, void *stream) {
+  if (w == nullptr || (src == nullptr && nbytes != 0)) return LF_E_INVALID_ARGUMENT;
+  if (index >= w->tensor_count) return LF_E_NOT_FOUND;
+  const ipc::TensorDesc &d = w->tensors[index];
+  if (nbytes != d.nbytes) return LF_E_INVALID_ARGUMENT;
+  if (w->device < 0) {
+    if (src_device >= 0) return invalid(&w->client->last_error, "host-placed adapters take host memory");
+    std::memcpy(w->writable + d.offset, src, nbytes);
+    return LF_OK;
+  }
+  return guarded(&w->client->last_error, [&] {
+    loraflip::device::Backend *b = w->client->devices.backend();
+    // One write's copies travel on one stream, so that one event covers them all.
+    if (w->async_pending && stream != w->stream) {
+      if (Status st = b->synchronize(w->device, w->stream); !st)
+        return fail(&w->client->last_error, st.error());
+    }
+    const auto kind = src_device < 0 ? loraflip::device::CopyKind::kHostToDevice
+                                     : loraflip::device::CopyKind::kDeviceToDevice;
+    Status st = src_device < 0 || src_device == w->device
+                    ? b->copy(w->writable + d.offset, src, nbytes, kind, w->device, stream)
+                    : b->copy_peer(w->writable + d.offset, w->device, src, src_device, nbytes, stream);
+    if (!st) return fail(&w->client->last_error, st.error());
+    w->async_pending = true;
+    w->stream = stream;
+    return LF_OK;
+  });
 }
 
 int lf_writer_commit(lf_writer_t *w, unsigned flags, uint64_t *version_out) {
@@ -407,8 +492,33 @@ int lf_writer_commit(lf_writer_t *w, unsigned flags, uint64_t *version_out) {
   const int status = guarded(&c->last_error, [&] {
     ipc::Encoder e;
     const bool checksum = (flags & LF_COMMIT_CHECKSUM) != 0;
-    e.map(checksum ? 3 : 2).key("lease").u64(w->lease).key("flags").u64(flags);
-    if (checksum) e.key("checksum").u64(loraflip::kernels::checksum(w->base, w->slot_bytes));
+    std::optional<loraflip::device::IpcHandle> event;
+    if (w->async_pending) {
+      // The daemon waits on this event (without blocking) before it checks and flips.
+      loraflip::device::Backend *b = c->devices.backend();
+      if (!c->event) {
+        auto made = b->create_event(w->device);
+        if (!made) return fail(&c->last_error, made.error());
+        c->event = made.value();
+      }
+      if (Status st = b->record(*c->event, w->stream); !st) return fail(&c->last_error, st.error());
+      event = c->event->handle;
+    }
+    uint64_t sum = 0;
+    if (checksum) {
+      if (w->device >= 0)
+        return fail(&c->last_error, make_error(LF_E_UNSUPPORTED, "LF_COMMIT_CHECKSUM covers "
+                                               "host-placed adapters; device slots are checked "
+                                               "with LF_COMMIT_CHECK_FINITE"));
+      sum = loraflip::kernels::checksum(w->base, w->slot_bytes);
+    }
+    e.map(2 + (checksum ? 1 : 0) + (event ? 1 : 0)).key("lease").u64(w->lease).key("flags").u64(flags);
+    if (checksum) e.key("checksum").u64(sum);
+    if (event) {
+      e.key("event");
+      e.pk().pack_bin(sizeof event->bytes);
+      e.pk().pack_bin_body(reinterpret_cast<const char *>(event->bytes), sizeof event->bytes);
+    }
     auto reply = c->connection.request("commit", {e.data(), e.size()});
     if (!reply) return fail(&c->last_error, reply.error());
     auto r = ipc::MapView::of(client::result_of(reply.value()), "commit result");
@@ -497,7 +607,22 @@ size_t lf_pin_tensor_count(const lf_pin_t *pin) { return pin == nullptr ? 0 : pi
 int lf_pin_tensor(const lf_pin_t *pin, size_t index, lf_tensor_view_t *out) {
   if (pin == nullptr || pin->owner == nullptr || out == nullptr) return LF_E_INVALID_ARGUMENT;
   if (index >= pin->tensor_count) return LF_E_NOT_FOUND;
-  return fill_view(pin->tensors[index], pin->base, pin->version, out);
+  return fill_view(pin->tensors[index], pin->base, pin->version, pin->device, out);
+}
+
+int lf_pin_tensor_on_device(const lf_pin_t *pin, size_t index, int device, lf_tensor_view_t *out) {
+  if (pin == nullptr || pin->owner == nullptr || out == nullptr) return LF_E_INVALID_ARGUMENT;
+  if (index >= pin->tensor_count) return LF_E_NOT_FOUND;
+  if (pin->device == device)
+    return fill_view(pin->tensors[index], pin->base, pin->version, pin->device, out);
+  const ipc::AdapterRecord &r = *pin->record;
+  const client::DeviceMap &devices = pin->owner->devices;
+  for (uint32_t d = 0; d < ipc::kMaxDevices && pin->device >= 0; ++d) {
+    if (!(r.device_mask & (1u << d)) || devices.ordinal(d) != device) continue;
+    const std::byte *base = devices.base(d) + r.device_offset[d] + uint64_t{pin->slot} * r.slot_bytes;
+    return fill_view(pin->tensors[index], base, pin->version, device, out);
+  }
+  return LF_E_NOT_FOUND;
 }
 
 int lf_pin_tensor_by_name(const lf_pin_t *pin, const char *name, lf_tensor_view_t *out) {
@@ -505,7 +630,7 @@ int lf_pin_tensor_by_name(const lf_pin_t *pin, const char *name, lf_tensor_view_
     return LF_E_INVALID_ARGUMENT;
   const int64_t i = tensor_index(pin->tensors, pin->tensor_count, name);
   if (i < 0) return LF_E_NOT_FOUND;
-  return fill_view(pin->tensors[i], pin->base, pin->version, out);
+  return fill_view(pin->tensors[i], pin->base, pin->version, pin->device, out);
 }
 
 int lf_reader_active_version(lf_reader_t *reader, lf_adapter_ref_t ref, uint64_t *out) {

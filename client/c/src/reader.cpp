@@ -124,15 +124,31 @@ int acquire(lf_reader &reader, lf_adapter_ref_t ref, uint64_t version, bool exac
     pin_cell.store(0, std::memory_order_release);
     return fail(reader, LF_E_STALE, "the adapter was dropped");
   }
+  const uint32_t slot = ipc::active_slot(pinned_word);
+  const std::byte *base = nullptr;
+  int32_t device = -1;
+  if (r.placement == static_cast<uint32_t>(ipc::Placement::kDevices)) {
+    if (Status st = reader.devices.refresh(reader.arena); !st) {
+      pin_cell.store(0, std::memory_order_release);
+      return fail(reader, st.code(), st.error().message);
+    }
+    base = reader.devices.base(r.primary_device) + r.slots[slot].data_offset;
+    device = reader.devices.ordinal(r.primary_device);
+  } else {
+    base = reader.arena.data_at(r.slots[slot].data_offset);
+  }
   reader.free_cells &= ~(1u << cell);
   lf_pin &pin = reader.pins[cell];
   pin.owner = &reader;
   pin.cell = cell;
   pin.adapter = index;
   pin.version = ipc::active_version(pinned_word);
-  pin.base = reader.arena.data_at(r.slots[ipc::active_slot(pinned_word)].data_offset);
+  pin.base = base;
   pin.tensors = reader.arena.tensors(r);
   pin.tensor_count = r.tensor_count;
+  pin.slot = slot;
+  pin.device = device;
+  pin.record = &r;
   *out = &pin;
   return LF_OK;
 }

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string>
 
+#include "devices.hpp"
 #include "ipc/arena.hpp"
 #include "ipc/result.hpp"
 #include "loraflip.h"
@@ -17,6 +18,9 @@ struct lf_pin {
   const std::byte *base;  // start of the pinned slot in the read-only data mapping
   const loraflip::ipc::TensorDesc *tensors;
   uint32_t tensor_count;
+  uint32_t slot;
+  int32_t device;  // ordinal of `base`'s device; -1: host memory
+  const loraflip::ipc::AdapterRecord *record;
 };
 
 struct lf_reader {
@@ -25,6 +29,7 @@ struct lf_reader {
   uint32_t free_cells = (1u << LF_MAX_PINS) - 1;  // bit i set: pin cell i is unused
   lf_pin pins[LF_MAX_PINS] = {};
   std::string last_error;
+  loraflip::client::DeviceMap devices;  // opened on the first pin of a device-placed adapter
 
   explicit lf_reader(loraflip::ipc::Arena a) : arena(std::move(a)) {}
 };

@@ -1,0 +1,120 @@
+// The one narrow interface between loraflip and a GPU runtime. Nothing outside device/ calls
+// CUDA. Two implementations:
+//   - cuda: the CUDA runtime (cudaMalloc, cudaIpcGetMemHandle/cudaIpcOpenMemHandle,
+//     cudaMemcpyAsync, cudaMemcpyPeerAsync, interprocess events). Built when CUDA is found.
+//   - host: POSIX shared memory stands in for device memory, across processes, with the same
+//     semantics (a block is exported once and opened once per process; copies and events
+//     behave as on a stream), so every path above this interface runs and is tested on
+//     machines without a GPU.
+// Errors are values: every failing call says which runtime call failed, with file and line.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "ipc/result.hpp"
+
+namespace loraflip::device {
+
+// Bytes another process needs to open a block or an event. cudaIpcMemHandle_t and
+// cudaIpcEventHandle_t are 64 bytes each; the host implementation keeps a segment name here.
+struct IpcHandle {
+  unsigned char bytes[64];
+};
+
+// A stream of the underlying runtime (cudaStream_t for cuda); nullptr is the default stream.
+using Stream = void *;
+
+enum class CopyKind { kHostToDevice, kDeviceToHost, kDeviceToDevice };
+
+// Device memory this process allocated and exported.
+struct Block {
+  int device = -1;
+  std::byte *ptr = nullptr;
+  uint64_t bytes = 0;
+  IpcHandle handle{};
+  void *impl = nullptr;  // implementation-owned
+};
+
+// An interprocess event: recorded by a writer after its copies, waited on by the daemon.
+struct Event {
+  int device = -1;
+  IpcHandle handle{};
+  void *impl = nullptr;  // implementation-owned
+};
+
+// Blocks, streams and events belong to the backend that made or opened them and must not
+// outlive it; what is left when it goes is freed with it (as with a CUDA context). Calls may
+// come from several threads. copy_peer is issued on `stream`'s device (src_device for nullptr).
+// The cuda implementation cannot check open_block's `bytes`; the host one checks it, and that
+// every device pointer of a copy lies, with the whole copy, in a block of the named device.
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  // "cuda" or "host".
+  virtual const char *name() const = 0;
+  // How many devices this process may use. An error says why there are none (no driver, a
+  // driver older than the runtime, no device, IPC unsupported).
+  virtual Result<int> device_count() = 0;
+
+  // Allocates `bytes` on `device` and exports it for other processes. `tag` names it where
+  // names exist (host: part of the shared-memory name). Lives until free_block.
+  virtual Result<Block> allocate(int device, uint64_t bytes, const std::string &tag) = 0;
+  virtual void free_block(Block &block) = 0;
+  // Maps a block another process exported. Opened once per process and cached: a second call
+  // with the same handle returns the same pointer without opening it again.
+  virtual Result<std::byte *> open_block(int device, const IpcHandle &handle, uint64_t bytes) = 0;
+  // How many times this process really opened a block (not cache hits): for tests.
+  virtual uint64_t blocks_opened() const = 0;
+
+  // Asynchronous copy on `stream` (pointers from allocate/open_block or host memory).
+  virtual Status copy(void *dst, const void *src, uint64_t bytes, CopyKind kind, int device,
+                      Stream stream) = 0;
+  // Device-to-device copy between two devices (tensor-parallel replication).
+  virtual Status copy_peer(void *dst, int dst_device, const void *src, int src_device,
+                           uint64_t bytes, Stream stream) = 0;
+  virtual Status synchronize(int device, Stream stream) = 0;
+  virtual Result<Stream> create_stream(int device) = 0;
+  virtual void destroy_stream(int device, Stream stream) = 0;
+
+  // Interprocess events (no timing).
+  virtual Result<Event> create_event(int device) = 0;
+  virtual Result<Event> open_event(int device, const IpcHandle &handle) = 0;
+  virtual Status record(Event &event, Stream stream) = 0;
+  // True once all work captured by the last record() is done. Never blocks.
+  virtual Result<bool> query(Event &event) = 0;
+  virtual void destroy_event(Event &event) = 0;
+};
+
+// The host implementation; `instance` keeps the shared-memory names of two daemons apart.
+// Its number of devices comes from the environment variable LORAFLIP_HOST_DEVICES (an integer
+// from 1 to kMaxHostDevices, read when the backend is made; unset: 2, so that tensor-parallel
+// replication runs everywhere). A malformed value makes device_count() and every call that
+// names a device fail with LF_E_INVALID_ARGUMENT and the reason.
+// Shared-memory names: blocks "loraflip.<instance>.<tag>.dev<device>", events
+// "loraflip.<instance>.ev<pid>.<n>" (a hash stands in for a name too long for a handle).
+// Every object is created with mode 0660. Streams run on worker threads: make the backend in
+// the process that uses it (after fork, not before).
+std::unique_ptr<Backend> make_host_backend(const std::string &instance);
+// The same with an explicit number of devices (1..kMaxHostDevices); the environment is ignored.
+std::unique_ptr<Backend> make_host_backend(const std::string &instance, int devices);
+inline constexpr int kMaxHostDevices = 16;
+// Test hook of the host implementation: a paused host stream queues its work (copies, event
+// records) and runs none of it until unpaused, as a GPU stream stuck behind long kernels would.
+void host_pause_stream(Stream stream, bool paused);
+// Removes what the host implementation of `instance` left in shared memory under `tag` on
+// devices 0..kMaxHostDevices-1 (a killed daemon's arenas): device memory dies with its process
+// on a GPU, and the stand-in must not outlive it either. Only the owner of the instance (the
+// daemon, holding its runtime directory's lock) may call it.
+void remove_host_blocks(const std::string &instance, const std::string &tag);
+// The CUDA implementation, or an LF_E_UNSUPPORTED error when this build has no CUDA.
+Result<std::unique_ptr<Backend>> make_cuda_backend();
+
+// Polls `event` until it is complete or `timeout_ms` has passed (LF_E_TIMEOUT). The bounded
+// wait of a consumer: an event whose writer died before its stream reached the record may stay
+// pending forever, so never wait on one without a deadline. Errors of query() pass through.
+Status wait_event(Backend &backend, Event &event, int timeout_ms);
+
+}  // namespace loraflip::device

@@ -1,0 +1,183 @@
+// kernels/validate against references written another way, the checksum pinned to fixed values
+// (it is part of what the daemon compares; changing it must be deliberate), and what the CUDA
+// launchers answer on a machine without a GPU (or in a build without CUDA).
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kernels/cast.hpp"
+#include "kernels/device_kernels.hpp"
+#include "kernels/validate.hpp"
+#include "loraflip.h"
+
+using namespace loraflip::kernels;
+
+namespace {
+
+// Words assembled byte by byte (explicitly little-endian), where the library uses memcpy.
+uint64_t reference_checksum(const unsigned char *p, uint64_t bytes) {
+  std::vector<uint64_t> words((bytes + 7) / 8, 0);
+  for (uint64_t b = 0; b < bytes; ++b) words[b / 8] |= static_cast<uint64_t>(p[b]) << (8 * (b % 8));
+  uint64_t sum = bytes;
+  for (uint64_t i = 0; i < words.size(); ++i) sum += checksum_mix(words[i], i);
+  return sum;
+}
+
+// Elements decoded to double and tested with std::isfinite.
+int64_t reference_first_non_finite(const void *data, uint64_t count, int dtype) {
+  const auto *p = static_cast<const unsigned char *>(data);
+  for (uint64_t i = 0; i < count; ++i) {
+    double v = 0;
+    if (dtype == LF_DTYPE_F32) {
+      float f;
+      std::memcpy(&f, p + 4 * i, 4);
+      v = f;
+    } else if (dtype == LF_DTYPE_F64) {
+      std::memcpy(&v, p + 8 * i, 8);
+    } else if (dtype == LF_DTYPE_F16 || dtype == LF_DTYPE_BF16) {
+      uint16_t h;
+      std::memcpy(&h, p + 2 * i, 2);
+      const uint32_t w = dtype == LF_DTYPE_F16 ? f16_to_f32_bits(h) : bf16_to_f32_bits(h);
+      float f;
+      std::memcpy(&f, &w, 4);
+      v = f;
+    }
+    if (!std::isfinite(v)) return static_cast<int64_t>(i);
+  }
+  return -1;
+}
+
+size_t elem_size(int dtype) {
+  switch (dtype) {
+    case LF_DTYPE_F32: case LF_DTYPE_I32: return 4;
+    case LF_DTYPE_F64: case LF_DTYPE_I64: return 8;
+    case LF_DTYPE_F16: case LF_DTYPE_BF16: return 2;
+    default: return 1;
+  }
+}
+
+}  // namespace
+
+TEST_CASE("checksum_mix is splitmix64's finalizer") {
+  // splitmix64 seeded with 0 (Vigna's reference splitmix64.c) first outputs
+  // 0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4: mix(k * golden) for k = 1, 2.
+  CHECK(checksum_mix(0, 0) == 0xE220A8397B1DCDAFull);
+  CHECK(checksum_mix(0, 1) == 0x6E789E6AA1B965F4ull);
+}
+
+TEST_CASE("checksum of fixed bytes has a fixed value") {
+  // Values computed by an independent Python implementation of the definition in validate.hpp.
+  const char *text = "loraflip checksum v1";  // 20 bytes: two full words and a 4-byte tail
+  CHECK(checksum(text, 20) == 0xD3EB96753397DE45ull);
+  CHECK(checksum(text, 0) == 0);
+  CHECK(checksum(text, 1) == 0xCD19F198025CE715ull);
+}
+
+TEST_CASE("checksum agrees with a byte-by-byte reference at every length and alignment") {
+  std::mt19937_64 rng(11);
+  std::vector<unsigned char> buf(5000);
+  for (auto &b : buf) b = static_cast<unsigned char>(rng());
+  for (uint64_t offset = 0; offset < 8; ++offset) {
+    for (uint64_t len = 0; len <= 80; ++len) {
+      REQUIRE(checksum(buf.data() + offset, len) == reference_checksum(buf.data() + offset, len));
+    }
+    REQUIRE(checksum(buf.data() + offset, 4000 + offset) ==
+            reference_checksum(buf.data() + offset, 4000 + offset));
+  }
+}
+
+TEST_CASE("checksum changes when any single bit or the length changes") {
+  std::vector<unsigned char> buf(64, 0);
+  const uint64_t base = checksum(buf.data(), buf.size());
+  for (size_t bit = 0; bit < buf.size() * 8; ++bit) {
+    buf[bit / 8] ^= static_cast<unsigned char>(1u << (bit % 8));
+    REQUIRE(checksum(buf.data(), buf.size()) != base);
+    buf[bit / 8] ^= static_cast<unsigned char>(1u << (bit % 8));
+  }
+  // The zero-padded tail does not make a trailing zero byte invisible.
+  CHECK(checksum(buf.data(), 63) != base);
+  // Swapping two different words changes it: the index matters.
+  buf[0] = 1;
+  const uint64_t a = checksum(buf.data(), 16);
+  buf[0] = 0;
+  buf[8] = 1;
+  CHECK(checksum(buf.data(), 16) != a);
+}
+
+TEST_CASE("first_non_finite agrees with std::isfinite on random data of every float dtype") {
+  std::mt19937_64 rng(5);
+  for (int dtype : {LF_DTYPE_F32, LF_DTYPE_F64, LF_DTYPE_F16, LF_DTYPE_BF16}) {
+    CAPTURE(dtype);
+    const size_t es = elem_size(dtype);
+    for (int round = 0; round < 200; ++round) {
+      const uint64_t count = rng() % 300;
+      std::vector<unsigned char> buf(count * es);
+      for (auto &b : buf) b = static_cast<unsigned char>(rng());
+      // Random bytes are non-finite at about 1/256 (fp32, bf16), 1/32 (fp16) or 1/2048 (fp64)
+      // per element: clear the exponent's top bit of most elements to vary where the first is.
+      for (uint64_t i = 0; i < count; ++i) {
+        if (rng() % 8 != 0) buf[i * es + es - 1] &= 0xBF;
+      }
+      REQUIRE(first_non_finite(buf.data(), count, dtype) ==
+              reference_first_non_finite(buf.data(), count, dtype));
+    }
+  }
+}
+
+TEST_CASE("first_non_finite classifies every fp16 and bf16 pattern like std::isfinite") {
+  for (int dtype : {LF_DTYPE_F16, LF_DTYPE_BF16}) {
+    for (uint32_t h = 0; h <= 0xFFFFu; ++h) {
+      const auto p = static_cast<uint16_t>(h);
+      REQUIRE(first_non_finite(&p, 1, dtype) == reference_first_non_finite(&p, 1, dtype));
+    }
+  }
+}
+
+TEST_CASE("integer dtypes are always finite") {
+  std::vector<unsigned char> ones(64, 0xFF);
+  for (int dtype : {LF_DTYPE_I8, LF_DTYPE_U8, LF_DTYPE_I32, LF_DTYPE_I64}) {
+    CHECK(first_non_finite(ones.data(), ones.size() / elem_size(dtype), dtype) == -1);
+  }
+}
+
+#if defined(LF_KERNELS_TEST_WITH_CUDA)
+TEST_CASE("CUDA launchers answer the workspace size without a GPU") {
+  size_t prev = 0;
+  for (uint64_t count : {0ull, 1ull, 2047ull, 2048ull, 2049ull, 1ull << 20, 1ull << 40}) {
+    size_t bytes = 0;
+    REQUIRE(lf_cuda_first_non_finite(nullptr, count, LF_DTYPE_BF16, nullptr, nullptr, &bytes,
+                                     nullptr) == LF_OK);
+    CHECK(bytes >= 8);
+    CHECK(bytes <= kCudaWorkspaceMaxBytes);
+    CHECK(bytes >= prev);  // never grows with a smaller count
+    prev = bytes;
+    size_t cbytes = 0;
+    REQUIRE(lf_cuda_checksum(nullptr, count, nullptr, nullptr, &cbytes, nullptr) == LF_OK);
+    CHECK(cbytes >= 8);
+    CHECK(cbytes <= kCudaWorkspaceMaxBytes);
+  }
+  CHECK(prev == kCudaWorkspaceMaxBytes);
+  size_t untouched = 12345;
+  CHECK(lf_cuda_first_non_finite(nullptr, 10, 99, nullptr, nullptr, &untouched, nullptr) ==
+        LF_E_INVALID_ARGUMENT);
+  CHECK(untouched == 12345);
+  CHECK(lf_cuda_checksum(nullptr, 10, nullptr, nullptr, nullptr, nullptr) ==
+        LF_E_INVALID_ARGUMENT);
+  CHECK(lf_cuda_cast_f32(nullptr, nullptr, 10, LF_DTYPE_F64, nullptr) == LF_E_INVALID_ARGUMENT);
+  CHECK(lf_cuda_cast_f32(nullptr, nullptr, 10, LF_DTYPE_F16, nullptr) == LF_E_INVALID_ARGUMENT);
+  CHECK(lf_cuda_cast_f32(nullptr, nullptr, 0, LF_DTYPE_F16, nullptr) == LF_OK);
+}
+#else
+TEST_CASE("without CUDA every launcher says unsupported") {
+  size_t bytes = 0;
+  CHECK(lf_cuda_first_non_finite(nullptr, 10, LF_DTYPE_F32, nullptr, nullptr, &bytes, nullptr) ==
+        LF_E_UNSUPPORTED);
+  CHECK(lf_cuda_checksum(nullptr, 10, nullptr, nullptr, &bytes, nullptr) == LF_E_UNSUPPORTED);
+  CHECK(lf_cuda_cast_f32(nullptr, nullptr, 10, LF_DTYPE_BF16, nullptr) == LF_E_UNSUPPORTED);
+}
+#endif

@@ -1,0 +1,213 @@
+// Device placement through the host implementation of the device interface (shared memory
+// standing in for GPU memory): the whole path above the CUDA calls, across processes, with no
+// GPU. tests/gpu/ runs the same library against real GPUs where one exists.
+#include <doctest/doctest.h>
+
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "device/device.hpp"
+#include "support.hpp"
+
+using namespace lftest;
+
+namespace {
+
+int create_device_adapter(lf_client_t *client, const char *name, const char *placement) {
+  lf_spec_t *spec = nullptr;
+  REQUIRE(lf_spec_new(&spec) == LF_OK);
+  const int64_t shape[2] = {64, 256};
+  for (const char *t : {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
+                        "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"})
+    REQUIRE(lf_spec_add_tensor(spec, t, LF_DTYPE_F32, 2, shape) == LF_OK);
+  REQUIRE(lf_spec_set_placement(spec, placement) == LF_OK);
+  const int rc = lf_client_create_adapter(client, name, spec);
+  lf_spec_free(spec);
+  return rc;
+}
+
+std::vector<float> values_of(float x) { return std::vector<float>(64 * 256, x); }
+
+// Mappings in this process of `bytes`-sized shared-memory blocks (the host stand-in maps a
+// device arena of N bytes as N bytes of data after one page of its own header).
+int block_mappings(uint64_t bytes) {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  int n = 0;
+  while (std::getline(maps, line)) {
+    unsigned long long start = 0, end = 0;
+    if (std::sscanf(line.c_str(), "%llx-%llx", &start, &end) == 2 && end - start == bytes + 4096 &&
+        line.find("/dev/shm/") != std::string::npos)
+      ++n;
+  }
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("a version written to one device is copied to every device before the flip") {
+  Daemon daemon("devices", {"--devices", "0,1", "--device-backend", "host", "--device-arena-size", "16M"});
+  daemon.start();
+  lf_client_t *client = nullptr;
+  REQUIRE(lf_client_open(daemon.dir().c_str(), 5000, &client) == LF_OK);
+  REQUIRE(create_device_adapter(client, "tp", "cuda:0,1") == LF_OK);
+  char *info = nullptr;
+  REQUIRE(lf_client_info(client, "tp", &info) == LF_OK);
+  CHECK(std::string(info).find("\"placement\":\"cuda:0,1\"") != std::string::npos);
+  lf_free(info);
+
+  lf_reader_t *reader = nullptr;
+  REQUIRE(lf_reader_open(daemon.dir().c_str(), &reader) == LF_OK);
+  lf_adapter_ref_t ref = 0;
+  REQUIRE(lf_reader_find(reader, "tp", &ref) == LF_OK);
+
+  for (float x : {1.5f, 2.5f, 3.5f, 4.5f, 5.5f}) {
+    lf_writer_t *w = nullptr;
+    REQUIRE(lf_client_begin_write(client, "tp", 0, &w) == LF_OK);
+    lf_tensor_view_t view;
+    REQUIRE(lf_writer_tensor(w, 0, &view) == LF_OK);
+    CHECK(view.device == 0);
+    const std::vector<float> data = values_of(x);
+    REQUIRE(lf_writer_copy_in_async(w, 0, data.data(), view.nbytes, -1, nullptr) == LF_OK);
+    REQUIRE(lf_writer_copy_in(w, 1, data.data(), view.nbytes) == LF_OK);
+    uint64_t version = 0;
+    REQUIRE(lf_writer_commit(w, LF_COMMIT_CHECK_FINITE, &version) == LF_OK);
+
+    lf_pin_t *pin = nullptr;
+    REQUIRE(lf_reader_acquire(reader, ref, version, &pin) == LF_OK);
+    for (int device : {0, 1}) {
+      for (size_t t = 0; t < 2; ++t) {
+        lf_tensor_view_t v;
+        REQUIRE(lf_pin_tensor_on_device(pin, t, device, &v) == LF_OK);
+        CHECK(v.device == device);
+        CHECK(std::memcmp(v.data, data.data(), v.nbytes) == 0);
+      }
+    }
+    lf_tensor_view_t none;
+    CHECK(lf_pin_tensor_on_device(pin, 0, 7, &none) == LF_E_NOT_FOUND);
+    lf_pin_release(pin);
+  }
+  // Each device arena was opened once by this process, however many writes and pins used it.
+  CHECK(block_mappings(16u << 20) == 2);
+  lf_reader_close(reader);
+  lf_client_close(client);
+}
+
+TEST_CASE("a commit waits for the writer's device copies without blocking the daemon") {
+  Daemon daemon("events", {"--devices", "0", "--device-backend", "host", "--device-arena-size", "16M"});
+  daemon.start();
+  lf_client_t *client = nullptr;
+  REQUIRE(lf_client_open(daemon.dir().c_str(), 5000, &client) == LF_OK);
+  REQUIRE(create_device_adapter(client, "slow", "cuda:0") == LF_OK);
+  REQUIRE(create_pattern_adapter(client, "other", 1, 1024, 1) == LF_OK);
+
+  // The writer's copies sit on a stream stuck behind other work (a paused host stream), then
+  // the writer is killed: its commit must never complete, and never hold up anyone else.
+  int ready[2];
+  REQUIRE(pipe2(ready, O_CLOEXEC) == 0);
+  const pid_t writer = spawn([&] {
+    lf_client_t *c = nullptr;
+    if (lf_client_open(daemon.dir().c_str(), 20000, &c) != LF_OK) return 2;
+    auto backend = loraflip::device::make_host_backend("writer");
+    auto stream = backend->create_stream(0);
+    if (!stream) return 3;
+    loraflip::device::host_pause_stream(stream.value(), true);
+    lf_writer_t *w = nullptr;
+    if (lf_client_begin_write(c, "slow", 0, &w) != LF_OK) return 4;
+    const std::vector<float> data = values_of(9.0f);
+    if (lf_writer_copy_in_async(w, 0, data.data(), data.size() * 4, -1, stream.value()) != LF_OK) return 5;
+    char b = 1;
+    if (write(ready[1], &b, 1) != 1) return 6;
+    uint64_t v = 0;
+    lf_writer_commit(w, 0, &v);  // waits for a reply that the parent's SIGKILL cuts short
+    return 7;
+  });
+  close(ready[1]);
+  char b;
+  REQUIRE(read(ready[0], &b, 1) == 1);
+  close(ready[0]);
+  sleep_ms(300);  // the commit is now waiting inside the daemon
+
+  // Meanwhile the daemon serves everyone else.
+  const uint64_t t0 = now_ms();
+  lf_writer_t *w = nullptr;
+  REQUIRE(lf_client_begin_write(client, "other", 0, &w) == LF_OK);
+  fill_pattern(w, 1);
+  uint64_t v = 0;
+  REQUIRE(lf_writer_commit(w, 0, &v) == LF_OK);
+  CHECK(v == 1);
+  CHECK(now_ms() - t0 < 1000);
+
+  kill(writer, SIGKILL);
+  CHECK(wait_child(writer) == 128 + SIGKILL);
+  // The dead writer's commit is given up and its slot comes back; nothing was published.
+  const int64_t waited = wait_until(
+      [&] {
+        char *info = nullptr;
+        if (lf_client_info(client, "slow", &info) != LF_OK) return false;
+        const std::string s(info);
+        lf_free(info);
+        return json_number(s, "writing") == 0 && json_number(s, "version") == 0;
+      },
+      2000);
+  CHECK(waited >= 0);
+  lf_writer_t *again = nullptr;
+  REQUIRE(lf_client_begin_write(client, "slow", 0, &again) == LF_OK);
+  REQUIRE(lf_writer_abort(again) == LF_OK);
+  lf_client_close(client);
+}
+
+TEST_CASE("without devices, device placements are refused clearly and host ones still work") {
+  Daemon daemon("nodev");
+  daemon.start();
+  lf_client_t *client = nullptr;
+  REQUIRE(lf_client_open(daemon.dir().c_str(), 5000, &client) == LF_OK);
+  CHECK(create_device_adapter(client, "gpu", "cuda:0") == LF_E_UNSUPPORTED);
+  CHECK(std::string(lf_client_last_error(client)).find("--devices") != std::string::npos);
+  CHECK(create_device_adapter(client, "bad", "cuda:x") == LF_E_INVALID_ARGUMENT);
+  CHECK(create_device_adapter(client, "cpu", "host") == LF_OK);
+  lf_client_close(client);
+
+  // Asking for a CUDA device where none works: the daemon starts, says why, serves host memory.
+  Daemon nogpu("nogpu", {"--devices", "0"});
+  nogpu.start();
+  REQUIRE(lf_client_open(nogpu.dir().c_str(), 5000, &client) == LF_OK);
+  const int rc = create_device_adapter(client, "gpu", "cuda:0");
+  if (rc == LF_E_UNSUPPORTED) {
+    CHECK(nogpu.log().find("device placement unavailable") != std::string::npos);
+  } else {
+    MESSAGE("a CUDA device is present here; the refusal half does not apply");
+  }
+  CHECK(create_device_adapter(client, "cpu", "host") == LF_OK);
+  lf_client_close(client);
+}
+
+TEST_CASE("device adapters of a killed daemon are dropped at restart, host ones are served") {
+  Daemon daemon("devrestart", {"--devices", "0", "--device-backend", "host", "--device-arena-size", "16M"});
+  daemon.start();
+  lf_client_t *client = nullptr;
+  REQUIRE(lf_client_open(daemon.dir().c_str(), 5000, &client) == LF_OK);
+  REQUIRE(create_device_adapter(client, "ondevice", "cuda:0") == LF_OK);
+  REQUIRE(create_pattern_adapter(client, "onhost", 1, 1024, 1) == LF_OK);
+  lf_writer_t *w = nullptr;
+  REQUIRE(lf_client_begin_write(client, "onhost", 0, &w) == LF_OK);
+  fill_pattern(w, 1);
+  REQUIRE(lf_writer_commit(w, 0, nullptr) == LF_OK);
+  lf_client_close(client);
+  daemon.kill9();
+  daemon.start();
+  REQUIRE(lf_client_open(daemon.dir().c_str(), 5000, &client) == LF_OK);
+  char *list = nullptr;
+  REQUIRE(lf_client_list(client, &list) == LF_OK);
+  CHECK(std::string(list).find("ondevice") == std::string::npos);
+  CHECK(std::string(list).find("onhost") != std::string::npos);
+  lf_free(list);
+  CHECK(daemon.log().find("'ondevice' lived in device memory") != std::string::npos);
+  lf_client_close(client);
+}
