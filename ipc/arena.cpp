@@ -30,6 +30,12 @@ Error os_error(const std::string &what, const std::string &name, int native) {
 
 }  // namespace
 
+Segment::Segment(std::unique_ptr<Impl> impl, std::string name)
+    : impl_(std::move(impl)),
+      base_(static_cast<std::byte *>(impl_->region.get_address())),
+      size_(impl_->region.get_size()),
+      name_(std::move(name)) {}
+
 Segment::Segment(Segment &&) noexcept = default;
 Segment &Segment::operator=(Segment &&) noexcept = default;
 Segment::~Segment() = default;
@@ -47,12 +53,7 @@ Result<Segment> Segment::create(const std::string &name, uint64_t bytes, unsigne
     }
     impl->object.truncate(static_cast<bip::offset_t>(bytes));
     impl->region = bip::mapped_region(impl->object, bip::read_write);
-    Segment s;
-    s.base_ = static_cast<std::byte *>(impl->region.get_address());
-    s.size_ = impl->region.get_size();
-    s.name_ = name;
-    s.impl_ = std::move(impl);
-    return s;
+    return Segment(std::move(impl), name);
   } catch (const bip::interprocess_exception &e) {
     return os_error("cannot create", name, e.get_native_error());
   } catch (const std::bad_alloc &) {
@@ -69,12 +70,7 @@ Result<Segment> Segment::open(const std::string &name, Access access) {
     if (!impl->object.get_size(size) || size <= 0)
       return make_error(LF_E_LAYOUT_MISMATCH, "shared memory '/" + name + "' is empty");
     impl->region = bip::mapped_region(impl->object, mode);
-    Segment s;
-    s.base_ = static_cast<std::byte *>(impl->region.get_address());
-    s.size_ = impl->region.get_size();
-    s.name_ = name;
-    s.impl_ = std::move(impl);
-    return s;
+    return Segment(std::move(impl), name);
   } catch (const bip::interprocess_exception &e) {
     return os_error("cannot open", name, e.get_native_error());
   } catch (const std::bad_alloc &) {

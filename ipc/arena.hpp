@@ -36,8 +36,8 @@ class Segment {
   const std::string &name() const { return name_; }
 
  private:
-  Segment() = default;
   struct Impl;
+  Segment(std::unique_ptr<Impl> impl, std::string name);
   std::unique_ptr<Impl> impl_;
   std::byte *base_ = nullptr;
   uint64_t size_ = 0;

@@ -326,16 +326,21 @@ int lf_client_rollback(lf_client_t *c, const char *name, uint64_t version) {
 
 #undef LF_SIMPLE_NAME_REQUEST
 
-int lf_client_list(lf_client_t *c, char **json_out) {
+namespace {
+// list and stats: a request without arguments whose result comes back as JSON.
+int request_json_no_args(lf_client_t *c, const char *op, char **json_out) {
   if (c == nullptr) return LF_E_INVALID_ARGUMENT;
   std::lock_guard lock(c->mutex);
   return guarded(&c->last_error, [&] {
     if (json_out == nullptr) return invalid(&c->last_error, "json_out is NULL");
     ipc::Encoder e;
     e.map(0);
-    return request_json(c, "list", e, json_out);
+    return request_json(c, op, e, json_out);
   });
 }
+}  // namespace
+
+int lf_client_list(lf_client_t *c, char **json_out) { return request_json_no_args(c, "list", json_out); }
 
 int lf_client_info(lf_client_t *c, const char *name, char **json_out) {
   if (c == nullptr) return LF_E_INVALID_ARGUMENT;
@@ -349,14 +354,7 @@ int lf_client_info(lf_client_t *c, const char *name, char **json_out) {
 }
 
 int lf_client_stats(lf_client_t *c, char **json_out) {
-  if (c == nullptr) return LF_E_INVALID_ARGUMENT;
-  std::lock_guard lock(c->mutex);
-  return guarded(&c->last_error, [&] {
-    if (json_out == nullptr) return invalid(&c->last_error, "json_out is NULL");
-    ipc::Encoder e;
-    e.map(0);
-    return request_json(c, "stats", e, json_out);
-  });
+  return request_json_no_args(c, "stats", json_out);
 }
 
 /* ---- writer ---- */
