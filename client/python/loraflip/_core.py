@@ -93,6 +93,7 @@ class _Source(NamedTuple):
     address: int
     nbytes: int
     keep: Any  # keeps the memory alive while it is copied
+    device: int = -1  # -1: host memory; else the CUDA ordinal of a torch tensor's memory
 
 
 def _is_torch(x) -> bool:
@@ -118,11 +119,13 @@ def _source(name: str, x, want: Optional[tuple[int, tuple]], cast: bool) -> _Sou
         return _Source(_NP_CODES[x.dtype], x.shape, x.__array_interface__["data"][0], x.nbytes, x)
     if isinstance(x, RawTensor):
         d, shape, keep = x.dtype, x.shape, np.ascontiguousarray(x.data)
-        address, nbytes = keep.ctypes.data, keep.nbytes
+        address, nbytes, device = keep.ctypes.data, keep.nbytes, -1
     elif _is_torch(x):
         t = x.detach()
-        if t.device.type != "cpu":
-            t = t.cpu()  # host placement: a device-to-host copy (the GPU arena is the C API's)
+        if t.device.type not in ("cpu", "cuda"):
+            t = t.cpu()
+        # CUDA tensors stay where they are: Writer._copy copies them device to device into a
+        # device-placed slot, or brings them to host memory for a host-placed one.
         d = dtype_code(t.dtype)
         if cast and want is not None and d != want[0]:
             import torch  # present: x is a torch tensor
@@ -133,7 +136,9 @@ def _source(name: str, x, want: Optional[tuple[int, tuple]], cast: bool) -> _Sou
         t = t.contiguous()
         shape, keep = tuple(t.shape), t
         address, nbytes = t.data_ptr(), t.numel() * t.element_size()
+        device = t.get_device() if t.device.type == "cuda" else -1
     else:
+        device = -1
         if isinstance(x, PinnedArray) and x._lf_guard is not None:
             x._lf_guard.check()  # np.asarray below would bypass the guard
         a = np.asarray(x)
@@ -160,7 +165,7 @@ def _source(name: str, x, want: Optional[tuple[int, tuple]], cast: bool) -> _Sou
             raise InvalidArgument(L.LF_E_INVALID_ARGUMENT,
                                   f"tensor '{name}' has shape {tuple(shape)} but the adapter "
                                   f"holds {tuple(ws)}")
-    return _Source(d, tuple(shape), address, nbytes, keep)
+    return _Source(d, tuple(shape), address, nbytes, keep, device)
 
 
 # ---- LoRA config ----
@@ -323,14 +328,54 @@ class _Pin:
         self.reader.live.discard(self)
 
 
-def _host_only(tensor: str, device: int) -> None:
+def _host_only(tensor: str, device: int, writer: bool = False) -> None:
+    """numpy views are for host memory only. A device-placed tensor is GPU memory: on a real
+    GPU its address is not readable by the CPU, so it is refused here even where the daemon's
+    host stand-in (--device-backend host) would make it readable."""
     if device >= 0:
-        raise loraflip_unsupported(f"tensor '{tensor}' lives on cuda:{device}; numpy views are "
-                                   "for host-placed adapters (use torch.from_dlpack(x.tensor(name)))")
+        how = ("write it with writer.copy_in(name, array_or_tensor) (numpy: a host-to-device "
+               "copy; torch CUDA tensors: a device-to-device copy), or torch.from_dlpack("
+               "writer.tensor(name))") if writer else (
+              "read it through DLPack (torch.from_dlpack(version.tensor(name)), bf16 included) "
+              "or version.tensor(name).__cuda_array_interface__")
+        raise loraflip_unsupported(f"tensor '{tensor}' lives in GPU memory (cuda:{device}), "
+                                   f"which numpy cannot view: {how}")
 
 
 def loraflip_unsupported(message: str) -> LoraflipError:
     return error_for(L.LF_E_UNSUPPORTED, message)
+
+
+# LF_DTYPE_* -> __cuda_array_interface__ typestr. bf16 has no typestr of its own: "<V2" is what
+# torch's exporter and ml_dtypes write, but most consumers (CuPy, Numba, torch.as_tensor) read
+# it as opaque 2-byte records, not as bf16. bf16 goes through DLPack.
+_CAI_TYPESTR = {L.LF_DTYPE_F32: "<f4", L.LF_DTYPE_F16: "<f2", L.LF_DTYPE_BF16: "<V2",
+                L.LF_DTYPE_F64: "<f8", L.LF_DTYPE_I8: "|i1", L.LF_DTYPE_U8: "|u1",
+                L.LF_DTYPE_I32: "<i4", L.LF_DTYPE_I64: "<i8"}
+
+
+def _device_ordinal(device) -> int:
+    """An ordinal from 1, "cuda:1" or torch.device("cuda", 1)."""
+    if isinstance(device, bool):
+        raise InvalidArgument(L.LF_E_INVALID_ARGUMENT, f"bad device {device!r}")
+    if isinstance(device, int):
+        return device
+    if isinstance(device, str):
+        m = re.fullmatch(r"cuda:(\d+)", device.strip())
+        if m:
+            return int(m.group(1))
+    elif getattr(device, "type", None) == "cuda" and getattr(device, "index", None) is not None:
+        return int(device.index)
+    raise InvalidArgument(L.LF_E_INVALID_ARGUMENT,
+                          f"bad device {device!r}: an ordinal (1), 'cuda:1' or torch.device('cuda', 1)")
+
+
+def _placement(placement) -> bytes:
+    if not isinstance(placement, str):
+        raise InvalidArgument(L.LF_E_INVALID_ARGUMENT,
+                              f"placement must be a str ('host', 'cuda:0', 'cuda:0,1'), not "
+                              f"{type(placement).__name__}")
+    return placement.encode()
 
 
 def _dtype_of_np(d: np.dtype) -> int:
@@ -385,6 +430,21 @@ class Tensor:
     def __dlpack_device__(self):
         return (_dlpack.kDLCUDA, self.device) if self.device >= 0 else (_dlpack.kDLCPU, 0)
 
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        """CUDA Array Interface v3 of a device-placed tensor (CuPy, Numba, torch.as_tensor).
+        Unlike a DLPack export, it does not keep the version pinned: use it only inside the
+        acquire block (or the open write). bf16 gets typestr "<V2", which most consumers do not
+        read as bf16: use DLPack for bf16. Host tensors have no such attribute."""
+        if self.device < 0:
+            # AttributeError, so that hasattr() is False for host memory (as torch does).
+            raise AttributeError(f"tensor '{self.name}' is in host memory: use numpy() or "
+                                 "DLPack, not __cuda_array_interface__")
+        self._owner.guard.check()
+        return {"shape": self.shape, "typestr": _CAI_TYPESTR[dtype_code(self.dtype)],
+                "data": (self._address if self.nbytes else 0, not self._writeable),
+                "strides": None, "version": 3}
+
 
 class Version(Mapping):
     """A pinned version of an adapter, yielded by `Client.acquire`. A read-only mapping of
@@ -421,16 +481,34 @@ class Version(Mapping):
     def released(self) -> bool:
         return not self._pin.guard.alive
 
-    def _view(self, tensor: str) -> L.lf_tensor_view_t:
+    def _view(self, tensor: str, device=None) -> L.lf_tensor_view_t:
         self._pin.guard.check()
         entry = self._pin.schema.get(tensor) if isinstance(tensor, str) else None
         if entry is None:
             raise NotFound(L.LF_E_NOT_FOUND, f"adapter '{self.name}' has no tensor {tensor!r}")
         v = L.lf_tensor_view_t()
-        rc = L.lf_pin_tensor(self._pin.handle, entry, ctypes.byref(v))
+        if device is None:
+            rc = L.lf_pin_tensor(self._pin.handle, entry, ctypes.byref(v))
+        else:
+            ordinal = _device_ordinal(device)
+            if L.lf_pin_tensor_on_device is None:
+                raise loraflip_unsupported(f"{L.path} has no lf_pin_tensor_on_device: per-device "
+                                           "views need a newer libloraflip")
+            rc = L.lf_pin_tensor_on_device(self._pin.handle, entry, ordinal, ctypes.byref(v))
+            if rc == L.LF_E_NOT_FOUND:
+                raise NotFound(rc, f"version {self.version} of '{self.name}' has no copy on "
+                                   f"cuda:{ordinal} (see its placement in info())")
         if rc != L.LF_OK:
             raise error_for(rc, f"tensor {tensor!r} of version {self.version} of '{self.name}'")
         return v
+
+    @property
+    def device(self) -> int:
+        """-1 for a host-placed adapter, else the CUDA ordinal of its first device (the copy
+        that indexing and tensor(name) give; tensor(name, device=n) gives another)."""
+        for t in self._pin.schema:
+            return int(self._view(t).device)
+        return -1
 
     def array(self, tensor: str) -> PinnedArray:
         """Read-only zero-copy numpy view of one tensor. bf16 needs ml_dtypes (else use
@@ -467,9 +545,13 @@ class Version(Mapping):
     def guard(self) -> Guard:
         return self._pin.guard
 
-    def tensor(self, tensor: str) -> Tensor:
-        """The tensor's metadata and DLPack export (torch.from_dlpack works, bf16 included)."""
-        return Tensor(self._view(tensor), self, writeable=False)
+    def tensor(self, tensor: str, device=None) -> Tensor:
+        """The tensor's metadata and DLPack export (torch.from_dlpack works, bf16 included).
+        For a device-placed adapter, `device` (an ordinal, "cuda:1" or a torch.device) picks
+        the copy on that GPU (a tensor-parallel rank reads its own; all copies hold the same
+        version); None: the adapter's first device. Device tensors also expose
+        __cuda_array_interface__."""
+        return Tensor(self._view(tensor, device), self, writeable=False)
 
     def copy(self) -> dict[str, np.ndarray]:
         """Copies of every tensor (bf16 as uint16 patterns unless ml_dtypes is installed)."""
@@ -594,6 +676,14 @@ class Writer:
         L.lf_writer_tensor_count(self._handle, ctypes.byref(n))
         self.tensor_count = n.value
         self._views: Optional[dict[str, tuple[int, L.lf_tensor_view_t]]] = None
+        # -1: the slot is host memory; else the CUDA ordinal of the device written to.
+        first = L.lf_tensor_view_t()
+        self.device = (int(first.device) if self.tensor_count and
+                       L.lf_writer_tensor(self._handle, 0, ctypes.byref(first)) == L.LF_OK else -1)
+        # Asynchronous device copies in flight: their sources stay alive, and their streams
+        # are waited for before an abort gives the slot back, until the write ends.
+        self._keep: list = []
+        self._streams: dict = {}
         client._writers.add(self)
 
     @property
@@ -637,7 +727,7 @@ class Writer:
 
     def _array_at(self, tensor, address, dtype, shape, nbytes, device=-1):
         self._check()
-        _host_only(tensor, device)
+        _host_only(tensor, device, writer=True)
         nd = _numpy_dtype(dtype)
         if nd is None:
             raise TypeError(f"tensor '{tensor}' is bf16, which numpy cannot hold: use "
@@ -663,9 +753,46 @@ class Writer:
         self._copy(i, src)
 
     def _copy(self, index: int, src: _Source) -> None:
-        rc = L.lf_writer_copy_in(self._handle, index, src.address, src.nbytes)
+        """Host sources: lf_writer_copy_in (into a device-placed slot, a synchronous
+        host-to-device copy). torch CUDA sources: into a device-placed slot, an asynchronous
+        device-to-device (or peer) copy on the source device's current torch stream, which the
+        commit waits for; into a host-placed slot, a device-to-host copy first."""
+        if src.device < 0:
+            rc = L.lf_writer_copy_in(self._handle, index, src.address, src.nbytes)
+        elif self.device < 0:
+            host = src.keep.cpu()  # synchronous with respect to the tensor's stream
+            rc = L.lf_writer_copy_in(self._handle, index, host.data_ptr(), src.nbytes)
+        else:
+            rc = self._copy_async(index, src)
         if rc != L.LF_OK:
-            raise error_for(rc, f"copy into tensor {index} of the write of '{self.name}' failed")
+            msg = f"copy into tensor {index} of the write of '{self.name}' failed"
+            h = self._client._handle
+            if self.device >= 0 and h:  # device copies say why in the client's last error
+                msg += ": " + L.lf_client_last_error(h).decode(errors="replace")
+            raise error_for(rc, msg)
+
+    def _copy_async(self, index: int, src: _Source) -> int:
+        if L.lf_writer_copy_in_async is None:
+            raise loraflip_unsupported(f"{L.path} has no lf_writer_copy_in_async: copying CUDA "
+                                       "tensors needs a newer libloraflip")
+        import torch  # present: src.keep is a torch CUDA tensor
+        stream = torch.cuda.current_stream(src.device)
+        # The library makes the slot's device current for the copy; torch's own idea of the
+        # current device is restored when the block ends.
+        with torch.cuda.device(src.device):
+            rc = L.lf_writer_copy_in_async(self._handle, index, src.address, src.nbytes,
+                                           src.device, stream.cuda_stream or None)
+        if rc == L.LF_OK:
+            self._keep.append(src.keep)  # freed only once the copy is known to be done
+            self._streams[id(stream)] = stream
+        return rc
+
+    def _settle(self) -> None:
+        """Waits for this write's asynchronous copies (before its slot goes back)."""
+        streams, self._streams = list(self._streams.values()), {}
+        for s in streams:
+            s.synchronize()
+        self._keep = []
 
     def commit(self) -> int:
         """Validates, versions and flips; returns the new version. Ends the write."""
@@ -675,7 +802,11 @@ class Writer:
             self.guard.alive = False
             self._client._writers.discard(self)
             out = ctypes.c_uint64()
-            rc = L.lf_writer_commit(h, self._flags, ctypes.byref(out))  # frees the writer
+            try:
+                rc = L.lf_writer_commit(h, self._flags, ctypes.byref(out))  # frees the writer
+            finally:
+                # After a successful commit the daemon has waited for the copies already.
+                self._settle()
             if rc != L.LF_OK:
                 raise self._client._fail(rc)
         self.version = out.value
@@ -688,7 +819,10 @@ class Writer:
         h, self._handle = self._handle, None
         self.guard.alive = False
         self._client._writers.discard(self)
-        L.lf_writer_abort(h)
+        try:
+            self._settle()  # no copy may still land in the slot once it is given back
+        finally:
+            L.lf_writer_abort(h)
 
     @property
     def ended(self) -> bool:
@@ -830,11 +964,16 @@ class Client:
                 raise self._fail(rc)
 
     def create(self, name: str, tensors: Mapping, config=None, *, slots: int = 0,
-               history: int = -1, metadata: Optional[str] = None) -> None:
+               history: int = -1, metadata: Optional[str] = None,
+               placement: Optional[str] = None) -> None:
         """Creates an adapter whose schema is the names, dtypes and shapes of `tensors` (arrays,
-        torch tensors, RawTensors, or (dtype, shape) pairs), in order, with a LoRA config."""
+        torch tensors, RawTensors, or (dtype, shape) pairs), in order, with a LoRA config.
+        `placement`: "host" (the default), "cuda:0", or "cuda:0,1,..." to keep the slots in
+        those GPUs' memory (the daemon needs --devices; versions are written to the first
+        device and copied to the others before each flip)."""
         self._handle_or_raise()
         bname = _check_adapter_name(name)
+        bplacement = _placement(placement) if placement is not None else None
         if not isinstance(tensors, Mapping) or not tensors:
             raise InvalidArgument(L.LF_E_INVALID_ARGUMENT, "tensors must be a non-empty dict")
         lora = _lora_config(config) if config is not None else None
@@ -871,6 +1010,16 @@ class Client:
             rc = L.lf_spec_set_slots(spec, int(slots), int(history))
             if rc != L.LF_OK:
                 raise error_for(rc, L.lf_last_error_message().decode())
+            if bplacement is not None:
+                if L.lf_spec_set_placement is not None:
+                    rc = L.lf_spec_set_placement(spec, bplacement)
+                    if rc != L.LF_OK:
+                        raise error_for(rc, f"placement {placement!r}: " +
+                                        L.lf_last_error_message().decode())
+                elif bplacement != b"host":
+                    raise loraflip_unsupported(
+                        f"{L.path} has no lf_spec_set_placement: placement {placement!r} needs "
+                        "a newer libloraflip")
             with self._use() as h:
                 rc = L.lf_client_create_adapter(h, bname, spec)
                 if rc != L.LF_OK:
@@ -896,16 +1045,23 @@ class Client:
 
     def publish(self, name: str, tensors: Mapping, config=None, *, cast: bool = False,
                 check_finite: bool = True, checksum: bool = False, slots: int = 0,
-                history: int = -1, retry_s: float = _NO_FREE_SLOT_RETRY_S) -> int:
+                history: int = -1, retry_s: float = _NO_FREE_SLOT_RETRY_S,
+                placement: Optional[str] = None) -> int:
         """Publishes a full set of tensors (a dict as PEFT's get_peft_model_state_dict returns
         it, of numpy arrays or torch tensors) as the next version; returns that version.
-        Creates the adapter on first use from the shapes and `config` (r, lora_alpha,
-        target_modules: a dict or a LoraConfig). Every check runs before the slot is touched:
-        a bad input raises and changes nothing."""
+        Creates the adapter on first use from the shapes, `config` (r, lora_alpha,
+        target_modules: a dict or a LoraConfig) and `placement` (see create; an existing
+        adapter placed elsewhere is refused). Into a device-placed adapter, numpy arrays are
+        copied host to device and torch CUDA tensors device to device on their current
+        stream. Every check runs before the slot is touched: a bad input raises and changes
+        nothing."""
         self._handle_or_raise()
         _check_adapter_name(name)
         if not isinstance(tensors, Mapping) or not tensors:
             raise InvalidArgument(L.LF_E_INVALID_ARGUMENT, "tensors must be a non-empty dict")
+        if placement is not None:
+            _placement(placement)
+        created = False
         try:
             schema = self._schema(name)
         except NotFound:
@@ -914,10 +1070,13 @@ class Client:
                                f"no adapter '{name}': pass config=(r, lora_alpha, target_modules) "
                                "to create it from these tensors") from None
             self._check_rank(tensors, _lora_config(config)["r"])
-            self.create(name, tensors, config, slots=slots, history=history)
+            self.create(name, tensors, config, slots=slots, history=history, placement=placement)
             schema = self._schema(name, refresh=True)
+            created = True
         if config is not None:
             self._check_config(name, config)
+        if placement is not None and not created:
+            self._check_placement(name, placement)
         missing = [t for t in schema if t not in tensors]
         extra = [t for t in tensors if t not in schema]
         if missing or extra:
@@ -953,6 +1112,14 @@ class Client:
                 raise InvalidArgument(L.LF_E_INVALID_ARGUMENT,
                                       f"tensor '{t}' has shape {tuple(shape)}, which does not "
                                       f"match r={r}")
+
+    def _check_placement(self, name: str, placement: str) -> None:
+        have = self.info(name).get("placement", "host")
+        want = placement.replace("device:", "cuda:", 1) if placement.startswith("device:") else placement
+        if have != want:
+            raise InvalidArgument(L.LF_E_INVALID_ARGUMENT,
+                                  f"adapter '{name}' is placed on {have!r}, not {placement!r} "
+                                  "(drop it and publish again to move it)")
 
     def _check_config(self, name: str, config) -> None:
         want = _lora_config(config)

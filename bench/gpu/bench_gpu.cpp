@@ -1,0 +1,547 @@
+// lf-bench-gpu: publishing a device-placed adapter, against the bare device-to-device copy of
+// the same bytes, measured in one run (interleaved, so that both see the same GPU state).
+//
+//   publish  = begin_write + lf_writer_copy_in_async of every tensor from a device buffer on
+//              one stream + lf_writer_commit (the daemon waits on the commit's interprocess
+//              event, then flips) + the new version visible to a reader in another process
+//              (lf_reader_wait);
+//   baseline = one cudaMemcpyAsync device to device of the same bytes + cudaStreamSynchronize.
+//
+// The adapter: 32 MiB of f16 under PEFT's names (32 layers of q/k/v/o_proj, r = 16, hidden
+// 4096), placed on "cuda:0"; with two GPUs or more, also on "cuda:0,1" (the daemon copies each
+// version to device 1 before the flip).
+//
+// It starts its own loraflipd (--devices 0[,1] --device-arena-size 512M) under /tmp and
+// removes it at the end. Without a usable CUDA device it prints one "skipped" line and exits 0.
+// It is not a test: it prints numbers, and exits 0 whatever they are.
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fcntl.h>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <thread>
+#include <time.h>
+#include <unistd.h>
+#include <vector>
+
+#include <cuda_runtime.h>
+
+#include "loraflip.h"
+
+#ifndef LF_BENCH_DAEMON_PATH
+#define LF_BENCH_DAEMON_PATH "loraflipd"
+#endif
+
+namespace {
+
+uint64_t now_ns() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);  // one clock for every process of the machine
+  return uint64_t(ts.tv_sec) * 1000000000ULL + uint64_t(ts.tv_nsec);
+}
+
+[[noreturn]] void fail(const std::string &what) { throw std::runtime_error(what); }
+
+void check(int rc, const std::string &what, const lf_client_t *client = nullptr) {
+  if (rc == LF_OK) return;
+  std::string msg = what + ": " + lf_strerror(rc);
+  if (client != nullptr) msg += std::string(" (") + lf_client_last_error(client) + ")";
+  fail(msg);
+}
+
+void cuda_check(cudaError_t e, const char *what) {
+  if (e != cudaSuccess) fail(std::string(what) + ": " + cudaGetErrorString(e));
+}
+
+struct Stats {
+  double median = 0, p90 = 0;
+  size_t n = 0;
+};
+
+// Median (mean of the two middle values for an even count) and p90 (nearest rank).
+Stats stats_of(std::vector<double> v) {
+  Stats s;
+  s.n = v.size();
+  if (v.empty()) return s;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  s.median = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+  s.p90 = v[std::min(n - 1, size_t(std::ceil(0.9 * double(n))) - 1)];
+  return s;
+}
+
+void *shared_map(size_t bytes) {
+  void *p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) fail(std::string("mmap: ") + std::strerror(errno));
+  std::memset(p, 0, bytes);
+  return p;
+}
+
+// Forks; the child runs `body` and leaves with _exit. Children are forked before this process
+// touches CUDA, and never touch it themselves except the probe (which runs alone).
+pid_t spawn(const std::function<int()> &body) {
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  if (pid < 0) fail(std::string("fork: ") + std::strerror(errno));
+  if (pid == 0) {
+    std::signal(SIGINT, SIG_DFL);
+    std::signal(SIGTERM, SIG_DFL);
+    int rc = 1;
+    try {
+      rc = body();
+    } catch (const std::exception &e) {
+      std::fprintf(stderr, "lf-bench-gpu child %d: %s\n", int(::getpid()), e.what());
+    }
+    std::fflush(nullptr);
+    ::_exit(rc);
+  }
+  return pid;
+}
+
+int wait_child(pid_t pid) {
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -1;
+}
+
+// How many CUDA devices there are, asked in a child process so that this one forks its reader
+// before it initializes CUDA. `why` receives the runtime's message when there are none.
+int probe_devices(std::string &why) {
+  struct Probe {
+    int count;
+    char message[256];
+  };
+  auto *probe = static_cast<Probe *>(shared_map(sizeof(Probe)));
+  const pid_t pid = spawn([&] {
+    int n = 0;
+    const cudaError_t e = cudaGetDeviceCount(&n);
+    probe->count = e == cudaSuccess ? n : 0;
+    std::snprintf(probe->message, sizeof probe->message, "%s",
+                  e == cudaSuccess ? "no CUDA device" : cudaGetErrorString(e));
+    return 0;
+  });
+  const int rc = wait_child(pid);
+  const int count = rc == 0 ? probe->count : 0;
+  why = rc == 0 ? probe->message : "the CUDA probe process died (exit " + std::to_string(rc) + ")";
+  ::munmap(probe, sizeof(Probe));
+  return count;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon, and cleanup that also runs on Ctrl-C.
+
+struct Cleanup {
+  pid_t daemon = -1;
+  pid_t observer = -1;
+  std::vector<std::string> remove_args;
+  std::vector<char *> remove_argv;
+} g_cleanup;
+
+void remove_arena_now() {
+  if (g_cleanup.remove_argv.empty()) return;
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const int devnull = ::open("/dev/null", O_WRONLY);
+    if (devnull >= 0) {
+      ::dup2(devnull, 1);
+      ::dup2(devnull, 2);
+    }
+    ::execv(g_cleanup.remove_argv[0], g_cleanup.remove_argv.data());
+    ::_exit(127);
+  }
+  if (pid > 0) ::waitpid(pid, nullptr, 0);
+}
+
+void on_signal(int sig) {
+  if (g_cleanup.observer > 0) ::kill(g_cleanup.observer, SIGKILL);
+  if (g_cleanup.daemon > 0) {
+    ::kill(g_cleanup.daemon, SIGKILL);
+    ::waitpid(g_cleanup.daemon, nullptr, 0);
+  }
+  remove_arena_now();
+  const char msg[] = "\nlf-bench-gpu: interrupted; daemon killed and arena removed\n";
+  [[maybe_unused]] ssize_t n = ::write(2, msg, sizeof msg - 1);
+  ::_exit(128 + sig);
+}
+
+class Daemon {
+ public:
+  Daemon(std::string path, std::string instance, std::string dir, std::string devices)
+      : path_(std::move(path)), instance_(std::move(instance)), dir_(std::move(dir)),
+        devices_(std::move(devices)) {}
+
+  void start() {
+    if (::access(path_.c_str(), X_OK) != 0)
+      fail("no executable loraflipd at " + path_ + " (pass --daemon PATH)");
+    g_cleanup.remove_args = {path_, "--instance", instance_, "--remove-arena"};
+    for (auto &a : g_cleanup.remove_args) g_cleanup.remove_argv.push_back(a.data());
+    g_cleanup.remove_argv.push_back(nullptr);
+    remove_arena_now();
+
+    std::vector<std::string> args = {path_,      "--instance",    instance_,     "--runtime-dir",
+                                     dir_,       "--arena-size",  "64M",         "--devices",
+                                     devices_,   "--device-arena-size", "512M"};
+    const std::string log = log_path();
+    std::fflush(nullptr);
+    pid_ = ::fork();
+    if (pid_ < 0) fail(std::string("fork: ") + std::strerror(errno));
+    if (pid_ == 0) {
+      const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      if (fd >= 0) {
+        ::dup2(fd, 1);
+        ::dup2(fd, 2);
+      }
+      std::vector<char *> argv;
+      for (auto &a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execv(path_.c_str(), argv.data());
+      ::_exit(127);
+    }
+    g_cleanup.daemon = pid_;
+    const uint64_t deadline = now_ns() + 30'000'000'000ULL;  // device arenas take a while
+    for (;;) {
+      lf_client_t *c = nullptr;
+      if (lf_client_open(dir_.c_str(), 200, &c) == LF_OK) {
+        lf_client_close(c);
+        break;
+      }
+      int status = 0;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = g_cleanup.daemon = -1;
+        fail("loraflipd exited at start; its log (" + log + "):\n" + read_log());
+      }
+      if (now_ns() > deadline) fail("loraflipd did not answer within 30 s; log:\n" + read_log());
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+
+  ~Daemon() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGTERM);
+      const uint64_t deadline = now_ns() + 5'000'000'000ULL;
+      int status = 0;
+      while (::waitpid(pid_, &status, WNOHANG) == 0) {
+        if (now_ns() > deadline) {
+          ::kill(pid_, SIGKILL);
+          ::waitpid(pid_, &status, 0);
+          break;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+    }
+    g_cleanup.daemon = -1;
+    remove_arena_now();
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+    if (std::uncaught_exceptions() == 0) std::filesystem::remove(log_path(), ec);
+    else std::fprintf(stderr, "lf-bench-gpu: daemon log kept at %s\n", log_path().c_str());
+  }
+
+  Daemon(const Daemon &) = delete;
+  Daemon &operator=(const Daemon &) = delete;
+
+  const std::string &dir() const { return dir_; }
+  std::string log_path() const { return dir_ + ".log"; }
+  std::string read_log() const {
+    std::ifstream in(log_path());
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }
+
+ private:
+  std::string path_, instance_, dir_, devices_;
+  pid_t pid_ = -1;
+};
+
+// ---------------------------------------------------------------------------------------------
+// The adapter: 32 layers x q/k/v/o_proj x lora_A [16, 4096] and lora_B [4096, 16], f16.
+
+constexpr int kLayers = 32;
+constexpr int kRank = 16;
+constexpr int64_t kHidden = 4096;
+
+struct TensorShape {
+  std::string name;
+  int64_t shape[2];
+  uint64_t nbytes;
+};
+
+std::vector<TensorShape> peft_tensors() {
+  std::vector<TensorShape> out;
+  for (int l = 0; l < kLayers; ++l)
+    for (const char *m : {"q_proj", "k_proj", "v_proj", "o_proj"})
+      for (const char *ab : {"A", "B"}) {
+        TensorShape t;
+        t.name = "base_model.model.model.layers." + std::to_string(l) + ".self_attn." + m +
+                 ".lora_" + ab + ".weight";
+        t.shape[0] = *ab == 'A' ? kRank : kHidden;
+        t.shape[1] = *ab == 'A' ? kHidden : kRank;
+        t.nbytes = uint64_t(kRank) * kHidden * 2;
+        out.push_back(t);
+      }
+  return out;
+}
+
+void create_adapter(lf_client_t *c, const std::string &name, const std::vector<TensorShape> &ts,
+                    const std::string &placement) {
+  lf_spec_t *spec = nullptr;
+  check(lf_spec_new(&spec), "lf_spec_new");
+  for (const auto &t : ts)
+    check(lf_spec_add_tensor(spec, t.name.c_str(), LF_DTYPE_F16, 2, t.shape), "add tensor");
+  check(lf_spec_set_lora(spec, kRank, 2.0 * kRank, "q_proj,k_proj,v_proj,o_proj", 0), "set lora");
+  check(lf_spec_set_placement(spec, placement.c_str()), "set placement");
+  const int rc = lf_client_create_adapter(c, name.c_str(), spec);
+  lf_spec_free(spec);
+  check(rc, "create adapter " + name + " on " + placement, c);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The observing reader: another process, blocked in lf_reader_wait on the adapter it is told
+// to watch, stamping the moment each new version becomes visible. It never touches CUDA.
+
+constexpr int kAdapters = 2;
+
+struct alignas(64) Observer {
+  std::atomic<uint32_t> quit;
+  std::atomic<uint32_t> watch;  // index of the adapter watched
+  std::atomic<int32_t> error;
+  alignas(64) std::atomic<uint64_t> seen_ns[kAdapters];
+  std::atomic<uint64_t> seen_version[kAdapters];  // stored after seen_ns (release)
+};
+
+int observer_main(Observer &o, const std::string &dir, const std::vector<std::string> &names) {
+  lf_reader_t *reader = nullptr;
+  if (lf_reader_open(dir.c_str(), &reader) != LF_OK) {
+    o.error.store(1);
+    return 1;
+  }
+  lf_adapter_ref_t refs[kAdapters] = {};
+  uint64_t current[kAdapters] = {};
+  for (size_t i = 0; i < names.size(); ++i)
+    if (lf_reader_find(reader, names[i].c_str(), &refs[i]) != LF_OK ||
+        lf_reader_active_version(reader, refs[i], &current[i]) != LF_OK)
+      o.error.store(2);
+  while (o.quit.load(std::memory_order_acquire) == 0) {
+    const uint32_t i = o.watch.load(std::memory_order_acquire);
+    if (i >= names.size()) {
+      ::usleep(200);
+      continue;
+    }
+    uint64_t v = 0;
+    // Bounded, so that a change of the watched adapter and quit are noticed.
+    if (lf_reader_wait(reader, refs[i], current[i], 20, &v) == LF_OK) {
+      o.seen_ns[i].store(now_ns(), std::memory_order_relaxed);
+      o.seen_version[i].store(v, std::memory_order_release);
+      current[i] = v;
+    }
+  }
+  lf_reader_close(reader);
+  return 0;
+}
+
+uint64_t wait_seen(Observer &o, uint32_t i, uint64_t version) {
+  const uint64_t deadline = now_ns() + 10'000'000'000ULL;
+  while (o.seen_version[i].load(std::memory_order_acquire) < version) {
+    if (now_ns() > deadline)
+      fail("the observing reader never saw version " + std::to_string(version));
+    if (o.error.load() != 0) fail("the observing reader failed to open or find the adapters");
+  }
+  return o.seen_ns[i].load(std::memory_order_relaxed);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct Options {
+  std::string daemon = LF_BENCH_DAEMON_PATH;
+  int iterations = 50;
+  int warmup = 5;
+};
+
+Options parse(int argc, char **argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) fail(a + " needs a value");
+      return argv[++i];
+    };
+    if (a == "--daemon") o.daemon = value();
+    else if (a == "--iterations") o.iterations = std::max(1, std::atoi(value().c_str()));
+    else if (a == "--warmup") o.warmup = std::max(0, std::atoi(value().c_str()));
+    else if (a == "-h" || a == "--help") {
+      std::printf("usage: lf-bench-gpu [--daemon PATH] [--iterations N (50)] [--warmup N (5)]\n");
+      std::exit(0);
+    } else {
+      fail("unknown option " + a + " (see --help)");
+    }
+  }
+  return o;
+}
+
+struct Row {
+  std::string placement;
+  Stats publish, copy;
+};
+
+int run(const Options &opt) {
+  std::string why;
+  const int gpus = probe_devices(why);
+  if (gpus < 1) {
+    std::printf("lf-bench-gpu: skipped: no usable CUDA device (%s)\n", why.c_str());
+    return 0;
+  }
+  const bool replicate = gpus >= 2;
+  const std::vector<TensorShape> tensors = peft_tensors();
+  uint64_t total = 0;
+  for (const auto &t : tensors) total += t.nbytes;
+
+  const std::string instance = "lfbenchgpu-" + std::to_string(::getpid());
+  Daemon daemon(opt.daemon, instance, "/tmp/" + instance, replicate ? "0,1" : "0");
+  daemon.start();
+  lf_client_t *client = nullptr;
+  check(lf_client_open(daemon.dir().c_str(), 30000, &client), "lf_client_open");
+  std::vector<std::pair<std::string, std::string>> adapters = {{"gpu-single", "cuda:0"}};
+  if (replicate) adapters.push_back({"gpu-replicated", "cuda:0,1"});
+  std::vector<std::string> names;
+  for (const auto &[name, placement] : adapters) {
+    create_adapter(client, name, tensors, placement);
+    names.push_back(name);
+  }
+
+  auto *observer = static_cast<Observer *>(shared_map(sizeof(Observer)));
+  observer->watch.store(kAdapters);  // none yet
+  const pid_t observer_pid = spawn([&] { return observer_main(*observer, daemon.dir(), names); });
+  g_cleanup.observer = observer_pid;
+
+  // From here on this process uses CUDA (after every fork).
+  cuda_check(cudaSetDevice(0), "cudaSetDevice(0)");
+  cudaDeviceProp prop{};
+  cuda_check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
+  void *src = nullptr, *dst = nullptr;
+  cuda_check(cudaMalloc(&src, total), "cudaMalloc (source)");
+  cuda_check(cudaMalloc(&dst, total), "cudaMalloc (baseline destination)");
+  cuda_check(cudaMemset(src, 0x3c, total), "cudaMemset");  // f16 0x3c3c: 1.06, finite
+  cuda_check(cudaMemset(dst, 0, total), "cudaMemset");
+  cudaStream_t stream = nullptr;
+  cuda_check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  cuda_check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+
+  std::printf("lf-bench-gpu: %s (%d GPU%s), adapter of %zu f16 tensors, %.1f MiB, %d iterations "
+              "(+%d warm-up)\n",
+              prop.name, gpus, gpus == 1 ? "" : "s", tensors.size(), double(total) / (1 << 20),
+              opt.iterations, opt.warmup);
+
+  std::vector<Row> rows;
+  for (uint32_t a = 0; a < adapters.size(); ++a) {
+    const std::string &name = adapters[a].first;
+    observer->watch.store(a, std::memory_order_release);
+    std::vector<double> publish_ms, copy_ms;
+    for (int it = 0; it < opt.warmup + opt.iterations; ++it) {
+      // publish: begin_write, the copies on `stream`, commit (the daemon waits on the event),
+      // then visible to the reader process.
+      const uint64_t t0 = now_ns();
+      lf_writer_t *w = nullptr;
+      check(lf_client_begin_write(client, name.c_str(), 0, &w), "begin_write", client);
+      uint64_t offset = 0;
+      for (size_t i = 0; i < tensors.size(); ++i) {
+        const int rc = lf_writer_copy_in_async(w, i, static_cast<const char *>(src) + offset,
+                                               tensors[i].nbytes, 0, stream);
+        if (rc != LF_OK) {
+          lf_writer_abort(w);
+          check(rc, "lf_writer_copy_in_async", client);
+        }
+        offset += tensors[i].nbytes;
+      }
+      uint64_t version = 0;
+      check(lf_writer_commit(w, 0, &version), "commit", client);
+      const uint64_t t1 = wait_seen(*observer, a, version);
+
+      // baseline: the same bytes, one device-to-device copy on the same stream.
+      const uint64_t c0 = now_ns();
+      cuda_check(cudaMemcpyAsync(dst, src, total, cudaMemcpyDeviceToDevice, stream),
+                 "cudaMemcpyAsync");
+      cuda_check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+      const uint64_t c1 = now_ns();
+      if (it >= opt.warmup) {
+        publish_ms.push_back(double(t1 - t0) / 1e6);
+        copy_ms.push_back(double(c1 - c0) / 1e6);
+      }
+    }
+    rows.push_back({adapters[a].second, stats_of(publish_ms), stats_of(copy_ms)});
+  }
+  observer->watch.store(kAdapters);
+  observer->quit.store(1, std::memory_order_release);
+  wait_child(observer_pid);
+  g_cleanup.observer = -1;
+
+  // One check that the bytes arrived: the last version's first and last tensors on every
+  // device of every adapter, against the source.
+  lf_reader_t *reader = nullptr;
+  check(lf_reader_open(daemon.dir().c_str(), &reader), "lf_reader_open");
+  std::vector<char> want(tensors[0].nbytes), got(tensors[0].nbytes);
+  cuda_check(cudaMemcpy(want.data(), src, want.size(), cudaMemcpyDeviceToHost), "cudaMemcpy");
+  for (const auto &[name, placement] : adapters) {
+    lf_adapter_ref_t ref = 0;
+    check(lf_reader_find(reader, name.c_str(), &ref), "lf_reader_find");
+    lf_pin_t *pin = nullptr;
+    check(lf_reader_acquire(reader, ref, 0, &pin), "lf_reader_acquire");
+    for (int device = 0; device < (placement == "cuda:0" ? 1 : 2); ++device)
+      for (size_t i : {size_t(0), tensors.size() - 1}) {
+        lf_tensor_view_t view;
+        check(lf_pin_tensor_on_device(pin, i, device, &view), "lf_pin_tensor_on_device");
+        cuda_check(cudaMemcpy(got.data(), view.data, got.size(), cudaMemcpyDeviceToHost),
+                   "cudaMemcpy (check)");
+        if (got != want)
+          fail(name + ": tensor " + std::to_string(i) + " on cuda:" + std::to_string(device) +
+               " differs from the source");
+      }
+    lf_pin_release(pin);
+  }
+  lf_reader_close(reader);
+
+  std::printf("\n%-12s %10s %10s %10s %10s %8s\n", "placement", "publish", "p90", "d2d copy",
+              "p90", "ratio");
+  for (const Row &r : rows)
+    std::printf("%-12s %8.3fms %8.3fms %8.3fms %8.3fms %7.1fx\n", r.placement.c_str(),
+                r.publish.median, r.publish.p90, r.copy.median, r.copy.p90,
+                r.copy.median > 0 ? r.publish.median / r.copy.median : 0.0);
+  std::printf("\npublish: begin_write + %zu lf_writer_copy_in_async (device 0 to the slot) + "
+              "commit (event wait, flip) + visible to a reader process;\nd2d copy: one "
+              "cudaMemcpyAsync of the same %.1f MiB + cudaStreamSynchronize; ratio of medians.%s\n",
+              tensors.size(), double(total) / (1 << 20),
+              replicate ? "" : "\ncuda:0,1 (replication) skipped: one GPU only.");
+
+  cudaStreamDestroy(stream);
+  cudaFree(src);
+  cudaFree(dst);
+  lf_client_close(client);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char **argv) {
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);
+  std::signal(SIGPIPE, SIG_IGN);
+  try {
+    return run(parse(argc, argv));
+  } catch (const std::exception &e) {
+    std::fprintf(stderr, "lf-bench-gpu: %s\n", e.what());
+    return 1;
+  }
+}
