@@ -4,6 +4,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -117,7 +118,7 @@ TEST_CASE("checksum is equal for equal data, wherever the data lies") {
   for (size_t n : {size_t{0}, size_t{1}, size_t{7}, size_t{8}, size_t{9}, size_t{1000}}) {
     const auto a = random_bytes(n, 1);
     std::vector<unsigned char> shifted(n + 3);
-    std::memcpy(shifted.data() + 3, a.data(), n);
+    std::copy(a.begin(), a.end(), shifted.begin() + 3);
     CHECK(checksum(a.data(), n) == checksum(shifted.data() + 3, n));
   }
 }

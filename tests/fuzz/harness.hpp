@@ -1,0 +1,58 @@
+// What the fuzzer and the corpus replay test share: a RequestHandler over a Registry on a
+// small private arena, reset to the same empty state before every input, and the checks that
+// must hold for every reply.
+//
+// An input is one or more control messages separated by kSeparator, handled in order from a
+// fresh, empty arena (so a sequence such as create_adapter, begin_write, commit reaches the
+// deep states, and every input replays the same way on its own).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace loraflip::fuzz {
+
+// 0xC1 is the one byte msgpack never uses as a type; within strings it can still appear,
+// which only makes the fuzzer cut a message in two: another input, as valid as any.
+inline constexpr std::string_view kSeparator{"\xc1LF\xc1", 4};
+
+std::vector<std::string_view> split_requests(std::string_view input);
+
+struct Outcome {
+  size_t requests = 0;
+  size_t errors = 0;
+  std::vector<std::string> violations;  // empty when every check held
+};
+
+class Harness {
+ public:
+  // Makes a small arena under a name unique to this process ("fz-<pid>-<n>"), and removes the
+  // segments of earlier harnesses whose process died without removing theirs.
+  Harness();
+  ~Harness();  // removes the arena
+  Harness(const Harness &) = delete;
+  Harness &operator=(const Harness &) = delete;
+
+  // Resets the arena to empty, then handles every request of `input`. Checks after each:
+  //  - the reply decodes as {id, ok, result | error{code, message}} within the client's limits;
+  //  - an error's code is one of the LF_E_* codes;
+  //  - an error reply never changes an active word, and leaves the control segment byte for
+  //    byte as it was, except after a failed commit (which ends its lease by design: the slot
+  //    returns and the adapter counts an abort);
+  //  - a commit deferred on device copies changes nothing;
+  // and after the last request runs one reclamation pass (for crashes only: it depends on
+  // which pids live on this machine).
+  Outcome run(std::string_view input);
+
+  const std::string &instance() const;
+
+ private:
+  struct State;
+  std::unique_ptr<State> s_;
+};
+
+}  // namespace loraflip::fuzz
