@@ -38,6 +38,7 @@
 
 #include <cuda_runtime.h>
 
+#include "bench_support.hpp"
 #include "loraflip.h"
 
 #ifndef LF_BENCH_DAEMON_PATH
@@ -46,77 +47,10 @@
 
 namespace {
 
-uint64_t now_ns() {
-  timespec ts{};
-  ::clock_gettime(CLOCK_MONOTONIC, &ts);  // one clock for every process of the machine
-  return uint64_t(ts.tv_sec) * 1000000000ULL + uint64_t(ts.tv_nsec);
-}
-
-[[noreturn]] void fail(const std::string &what) { throw std::runtime_error(what); }
-
-void check(int rc, const std::string &what, const lf_client_t *client = nullptr) {
-  if (rc == LF_OK) return;
-  std::string msg = what + ": " + lf_strerror(rc);
-  if (client != nullptr) msg += std::string(" (") + lf_client_last_error(client) + ")";
-  fail(msg);
-}
+using namespace lfbench;
 
 void cuda_check(cudaError_t e, const char *what) {
   if (e != cudaSuccess) fail(std::string(what) + ": " + cudaGetErrorString(e));
-}
-
-struct Stats {
-  double median = 0, p90 = 0;
-  size_t n = 0;
-};
-
-// Median (mean of the two middle values for an even count) and p90 (nearest rank).
-Stats stats_of(std::vector<double> v) {
-  Stats s;
-  s.n = v.size();
-  if (v.empty()) return s;
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  s.median = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-  s.p90 = v[std::min(n - 1, size_t(std::ceil(0.9 * double(n))) - 1)];
-  return s;
-}
-
-void *shared_map(size_t bytes) {
-  void *p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) fail(std::string("mmap: ") + std::strerror(errno));
-  std::memset(p, 0, bytes);
-  return p;
-}
-
-// Forks; the child runs `body` and leaves with _exit. Children are forked before this process
-// touches CUDA, and never touch it themselves except the probe (which runs alone).
-pid_t spawn(const std::function<int()> &body) {
-  std::fflush(nullptr);
-  const pid_t pid = ::fork();
-  if (pid < 0) fail(std::string("fork: ") + std::strerror(errno));
-  if (pid == 0) {
-    std::signal(SIGINT, SIG_DFL);
-    std::signal(SIGTERM, SIG_DFL);
-    int rc = 1;
-    try {
-      rc = body();
-    } catch (const std::exception &e) {
-      std::fprintf(stderr, "lf-bench-gpu child %d: %s\n", int(::getpid()), e.what());
-    }
-    std::fflush(nullptr);
-    ::_exit(rc);
-  }
-  return pid;
-}
-
-int wait_child(pid_t pid) {
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return -1;
 }
 
 // How many CUDA devices there are, asked in a child process so that this one forks its reader
