@@ -68,58 +68,58 @@ class LibraryNotFound(ImportError):
     """libloraflip could not be loaded; the message lists every place that was tried."""
 
 
-def _candidates() -> list[tuple[str, str]]:
-    """(where, path) pairs in search order."""
+def candidates(env_var: str, sonames: tuple[str, ...], build_subdir: str, find_name: str,
+               after_env: list[tuple[str, str]] = ()) -> list[tuple[str, str]]:
+    """(where, path) pairs in search order for one of the project's libraries: $env_var, then
+    `after_env`, next to the package, the installed libdir, the checkout's meson build folders
+    (<build>/<build_subdir>), ctypes.util.find_library(find_name), the system loader."""
     out: list[tuple[str, str]] = []
-    env = os.environ.get("LORAFLIP_LIBRARY")
+    env = os.environ.get(env_var)
     if env:
-        out.append(("$LORAFLIP_LIBRARY", env))
+        out.append(("$" + env_var, env))
+    out.extend(after_env)
     here = Path(__file__).resolve().parent
-    # Installed by meson: _libdir.py (written at install time) names the library's folder.
+    # Installed by meson: _libdir.py (written at install time) names the libraries' folder.
     try:
         from ._libdir import LIBDIR  # type: ignore[import-not-found]
     except ImportError:
         LIBDIR = None
-    for so in _SONAMES:
+    for so in sonames:
         out.append(("next to the package", str(here / so)))
         if LIBDIR:
             out.append(("installed libdir", str(Path(LIBDIR) / so)))
-    # A checkout: client/python/loraflip/_lib.py, so the repository root is three folders up.
+    # A checkout: client/python/loraflip/, so the repository root is three folders up.
     repo = here.parents[2]
     for build in ("build", "builddir"):
-        for so in _SONAMES:
-            out.append(("meson build folder", str(repo / build / "client" / "c" / so)))
-    found = ctypes.util.find_library("loraflip")
+        for so in sonames:
+            out.append(("meson build folder", str(repo / build / build_subdir / so)))
+    found = ctypes.util.find_library(find_name)
     if found:
         out.append(("ctypes.util.find_library", found))
-    for so in _SONAMES:
+    for so in sonames:
         out.append(("system loader", so))
     seen: set[str] = set()
-    unique = []
-    for where, p in out:
-        if p not in seen:
-            seen.add(p)
-            unique.append((where, p))
-    return unique
+    return [(w, p) for w, p in out if not (p in seen or seen.add(p))]
 
 
-def _load() -> tuple[ctypes.CDLL, str]:
+def load_first(what: str, env_var: str, found_in: list[tuple[str, str]]) -> tuple[ctypes.CDLL, str]:
+    """Loads the first of `found_in` that loads; else LibraryNotFound listing every try."""
     tried = []
-    for where, path in _candidates():
-        is_file_path = os.sep in path
-        if is_file_path and not os.path.exists(path):
-            tried.append(f"  {path} ({where}): no such file")
+    for where, p in found_in:
+        if os.sep in p and not os.path.exists(p):
+            tried.append(f"  {p} ({where}): no such file")
             continue
         try:
-            return ctypes.CDLL(path), path
+            return ctypes.CDLL(p), p
         except OSError as e:
-            tried.append(f"  {path} ({where}): {e}")
+            tried.append(f"  {p} ({where}): {e}")
     raise LibraryNotFound(
-        "cannot load libloraflip. Build it (meson setup build && ninja -C build), install it, "
-        "or set LORAFLIP_LIBRARY to the path of libloraflip.so. Tried:\n" + "\n".join(tried))
+        f"cannot load {what}. Build it (meson setup build && ninja -C build), install it, "
+        f"or set {env_var} to the path of {what}.so. Tried:\n" + "\n".join(tried))
 
 
-lib, path = _load()
+lib, path = load_first("libloraflip", "LORAFLIP_LIBRARY",
+                       candidates("LORAFLIP_LIBRARY", _SONAMES, "client/c", "loraflip"))
 
 
 class lf_tensor_view_t(ctypes.Structure):

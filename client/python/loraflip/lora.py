@@ -83,15 +83,10 @@ LF_LORA_DEVICE_ERR_SEGMENTS = 4
 _SONAMES = ("libloraflip_lora.so", "libloraflip_lora.so.0")
 
 
-def _candidates() -> list[tuple[str, str]]:
-    """(where, path) pairs in search order."""
+def _next_to_libloraflip() -> list[tuple[str, str]]:
+    """Where the package found libloraflip: both libraries are installed to the same libdir,
+    and in a build folder this one is <build>/kernels/lora next to <build>/client/c."""
     out: list[tuple[str, str]] = []
-    env = os.environ.get("LORAFLIP_LORA_LIBRARY")
-    if env:
-        out.append(("$LORAFLIP_LORA_LIBRARY", env))
-    # Where the package found libloraflip ($LORAFLIP_LIBRARY, next to the package, the installed
-    # libdir, a build folder): both libraries are installed to the same libdir, and in a build
-    # folder this one is <build>/kernels/lora next to <build>/client/c.
     if os.sep in _lib.path:
         client_dir = Path(os.path.abspath(_lib.path)).parent
         for so in _SONAMES:
@@ -100,37 +95,13 @@ def _candidates() -> list[tuple[str, str]]:
             for so in _SONAMES:
                 out.append(("build folder of libloraflip",
                             str(client_dir.parent.parent / "kernels" / "lora" / so)))
-    # A checkout: client/python/loraflip/lora.py, so the repository root is four folders up.
-    repo = Path(__file__).resolve().parents[3]
-    for build in ("build", "builddir"):
-        for so in _SONAMES:
-            out.append(("meson build folder", str(repo / build / "kernels" / "lora" / so)))
-    found = ctypes.util.find_library("loraflip_lora")
-    if found:
-        out.append(("ctypes.util.find_library", found))
-    for so in _SONAMES:
-        out.append(("system loader", so))
-    seen: set[str] = set()
-    return [(w, p) for w, p in out if not (p in seen or seen.add(p))]
+    return out
 
 
-def _load() -> tuple[ctypes.CDLL, str]:
-    tried = []
-    for where, p in _candidates():
-        if os.sep in p and not os.path.exists(p):
-            tried.append(f"  {p} ({where}): no such file")
-            continue
-        try:
-            return ctypes.CDLL(p), p
-        except OSError as e:
-            tried.append(f"  {p} ({where}): {e}")
-    raise LibraryNotFound(
-        "cannot load libloraflip_lora. Build it (meson setup build && ninja -C build), install "
-        "it, or set LORAFLIP_LORA_LIBRARY to the path of libloraflip_lora.so. Tried:\n"
-        + "\n".join(tried))
-
-
-lib, library_path = _load()
+lib, library_path = _lib.load_first(
+    "libloraflip_lora", "LORAFLIP_LORA_LIBRARY",
+    _lib.candidates("LORAFLIP_LORA_LIBRARY", _SONAMES, "kernels/lora", "loraflip_lora",
+                    after_env=_next_to_libloraflip()))
 
 
 # ---- structs ----
