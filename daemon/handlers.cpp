@@ -386,10 +386,12 @@ std::string RequestHandler::info(const MapView &args, uint64_t id) {
       .key("target_modules");
   encode_target_modules(e, arena.pool_string(r.lora.target_modules_offset));
   e.key("metadata").str(arena.pool_string(r.lora.metadata_offset));
-  e.key("counters").map(3)
+  e.key("counters").map(5)
       .key("commits").u64(r.commits.load())
       .key("aborts").u64(r.aborts.load())
-      .key("rollbacks").u64(r.rollbacks.load());
+      .key("rollbacks").u64(r.rollbacks.load())
+      .key("write_ns_total").u64(r.write_ns_total.load())
+      .key("check_ns_total").u64(r.check_ns_total.load());
   e.key("census").map(5)
       .key("free").u64(census.free).key("writing").u64(census.writing)
       .key("committed").u64(census.committed).key("abandoned").u64(census.abandoned)
@@ -420,7 +422,7 @@ std::string RequestHandler::info(const MapView &args, uint64_t id) {
 std::string RequestHandler::stats(uint64_t id) {
   const ipc::Arena &arena = registry_.arena();
   Encoder e;
-  e.map(12)
+  e.map(13)
       .key("instance").str(identity_.instance)
       .key("uptime_s").f64(static_cast<double>(ipc::unix_now_ns() - identity_.started_unix_ns) / 1e9)
       .key("adapters").u64(registry_.live_adapters().size())
@@ -428,6 +430,7 @@ std::string RequestHandler::stats(uint64_t id) {
       .key("readers").u64(registry_.live_readers())
       .key("max_readers").u64(arena.max_readers())
       .key("pins").u64(registry_.pins_held())
+      .key("oldest_pin_age_s").f64(static_cast<double>(registry_.oldest_pin_age_ns(ipc::monotonic_now_ns())) / 1e9)
       .key("flips").u64(arena.header().flips.load())
       .key("requests").u64(requests_)
       .key("errors").u64(errors_)

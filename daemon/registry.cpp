@@ -209,6 +209,8 @@ Status Registry::create(const CreateRequest &q) {
   r.lora.target_modules_offset = put_string(q.target_modules);
   r.lora.metadata_offset = put_string(q.metadata);
   r.commits.store(0, std::memory_order_relaxed);
+  r.write_ns_total.store(0, std::memory_order_relaxed);
+  r.check_ns_total.store(0, std::memory_order_relaxed);
   r.aborts.store(0, std::memory_order_relaxed);
   r.rollbacks.store(0, std::memory_order_relaxed);
   for (uint32_t s = 0; s < ipc::kMaxSlots; ++s) {
@@ -303,6 +305,7 @@ Result<Lease> Registry::begin_write(const BeginRequest &q, uint64_t now_ns) {
     slot.writer_pid = q.pid;
     slot.writer_start = q.start;
     slot.lease_deadline_ns = now_ns + q.lease_ms * 1000000ULL;
+    slot.lease_begin_ns = now_ns;
     slot.word.store(ipc::pack_slot_word(0, SlotState::kWriting), kSeqCst);
     return Lease{slot.lease_id, *index, r.incarnation.load(kSeqCst), s, slot.data_offset,
                  r.slot_bytes};
@@ -333,6 +336,7 @@ Result<std::pair<uint32_t, uint32_t>> Registry::find_lease(uint64_t lease) const
 
 void Registry::end_lease(SlotRecord &slot) {
   slot.lease_id = slot.writer_pid = slot.writer_start = slot.lease_deadline_ns = 0;
+  slot.lease_begin_ns = 0;
   slot.word.store(ipc::pack_slot_word(0, SlotState::kFree), kSeqCst);
 }
 
@@ -493,6 +497,8 @@ Result<FlipEvent> Registry::commit(const CommitRequest &q, uint64_t now_ns) {
     return make_error(LF_E_TOO_LARGE, "adapter '" + std::string(r.name) +
                                           "' used every version number; drop and re-create it");
   uint64_t sum = 0;
+  const uint64_t write_ns = now_ns > slot.lease_begin_ns ? now_ns - slot.lease_begin_ns : 0;
+  const uint64_t check_start = ipc::monotonic_now_ns();
   Status checked = check_written(r, slot, q, &sum);
   if (checked) checked = replicate(r, s);
   if (!checked) {
@@ -508,6 +514,8 @@ Result<FlipEvent> Registry::commit(const CommitRequest &q, uint64_t now_ns) {
   slot.word.store(ipc::pack_slot_word(version, SlotState::kCommitted), kSeqCst);
   publish_flip(r, ipc::pack_active(version, s));
   r.commits.fetch_add(1, std::memory_order_relaxed);
+  r.write_ns_total.fetch_add(write_ns, std::memory_order_relaxed);
+  r.check_ns_total.fetch_add(ipc::monotonic_now_ns() - check_start, std::memory_order_relaxed);
   evict_history(index);
   return FlipEvent{r.name, "commit", version, previous, sum};
 }
@@ -572,6 +580,7 @@ ReapReport Registry::reap(uint64_t now_ns) {
     return it->second != 0 && (start == 0 || it->second == start);
   };
 
+  note_pin_ages(now_ns);
   for (uint32_t i = 0; i < arena_.max_readers(); ++i) {
     ipc::ReaderEntry &e = arena_.reader(i);
     uint64_t pid = e.owner_pid.load(kSeqCst);
@@ -637,6 +646,26 @@ uint32_t Registry::live_readers() const {
   for (uint32_t i = 0; i < arena_.max_readers(); ++i)
     if (arena_.reader(i).owner_pid.load(kSeqCst) != 0) ++n;
   return n;
+}
+
+void Registry::note_pin_ages(uint64_t now_ns) {
+  const size_t cells = size_t{arena_.max_readers()} * ipc::kPinCells;
+  if (pin_seen_.size() != cells) pin_seen_.assign(cells, PinSeen{});
+  for (uint32_t i = 0; i < arena_.max_readers(); ++i) {
+    const ipc::ReaderEntry &e = arena_.reader(i);
+    for (uint32_t c = 0; c < ipc::kPinCells; ++c) {
+      PinSeen &seen = pin_seen_[size_t{i} * ipc::kPinCells + c];
+      const uint64_t pin = e.pins[c].load(std::memory_order_relaxed);
+      if (pin != seen.pin) seen = PinSeen{pin, now_ns};
+    }
+  }
+}
+
+uint64_t Registry::oldest_pin_age_ns(uint64_t now_ns) const {
+  uint64_t oldest = 0;
+  for (const PinSeen &seen : pin_seen_)
+    if (seen.pin != 0) oldest = std::max(oldest, now_ns - std::min(now_ns, seen.since_ns));
+  return oldest;
 }
 
 uint32_t Registry::pins_held() const {

@@ -105,6 +105,9 @@ class Registry {
   SlotCensus census(uint32_t adapter) const;
   uint32_t live_readers() const;
   uint32_t pins_held() const;
+  // How long the oldest pin now held has been held, as the reaper saw it: pins are sampled at
+  // each reap (every --reap-interval-ms), never on the readers' path.
+  uint64_t oldest_pin_age_ns(uint64_t now_ns) const;
   const ipc::Arena &arena() const { return arena_; }
   const RangeAllocator &data_allocator() const { return data_; }
   const RangeAllocator &pool_allocator() const { return pool_; }
@@ -133,6 +136,7 @@ class Registry {
   Status replicate(const ipc::AdapterRecord &record, uint32_t slot);
   Result<bool> event_done(const device::IpcHandle &handle);
   void release_memory(ipc::AdapterRecord &record);
+  void note_pin_ages(uint64_t now_ns);
   Result<std::vector<int>> device_indexes(const std::vector<int> &ordinals) const;
 
   ipc::Arena arena_;
@@ -142,6 +146,11 @@ class Registry {
   std::vector<std::byte> scratch_;
   std::vector<std::pair<device::IpcHandle, device::Event>> events_;  // opened once each
   std::vector<std::string> lost_at_restart_;
+  struct PinSeen {
+    uint64_t pin = 0;       // the cell's value when first seen
+    uint64_t since_ns = 0;  // CLOCK_MONOTONIC of that first sighting
+  };
+  std::vector<PinSeen> pin_seen_;  // per reader-table cell
 };
 
 }  // namespace loraflip::daemon

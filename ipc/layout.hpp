@@ -109,6 +109,7 @@ struct SlotRecord {
   uint64_t writer_pid;
   uint64_t writer_start;
   uint64_t lease_deadline_ns;  // CLOCK_MONOTONIC, which all processes of one boot share
+  uint64_t lease_begin_ns;     // CLOCK_MONOTONIC at begin_write: commit latency is measured from it
 };
 
 struct LoraConfig {
@@ -152,6 +153,9 @@ struct alignas(64) AdapterRecord {
   std::atomic<uint64_t> commits;
   std::atomic<uint64_t> aborts;
   std::atomic<uint64_t> rollbacks;
+  // daemon, relaxed: nanoseconds summed over commits, for metrics (divide by commits).
+  std::atomic<uint64_t> write_ns_total;  // begin_write to the commit request: the writer's copies
+  std::atomic<uint64_t> check_ns_total;  // the daemon's checks and replication before the flip
   SlotRecord slots[kMaxSlots];
 };
 

@@ -137,7 +137,7 @@ contains "info" "$out" "version    $V (last assigned $V)"
 contains "info" "$out" "rank 8, alpha 16, targets q_proj,v_proj"
 contains "info" "$out" "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight  f32    [256, 8]"
 expect 0 "info --json" -- ctl info policy --json
-contains "info --json" "$out" "\"counters\":{\"commits\":$V,\"aborts\":0,\"rollbacks\":0}"
+contains "info --json" "$out" "\"counters\":{\"commits\":$V,\"aborts\":0,\"rollbacks\":0,\"write_ns_total\":"
 expect 1 "info of an unknown adapter" -- ctl info nosuch
 contains "info of an unknown adapter" "$err" "LF_E_NOT_FOUND"
 

@@ -269,6 +269,11 @@ TEST_CASE("flip events, futex waits, rollback and drop work end to end") {
   CHECK(lf_pin_version(pin) == 3);
   lf_pin_release(pin);
   CHECK(publish_value(client, "flow", 4.0f) == 4);  // numbered above every version so far
+  char *info = nullptr;
+  REQUIRE(lf_client_info(client, "flow", &info) == LF_OK);
+  CHECK(json_number(info, "write_ns_total") > 0);  // commit latency is measured
+  CHECK(json_number(info, "check_ns_total") > 0);
+  lf_free(info);
   REQUIRE(lf_events_next(events, 2000, name, sizeof name, &event_version) == LF_OK);
   CHECK(event_version == 1);  // the rollback
   REQUIRE(lf_events_next(events, 2000, name, sizeof name, &event_version) == LF_OK);
@@ -286,6 +291,14 @@ TEST_CASE("flip events, futex waits, rollback and drop work end to end") {
   const int64_t used_while_pinned = json_number(stats, "data_used");
   lf_free(stats);
   CHECK(used_while_pinned > 0);
+  // The reaper samples pins: this one, held across several passes, shows its age.
+  sleep_ms(400);
+  REQUIRE(lf_client_stats(client, &stats) == LF_OK);
+  const std::string stats_text(stats);
+  lf_free(stats);
+  const size_t age_at = stats_text.find("\"oldest_pin_age_s\":");
+  REQUIRE(age_at != std::string::npos);
+  CHECK(std::strtod(stats_text.c_str() + age_at + 19, nullptr) >= 0.2);
   lf_pin_release(pin);
   const int64_t freed = wait_until(
       [&] {

@@ -223,6 +223,7 @@ std::string render_metrics(bool up, const std::string &instance, const Json &st,
       {"loraflip_readers", "gauge", "Reader-table entries held by live processes.", "readers"},
       {"loraflip_readers_max", "gauge", "Size of the reader table.", "max_readers"},
       {"loraflip_pins", "gauge", "Pins held by readers now.", "pins"},
+      {"loraflip_oldest_pin_age_seconds", "gauge", "How long the oldest pin now held has been held (sampled at each reaper pass).", "oldest_pin_age_s"},
       {"loraflip_flips_total", "counter", "Active-version flips (commits, rollbacks, drops) since the arena was made.", "flips"},
       {"loraflip_requests_total", "counter", "Control requests answered since the daemon started.", "requests"},
       {"loraflip_request_errors_total", "counter", "Control requests answered with an error since the daemon started.", "errors"},
@@ -258,6 +259,12 @@ std::string render_metrics(bool up, const std::string &instance, const Json &st,
               [](const Json &in) { return sample(in["counters"]["aborts"]); });
   per_adapter("loraflip_adapter_rollbacks_total", "counter", "Rollbacks to a kept version.",
               [](const Json &in) { return sample(in["counters"]["rollbacks"]); });
+  per_adapter("loraflip_adapter_write_seconds_total", "counter",
+              "Seconds from begin_write to the commit request, summed over commits (the writer's copies).",
+              [](const Json &in) { return seconds_from_ns(in["counters"]["write_ns_total"].u64()); });
+  per_adapter("loraflip_adapter_commit_check_seconds_total", "counter",
+              "Seconds of the daemon's checks and replication before each flip, summed over commits.",
+              [](const Json &in) { return seconds_from_ns(in["counters"]["check_ns_total"].u64()); });
   per_adapter("loraflip_adapter_pinned_slots", "gauge", "Slots pinned by at least one reader.",
               [](const Json &in) { return sample(in["census"]["pinned"]); });
   per_adapter("loraflip_adapter_slot_bytes", "gauge", "Bytes of one slot (one full version).",
