@@ -63,141 +63,6 @@ void cpu_relax() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The daemon under test, and cleanup that also runs on Ctrl-C.
-
-// Prepared before any signal can arrive, so that the handler only calls kill, fork, execv and
-// waitpid (all async-signal-safe).
-struct Cleanup {
-  pid_t daemon = -1;
-  pid_t children[4] = {-1, -1, -1, -1};
-  std::vector<std::string> remove_args;
-  std::vector<char *> remove_argv;
-} g_cleanup;
-
-void remove_arena_now() {
-  if (g_cleanup.remove_argv.empty()) return;
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    const int devnull = ::open("/dev/null", O_WRONLY);
-    if (devnull >= 0) {
-      ::dup2(devnull, 1);
-      ::dup2(devnull, 2);
-    }
-    ::execv(g_cleanup.remove_argv[0], g_cleanup.remove_argv.data());
-    ::_exit(127);
-  }
-  if (pid > 0) ::waitpid(pid, nullptr, 0);
-}
-
-void on_signal(int sig) {
-  for (pid_t p : g_cleanup.children)
-    if (p > 0) ::kill(p, SIGKILL);
-  if (g_cleanup.daemon > 0) {
-    ::kill(g_cleanup.daemon, SIGKILL);
-    ::waitpid(g_cleanup.daemon, nullptr, 0);
-  }
-  remove_arena_now();
-  const char msg[] = "\nlf-bench-core: interrupted; daemon killed and arena removed\n";
-  [[maybe_unused]] ssize_t n = ::write(2, msg, sizeof msg - 1);
-  ::_exit(128 + sig);
-}
-
-class Daemon {
- public:
-  Daemon(std::string path, std::string instance, std::string dir, uint64_t arena_mib,
-         uint32_t max_readers)
-      : path_(std::move(path)), instance_(std::move(instance)), dir_(std::move(dir)),
-        arena_mib_(arena_mib), max_readers_(max_readers) {}
-
-  // Separate from the constructor so that the destructor cleans up after a failed start.
-  void start() {
-    if (::access(path_.c_str(), X_OK) != 0)
-      fail("no executable loraflipd at " + path_ + " (pass --daemon PATH)");
-    g_cleanup.remove_args = {path_, "--instance", instance_, "--remove-arena"};
-    for (auto &a : g_cleanup.remove_args) g_cleanup.remove_argv.push_back(a.data());
-    g_cleanup.remove_argv.push_back(nullptr);
-    remove_arena_now();  // a leftover of a killed run with the same pid, if any
-
-    std::vector<std::string> args = {path_,          "--instance",    instance_,
-                                     "--runtime-dir", dir_,           "--arena-size",
-                                     std::to_string(arena_mib_) + "M", "--max-readers",
-                                     std::to_string(max_readers_)};
-    const std::string log = log_path();
-    std::fflush(nullptr);
-    pid_ = ::fork();
-    if (pid_ < 0) fail(std::string("fork: ") + std::strerror(errno));
-    if (pid_ == 0) {
-      const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      if (fd >= 0) {
-        ::dup2(fd, 1);
-        ::dup2(fd, 2);
-      }
-      std::vector<char *> argv;
-      for (auto &a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      ::execv(path_.c_str(), argv.data());
-      ::_exit(127);
-    }
-    g_cleanup.daemon = pid_;
-    // Up once its control socket answers a hello.
-    const uint64_t deadline = now_ns() + 15'000'000'000ULL;
-    for (;;) {
-      lf_client_t *c = nullptr;
-      if (lf_client_open(dir_.c_str(), 200, &c) == LF_OK) {
-        lf_client_close(c);
-        break;
-      }
-      int status = 0;
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = g_cleanup.daemon = -1;
-        fail("loraflipd exited at start; its log (" + log + "):\n" + read_log());
-      }
-      if (now_ns() > deadline) fail("loraflipd did not answer within 15 s; log:\n" + read_log());
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-  }
-
-  ~Daemon() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGTERM);
-      const uint64_t deadline = now_ns() + 5'000'000'000ULL;
-      int status = 0;
-      while (::waitpid(pid_, &status, WNOHANG) == 0) {
-        if (now_ns() > deadline) {
-          ::kill(pid_, SIGKILL);
-          ::waitpid(pid_, &status, 0);
-          break;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      }
-    }
-    g_cleanup.daemon = -1;
-    remove_arena_now();
-    std::error_code ec;
-    std::filesystem::remove_all(dir_, ec);
-    // Kept when the benchmark fails, for the error message that points at it.
-    if (std::uncaught_exceptions() == 0) std::filesystem::remove(log_path(), ec);
-    else std::fprintf(stderr, "lf-bench-core: daemon log kept at %s\n", log_path().c_str());
-  }
-
-  Daemon(const Daemon &) = delete;
-  Daemon &operator=(const Daemon &) = delete;
-
-  const std::string &dir() const { return dir_; }
-  std::string log_path() const { return dir_ + ".log"; }
-  std::string read_log() const {
-    std::ifstream in(log_path());
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  }
-
- private:
-  std::string path_, instance_, dir_;
-  uint64_t arena_mib_;
-  uint32_t max_readers_;
-  pid_t pid_ = -1;
-};
-
-// ---------------------------------------------------------------------------------------------
 // Adapters: PEFT-like tensor sets of an exact byte size.
 
 struct TensorShape {
@@ -623,7 +488,10 @@ int run(const Options &opt) {
               instance.c_str(), arena_mib);
   std::fflush(stdout);
 
-  Daemon daemon(opt.daemon, instance, dir, arena_mib, uint32_t(opt.readers + 32));
+  BenchDaemon daemon(opt.daemon, instance, dir,
+                     {"--arena-size", std::to_string(arena_mib) + "M", "--max-readers",
+                      std::to_string(opt.readers + 32)},
+                     15);
   daemon.start();
 
   // Children first, before this process makes its own ZeroMQ context or big buffers.
@@ -631,9 +499,9 @@ int run(const Options &opt) {
   auto *echo_ready = static_cast<std::atomic<uint32_t> *>(shared_map(sizeof(std::atomic<uint32_t>)));
   const std::string echo_endpoint = "ipc://" + dir + "/bench-echo";
   const pid_t echo_pid = spawn([&] { return echo_main(echo_endpoint, *echo_ready); });
-  g_cleanup.children[0] = echo_pid;
+  g_children[0] = echo_pid;
   const pid_t observer_pid = spawn([&] { return observer_main(*observer, dir, opt.spin); });
-  g_cleanup.children[1] = observer_pid;
+  g_children[1] = observer_pid;
   struct ChildGuard {
     Observer *o;
     pid_t observer, echo;
@@ -644,7 +512,7 @@ int run(const Options &opt) {
         ::kill(echo, SIGKILL);
         wait_child(echo);
       }
-      g_cleanup.children[0] = g_cleanup.children[1] = -1;
+      g_children[0] = g_children[1] = -1;
     }
   } child_guard{observer, observer_pid, echo_pid};
   while (echo_ready->load() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
@@ -875,9 +743,7 @@ int run(const Options &opt) {
 }  // namespace
 
 int main(int argc, char **argv) {
-  std::signal(SIGINT, on_signal);
-  std::signal(SIGTERM, on_signal);
-  std::signal(SIGPIPE, SIG_IGN);
+  install_signal_cleanup("lf-bench-core");
   try {
     return run(parse(argc, argv));
   } catch (const std::exception &e) {

@@ -77,131 +77,6 @@ int probe_devices(std::string &why) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The daemon, and cleanup that also runs on Ctrl-C.
-
-struct Cleanup {
-  pid_t daemon = -1;
-  pid_t observer = -1;
-  std::vector<std::string> remove_args;
-  std::vector<char *> remove_argv;
-} g_cleanup;
-
-void remove_arena_now() {
-  if (g_cleanup.remove_argv.empty()) return;
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    const int devnull = ::open("/dev/null", O_WRONLY);
-    if (devnull >= 0) {
-      ::dup2(devnull, 1);
-      ::dup2(devnull, 2);
-    }
-    ::execv(g_cleanup.remove_argv[0], g_cleanup.remove_argv.data());
-    ::_exit(127);
-  }
-  if (pid > 0) ::waitpid(pid, nullptr, 0);
-}
-
-void on_signal(int sig) {
-  if (g_cleanup.observer > 0) ::kill(g_cleanup.observer, SIGKILL);
-  if (g_cleanup.daemon > 0) {
-    ::kill(g_cleanup.daemon, SIGKILL);
-    ::waitpid(g_cleanup.daemon, nullptr, 0);
-  }
-  remove_arena_now();
-  const char msg[] = "\nlf-bench-gpu: interrupted; daemon killed and arena removed\n";
-  [[maybe_unused]] ssize_t n = ::write(2, msg, sizeof msg - 1);
-  ::_exit(128 + sig);
-}
-
-class Daemon {
- public:
-  Daemon(std::string path, std::string instance, std::string dir, std::string devices)
-      : path_(std::move(path)), instance_(std::move(instance)), dir_(std::move(dir)),
-        devices_(std::move(devices)) {}
-
-  void start() {
-    if (::access(path_.c_str(), X_OK) != 0)
-      fail("no executable loraflipd at " + path_ + " (pass --daemon PATH)");
-    g_cleanup.remove_args = {path_, "--instance", instance_, "--remove-arena"};
-    for (auto &a : g_cleanup.remove_args) g_cleanup.remove_argv.push_back(a.data());
-    g_cleanup.remove_argv.push_back(nullptr);
-    remove_arena_now();
-
-    std::vector<std::string> args = {path_,      "--instance",    instance_,     "--runtime-dir",
-                                     dir_,       "--arena-size",  "64M",         "--devices",
-                                     devices_,   "--device-arena-size", "512M"};
-    const std::string log = log_path();
-    std::fflush(nullptr);
-    pid_ = ::fork();
-    if (pid_ < 0) fail(std::string("fork: ") + std::strerror(errno));
-    if (pid_ == 0) {
-      const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      if (fd >= 0) {
-        ::dup2(fd, 1);
-        ::dup2(fd, 2);
-      }
-      std::vector<char *> argv;
-      for (auto &a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      ::execv(path_.c_str(), argv.data());
-      ::_exit(127);
-    }
-    g_cleanup.daemon = pid_;
-    const uint64_t deadline = now_ns() + 30'000'000'000ULL;  // device arenas take a while
-    for (;;) {
-      lf_client_t *c = nullptr;
-      if (lf_client_open(dir_.c_str(), 200, &c) == LF_OK) {
-        lf_client_close(c);
-        break;
-      }
-      int status = 0;
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = g_cleanup.daemon = -1;
-        fail("loraflipd exited at start; its log (" + log + "):\n" + read_log());
-      }
-      if (now_ns() > deadline) fail("loraflipd did not answer within 30 s; log:\n" + read_log());
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-  }
-
-  ~Daemon() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGTERM);
-      const uint64_t deadline = now_ns() + 5'000'000'000ULL;
-      int status = 0;
-      while (::waitpid(pid_, &status, WNOHANG) == 0) {
-        if (now_ns() > deadline) {
-          ::kill(pid_, SIGKILL);
-          ::waitpid(pid_, &status, 0);
-          break;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      }
-    }
-    g_cleanup.daemon = -1;
-    remove_arena_now();
-    std::error_code ec;
-    std::filesystem::remove_all(dir_, ec);
-    if (std::uncaught_exceptions() == 0) std::filesystem::remove(log_path(), ec);
-    else std::fprintf(stderr, "lf-bench-gpu: daemon log kept at %s\n", log_path().c_str());
-  }
-
-  Daemon(const Daemon &) = delete;
-  Daemon &operator=(const Daemon &) = delete;
-
-  const std::string &dir() const { return dir_; }
-  std::string log_path() const { return dir_ + ".log"; }
-  std::string read_log() const {
-    std::ifstream in(log_path());
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  }
-
- private:
-  std::string path_, instance_, dir_, devices_;
-  pid_t pid_ = -1;
-};
-
-// ---------------------------------------------------------------------------------------------
 // The adapter: 32 layers x q/k/v/o_proj x lora_A [16, 4096] and lora_B [4096, 16], f16.
 
 constexpr int kLayers = 32;
@@ -344,7 +219,11 @@ int run(const Options &opt) {
   for (const auto &t : tensors) total += t.nbytes;
 
   const std::string instance = "lfbenchgpu-" + std::to_string(::getpid());
-  Daemon daemon(opt.daemon, instance, "/tmp/" + instance, replicate ? "0,1" : "0");
+  // Device arenas take a while to allocate: a longer start timeout.
+  BenchDaemon daemon(opt.daemon, instance, "/tmp/" + instance,
+                     {"--arena-size", "64M", "--devices", replicate ? "0,1" : "0",
+                      "--device-arena-size", "512M"},
+                     30);
   daemon.start();
   lf_client_t *client = nullptr;
   check(lf_client_open(daemon.dir().c_str(), 30000, &client), "lf_client_open");
@@ -359,7 +238,7 @@ int run(const Options &opt) {
   auto *observer = static_cast<Observer *>(shared_map(sizeof(Observer)));
   observer->watch.store(kAdapters);  // none yet
   const pid_t observer_pid = spawn([&] { return observer_main(*observer, daemon.dir(), names); });
-  g_cleanup.observer = observer_pid;
+  g_children[0] = observer_pid;
 
   // From here on this process uses CUDA (after every fork).
   cuda_check(cudaSetDevice(0), "cudaSetDevice(0)");
@@ -420,7 +299,7 @@ int run(const Options &opt) {
   observer->watch.store(kAdapters);
   observer->quit.store(1, std::memory_order_release);
   wait_child(observer_pid);
-  g_cleanup.observer = -1;
+  g_children[0] = -1;
 
   // One check that the bytes arrived: the last version's first and last tensors on every
   // device of every adapter, against the source.
@@ -469,9 +348,7 @@ int run(const Options &opt) {
 }  // namespace
 
 int main(int argc, char **argv) {
-  std::signal(SIGINT, on_signal);
-  std::signal(SIGTERM, on_signal);
-  std::signal(SIGPIPE, SIG_IGN);
+  install_signal_cleanup("lf-bench-gpu");
   try {
     return run(parse(argc, argv));
   } catch (const std::exception &e) {

@@ -7,6 +7,10 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <fcntl.h>
+#include <filesystem>
+#include <fstream>
+#include <thread>
 #include <stdexcept>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -73,6 +77,133 @@ int wait_child(pid_t pid) {
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
   return -1;
+}
+
+namespace {
+
+// Prepared before any signal can arrive, so that the handler only calls kill, fork, execv and
+// waitpid (all async-signal-safe).
+pid_t g_daemon = -1;
+std::vector<std::string> g_remove_args;
+std::vector<char *> g_remove_argv;
+const char *g_label = "lf-bench";
+
+void remove_arena_now() {
+  if (g_remove_argv.empty()) return;
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const int devnull = ::open("/dev/null", O_WRONLY);
+    if (devnull >= 0) {
+      ::dup2(devnull, 1);
+      ::dup2(devnull, 2);
+    }
+    ::execv(g_remove_argv[0], g_remove_argv.data());
+    ::_exit(127);
+  }
+  if (pid > 0) ::waitpid(pid, nullptr, 0);
+}
+
+void on_signal(int sig) {
+  for (pid_t p : g_children)
+    if (p > 0) ::kill(p, SIGKILL);
+  if (g_daemon > 0) {
+    ::kill(g_daemon, SIGKILL);
+    ::waitpid(g_daemon, nullptr, 0);
+  }
+  remove_arena_now();
+  const char msg[] = ": interrupted; daemon killed and arena removed\n";
+  [[maybe_unused]] ssize_t n = ::write(2, g_label, std::strlen(g_label));
+  n = ::write(2, msg, sizeof msg - 1);
+  ::_exit(128 + sig);
+}
+
+}  // namespace
+
+void install_signal_cleanup(const char *label) {
+  g_label = label;
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);
+  std::signal(SIGPIPE, SIG_IGN);
+}
+
+BenchDaemon::BenchDaemon(std::string path, std::string instance, std::string dir,
+                         std::vector<std::string> extra_args, int start_timeout_s)
+    : path_(std::move(path)), instance_(std::move(instance)), dir_(std::move(dir)),
+      extra_(std::move(extra_args)), start_timeout_s_(start_timeout_s) {}
+
+void BenchDaemon::start() {
+  if (::access(path_.c_str(), X_OK) != 0)
+    fail("no executable loraflipd at " + path_ + " (pass --daemon PATH)");
+  g_remove_args = {path_, "--instance", instance_, "--remove-arena"};
+  g_remove_argv.clear();
+  for (auto &a : g_remove_args) g_remove_argv.push_back(a.data());
+  g_remove_argv.push_back(nullptr);
+  remove_arena_now();  // a leftover of a killed run with the same pid, if any
+
+  std::vector<std::string> args = {path_, "--instance", instance_, "--runtime-dir", dir_};
+  args.insert(args.end(), extra_.begin(), extra_.end());
+  const std::string log = log_path();
+  std::fflush(nullptr);
+  pid_ = ::fork();
+  if (pid_ < 0) fail(std::string("fork: ") + std::strerror(errno));
+  if (pid_ == 0) {
+    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) {
+      ::dup2(fd, 1);
+      ::dup2(fd, 2);
+    }
+    std::vector<char *> argv;
+    for (auto &a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(path_.c_str(), argv.data());
+    ::_exit(127);
+  }
+  g_daemon = pid_;
+  // Up once its control socket answers a hello.
+  const uint64_t deadline = now_ns() + uint64_t(start_timeout_s_) * 1'000'000'000ULL;
+  for (;;) {
+    lf_client_t *c = nullptr;
+    if (lf_client_open(dir_.c_str(), 200, &c) == LF_OK) {
+      lf_client_close(c);
+      break;
+    }
+    int status = 0;
+    if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = g_daemon = -1;
+      fail("loraflipd exited at start; its log (" + log + "):\n" + read_log());
+    }
+    if (now_ns() > deadline)
+      fail("loraflipd did not answer within " + std::to_string(start_timeout_s_) + " s; log:\n" +
+           read_log());
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+BenchDaemon::~BenchDaemon() {
+  if (pid_ > 0) {
+    ::kill(pid_, SIGTERM);
+    const uint64_t deadline = now_ns() + 5'000'000'000ULL;
+    int status = 0;
+    while (::waitpid(pid_, &status, WNOHANG) == 0) {
+      if (now_ns() > deadline) {
+        ::kill(pid_, SIGKILL);
+        ::waitpid(pid_, &status, 0);
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  g_daemon = -1;
+  remove_arena_now();
+  std::error_code ec;
+  std::filesystem::remove_all(dir_, ec);
+  if (std::uncaught_exceptions() == 0) std::filesystem::remove(log_path(), ec);
+  else std::fprintf(stderr, "%s: daemon log kept at %s\n", g_label, log_path().c_str());
+}
+
+std::string BenchDaemon::read_log() const {
+  std::ifstream in(log_path());
+  return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
 }  // namespace lfbench

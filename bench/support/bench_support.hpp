@@ -38,4 +38,34 @@ pid_t spawn(const std::function<int()> &body, const char *label = "lf-bench");
 // Waits for a child: its exit code, or 128 + the signal that ended it.
 int wait_child(pid_t pid);
 
+// Child processes (readers, echo servers) that Ctrl-C must kill too; -1 for an empty place.
+inline pid_t g_children[4] = {-1, -1, -1, -1};
+// Makes SIGINT and SIGTERM kill the children and the daemon and remove its arena, and ignores
+// SIGPIPE. `label` names the benchmark in the message.
+void install_signal_cleanup(const char *label);
+
+// A loraflipd child with its own instance and runtime directory, for one benchmark run: it
+// waits for the daemon to answer a hello, and on destruction (or Ctrl-C) stops it and removes
+// its arena and directory. The log is kept when the benchmark fails, for the error message.
+class BenchDaemon {
+ public:
+  BenchDaemon(std::string path, std::string instance, std::string dir,
+              std::vector<std::string> extra_args, int start_timeout_s);
+  ~BenchDaemon();
+  BenchDaemon(const BenchDaemon &) = delete;
+  BenchDaemon &operator=(const BenchDaemon &) = delete;
+
+  // Separate from the constructor so that the destructor cleans up after a failed start.
+  void start();
+  const std::string &dir() const { return dir_; }
+  std::string log_path() const { return dir_ + ".log"; }
+  std::string read_log() const;
+
+ private:
+  std::string path_, instance_, dir_;
+  std::vector<std::string> extra_;
+  int start_timeout_s_;
+  pid_t pid_ = -1;
+};
+
 }  // namespace lfbench
