@@ -17,21 +17,9 @@ import pytest
 
 import loraflip
 from loraflip import _dlpack, _lib
+from adapters import CONFIG, peft_state
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
-
-
-def peft_state(r=4, hidden=32, layers=2, seed=0, dtype=np.float32):
-    """A dict shaped like PEFT's get_peft_model_state_dict for q_proj and v_proj."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for layer in range(layers):
-        for m in ("q_proj", "v_proj"):
-            p = f"base_model.model.model.layers.{layer}.self_attn.{m}"
-            out[f"{p}.lora_A.weight"] = rng.standard_normal((r, hidden)).astype(dtype)
-            out[f"{p}.lora_B.weight"] = rng.standard_normal((hidden, r)).astype(dtype)
-    return out
 
 
 def state_of(client, name):

@@ -15,20 +15,9 @@ import loraflip
 from loraflip import _dlpack
 
 from conftest import Daemon
+from adapters import CONFIG, peft_state
 
-CONFIG = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
 kDLCUDA = 2
-
-
-def peft_state(seed=0, r=4, hidden=32, layers=2, dtype=np.float32):
-    rng = np.random.default_rng(seed)
-    out = {}
-    for layer in range(layers):
-        for m in ("q_proj", "v_proj"):
-            p = f"base_model.model.model.layers.{layer}.self_attn.{m}"
-            out[f"{p}.lora_A.weight"] = rng.standard_normal((r, hidden)).astype(dtype)
-            out[f"{p}.lora_B.weight"] = rng.standard_normal((hidden, r)).astype(dtype)
-    return out
 
 
 def device_bytes(t: loraflip.Tensor) -> bytes:
