@@ -194,6 +194,21 @@ std::string RequestHandler::handle(std::string_view request, uint64_t now_ns,
   return reply;
 }
 
+std::string RequestHandler::refuse(std::string_view request, const Error &error) {
+  uint64_t id = 0;
+  try {
+    if (auto decoded = ipc::decode(request.data(), request.size())) {
+      if (auto envelope = MapView::of(decoded->get(), "request")) {
+        if (auto id_field = envelope->uint_or("id", 0)) id = id_field.value();
+      }
+    }
+  } catch (const std::exception &) {
+    // No id to be had: the reply goes out with id 0.
+  }
+  ++requests_;
+  return error_reply(id, error);
+}
+
 std::string RequestHandler::error_reply(uint64_t id, const Error &error) {
   ++errors_;
   return ipc::encode_error(id, error);
@@ -207,6 +222,7 @@ std::string RequestHandler::dispatch(std::string_view op, const MapView &args, u
     Encoder e;
     e.map(with_checksum ? 3 : 2).key("version").u64(flip->version).key("previous").u64(flip->previous);
     if (with_checksum) e.key("checksum").u64(flip->checksum);
+    ++events_published_;
     events->push_back(std::move(flip).value());
     return ipc::encode_ok(id, e.take());
   };
@@ -257,7 +273,7 @@ std::string RequestHandler::dispatch(std::string_view op, const MapView &args, u
       std::memcpy(handle.bytes, ev->via.bin.ptr, sizeof handle.bytes);
       q.event = handle;
     }
-    LF_TRY(done, registry_.copies_done(q));
+    LF_TRY(done, registry_.copies_done(q, now_ns));
     if (!done) {
       *deferred = true;  // the writer's copies are still running: the server asks again
       return {};
@@ -386,12 +402,14 @@ std::string RequestHandler::info(const MapView &args, uint64_t id) {
       .key("target_modules");
   encode_target_modules(e, arena.pool_string(r.lora.target_modules_offset));
   e.key("metadata").str(arena.pool_string(r.lora.metadata_offset));
-  e.key("counters").map(5)
+  e.key("counters").map(7)
       .key("commits").u64(r.commits.load())
       .key("aborts").u64(r.aborts.load())
       .key("rollbacks").u64(r.rollbacks.load())
       .key("write_ns_total").u64(r.write_ns_total.load())
-      .key("check_ns_total").u64(r.check_ns_total.load());
+      .key("check_ns_total").u64(r.check_ns_total.load())
+      .key("event_waits").u64(r.event_waits.load())
+      .key("event_wait_ns_total").u64(r.event_wait_ns_total.load());
   e.key("census").map(5)
       .key("free").u64(census.free).key("writing").u64(census.writing)
       .key("committed").u64(census.committed).key("abandoned").u64(census.abandoned)
@@ -421,8 +439,9 @@ std::string RequestHandler::info(const MapView &args, uint64_t id) {
 
 std::string RequestHandler::stats(uint64_t id) {
   const ipc::Arena &arena = registry_.arena();
+  const ReapReport &reclaimed = registry_.reclaimed_total();
   Encoder e;
-  e.map(13)
+  e.map(15)
       .key("instance").str(identity_.instance)
       .key("uptime_s").f64(static_cast<double>(ipc::unix_now_ns() - identity_.started_unix_ns) / 1e9)
       .key("adapters").u64(registry_.live_adapters().size())
@@ -435,7 +454,14 @@ std::string RequestHandler::stats(uint64_t id) {
       .key("requests").u64(requests_)
       .key("errors").u64(errors_)
       .key("data_bytes").u64(registry_.data_allocator().size())
-      .key("data_used").u64(registry_.data_allocator().used());
+      .key("data_used").u64(registry_.data_allocator().used())
+      .key("events").u64(events_published_);
+  e.key("reclaimed").map(5)
+      .key("dead_readers").u64(reclaimed.dead_readers)
+      .key("pins_cleared").u64(reclaimed.pins_cleared)
+      .key("dead_writers").u64(reclaimed.dead_writers)
+      .key("expired_leases").u64(reclaimed.expired_leases)
+      .key("adapters_freed").u64(reclaimed.adapters_freed);
   return ipc::encode_ok(id, e.take());
 }
 

@@ -32,6 +32,11 @@ class RequestHandler {
   std::string handle(std::string_view request, uint64_t now_ns, std::vector<FlipEvent> *events,
                      bool *deferred = nullptr);
 
+  // The error reply to a request the daemon will not serve (a peer outside the access lists):
+  // it carries the request's id, so the client reports it instead of waiting for its reply.
+  // Nothing else of the request is looked at.
+  std::string refuse(std::string_view request, const Error &error);
+
   uint64_t requests() const { return requests_; }
   uint64_t errors() const { return errors_; }
 
@@ -49,6 +54,7 @@ class RequestHandler {
   DaemonIdentity identity_;
   uint64_t requests_ = 0;
   uint64_t errors_ = 0;
+  uint64_t events_published_ = 0;  // flip events handed to the events socket
 };
 
 }  // namespace loraflip::daemon

@@ -18,6 +18,17 @@ Result<uint64_t> parse_uint(const std::string &option, const std::string &text, 
   return v;
 }
 
+std::vector<std::string> split_list(const std::string &text) {
+  std::vector<std::string> items;
+  size_t start = 0;
+  while (true) {
+    const size_t comma = text.find(',', start);
+    items.push_back(text.substr(start, comma - start));
+    if (comma == std::string::npos) return items;
+    start = comma + 1;
+  }
+}
+
 }  // namespace
 
 Result<uint64_t> parse_size(const std::string &text) {
@@ -43,6 +54,10 @@ std::string usage() {
          "  --arena-size SIZE      bytes of tensor data, e.g. 4G (default: 1G)\n"
          "  --pool-size SIZE       bytes for tensor descriptors and configs (default: 16M)\n"
          "  --group NAME           group that may use the sockets and the arena\n"
+         "  --allow-user LIST      only these users (names or uids, comma-separated) may send\n"
+         "                         control requests; root and the daemon's user always may\n"
+         "  --allow-group LIST     ... or members of these groups (default: anyone who can\n"
+         "                         open the socket, i.e. the --group)\n"
          "  --max-adapters N       adapter table size (default: 64)\n"
          "  --max-readers N        reader table size (default: 256)\n"
          "  --history N            versions kept besides the active one (default: 2)\n"
@@ -104,6 +119,13 @@ Result<Options> parse_options(const std::vector<std::string> &args) {
     } else if (key == "--group") {
       LF_NEXT(v);
       o.group = v;
+    } else if (key == "--allow-user" || key == "--allow-group") {
+      LF_NEXT(v);
+      std::vector<std::string> &list = key == "--allow-user" ? o.allow_users : o.allow_groups;
+      for (const std::string &item : split_list(v)) {
+        if (item.empty()) return make_error(LF_E_INVALID_ARGUMENT, key + " got an empty name in '" + v + "'");
+        list.push_back(item);
+      }
     } else if (key == "--max-adapters") {
       LF_NEXT(v);
       auto n = parse_uint(key, v, 1, ipc::kMaxAdapters);
@@ -127,14 +149,10 @@ Result<Options> parse_options(const std::vector<std::string> &args) {
     } else if (key == "--devices") {
       LF_NEXT(v);
       o.devices.clear();
-      size_t start = 0;
-      while (start <= v.size()) {
-        const size_t comma = v.find(',', start);
-        auto n = parse_uint(key, v.substr(start, comma - start), 0, 1023);
+      for (const std::string &item : split_list(v)) {
+        auto n = parse_uint(key, item, 0, 1023);
         if (!n) return n.error();
         o.devices.push_back(static_cast<int>(n.value()));
-        if (comma == std::string::npos) break;
-        start = comma + 1;
       }
       if (o.devices.size() > ipc::kMaxDevices)
         return make_error(LF_E_INVALID_ARGUMENT, "--devices takes at most 8 devices");

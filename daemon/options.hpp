@@ -14,6 +14,10 @@ struct Options {
   ipc::ArenaConfig arena;
   std::string runtime_dir;     // empty: ipc::default_runtime_dir(arena.instance)
   std::string group;           // empty: the daemon's own group
+  // Users and groups (names or ids) allowed to send control requests; both empty: everyone
+  // who can open the control socket.
+  std::vector<std::string> allow_users;
+  std::vector<std::string> allow_groups;
   std::string log_level = "info";
   uint32_t reap_interval_ms = 100;  // design.md asks for at most 250
   std::vector<int> devices;           // GPU ordinals to serve; empty: host memory only

@@ -211,6 +211,9 @@ Status Registry::create(const CreateRequest &q) {
   r.commits.store(0, std::memory_order_relaxed);
   r.write_ns_total.store(0, std::memory_order_relaxed);
   r.check_ns_total.store(0, std::memory_order_relaxed);
+  r.event_waits.store(0, std::memory_order_relaxed);
+  r.event_wait_ns_total.store(0, std::memory_order_relaxed);
+  r.events_sent = 0;
   r.aborts.store(0, std::memory_order_relaxed);
   r.rollbacks.store(0, std::memory_order_relaxed);
   for (uint32_t s = 0; s < ipc::kMaxSlots; ++s) {
@@ -239,7 +242,8 @@ Result<FlipEvent> Registry::drop(const std::string &name) {
   std::optional<uint32_t> index = find(name);
   if (!index) return make_error(LF_E_NOT_FOUND, "no adapter '" + shown(name) + "'");
   AdapterRecord &r = arena_.adapter(*index);
-  FlipEvent event{name, "drop", 0, ipc::active_version(r.active.load(kSeqCst)), 0};
+  FlipEvent event{name, "drop", 0, ipc::active_version(r.active.load(kSeqCst)), 0,
+                  ++r.events_sent};
   // kDropping before the flip to 0: a reader that sees the active word go to 0 and checks the
   // state finds the adapter gone (LF_E_STALE) rather than merely empty.
   r.state.store(static_cast<uint32_t>(AdapterState::kDropping), kSeqCst);
@@ -335,6 +339,7 @@ Result<std::pair<uint32_t, uint32_t>> Registry::find_lease(uint64_t lease) const
 }
 
 void Registry::end_lease(SlotRecord &slot) {
+  commit_asked_ns_.erase(slot.lease_id);
   slot.lease_id = slot.writer_pid = slot.writer_start = slot.lease_deadline_ns = 0;
   slot.lease_begin_ns = 0;
   slot.word.store(ipc::pack_slot_word(0, SlotState::kFree), kSeqCst);
@@ -459,12 +464,13 @@ Status Registry::check_written(const AdapterRecord &r, const SlotRecord &slot,
   return {};
 }
 
-Result<bool> Registry::copies_done(const CommitRequest &q) {
+Result<bool> Registry::copies_done(const CommitRequest &q, uint64_t now_ns) {
   if (!q.event) return true;
   Result<std::pair<uint32_t, uint32_t>> where = find_lease(q.lease);
   if (!where) return where.error();
   AdapterRecord &r = arena_.adapter(where->first);
   SlotRecord &slot = r.slots[where->second];
+  commit_asked_ns_.try_emplace(q.lease, now_ns);
   Result<bool> done = event_done(*q.event);
   if (done && done.value()) return true;
   // Still copying, as long as the writer lives: the daemon asks again later and serves other
@@ -497,7 +503,15 @@ Result<FlipEvent> Registry::commit(const CommitRequest &q, uint64_t now_ns) {
     return make_error(LF_E_TOO_LARGE, "adapter '" + std::string(r.name) +
                                           "' used every version number; drop and re-create it");
   uint64_t sum = 0;
-  const uint64_t write_ns = now_ns > slot.lease_begin_ns ? now_ns - slot.lease_begin_ns : 0;
+  // The writer's part ends when it first asks to commit; any time after that waiting on its
+  // device event is the event wait (its copies were queued but still running).
+  uint64_t asked_ns = now_ns;
+  if (auto it = commit_asked_ns_.find(q.lease); it != commit_asked_ns_.end()) {
+    asked_ns = std::min(it->second, now_ns);
+    commit_asked_ns_.erase(it);
+  }
+  const uint64_t write_ns = asked_ns > slot.lease_begin_ns ? asked_ns - slot.lease_begin_ns : 0;
+  const uint64_t event_wait_ns = now_ns - asked_ns;
   const uint64_t check_start = ipc::monotonic_now_ns();
   Status checked = check_written(r, slot, q, &sum);
   if (checked) checked = replicate(r, s);
@@ -516,8 +530,12 @@ Result<FlipEvent> Registry::commit(const CommitRequest &q, uint64_t now_ns) {
   r.commits.fetch_add(1, std::memory_order_relaxed);
   r.write_ns_total.fetch_add(write_ns, std::memory_order_relaxed);
   r.check_ns_total.fetch_add(ipc::monotonic_now_ns() - check_start, std::memory_order_relaxed);
+  if (q.event) {
+    r.event_waits.fetch_add(1, std::memory_order_relaxed);
+    r.event_wait_ns_total.fetch_add(event_wait_ns, std::memory_order_relaxed);
+  }
   evict_history(index);
-  return FlipEvent{r.name, "commit", version, previous, sum};
+  return FlipEvent{r.name, "commit", version, previous, sum, ++r.events_sent};
 }
 
 Status Registry::abort(uint64_t lease) {
@@ -557,7 +575,8 @@ Result<FlipEvent> Registry::rollback(const std::string &name, uint64_t version) 
       r.rollbacks.fetch_add(1, std::memory_order_relaxed);
       evict_history(*index);
     }
-    return FlipEvent{name, "rollback", version, ipc::active_version(current), r.slots[s].checksum};
+    return FlipEvent{name, "rollback", version, ipc::active_version(current),
+                     r.slots[s].checksum, ++r.events_sent};
   }
   return make_error(LF_E_NO_VERSION, "version " + std::to_string(version) + " of '" + name +
                                          "' is not kept any more (kept: the active version and "
@@ -623,6 +642,7 @@ ReapReport Registry::reap(uint64_t now_ns) {
       ++report.adapters_freed;
     }
   }
+  reclaimed_total_ += report;
   return report;
 }
 

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "daemon/allocator.hpp"
@@ -61,16 +62,28 @@ struct FlipEvent {
   uint64_t version = 0;
   uint64_t previous = 0;
   uint64_t checksum = 0;
+  // Numbers this adapter's events from 1 (AdapterRecord::events_sent), so a subscriber can
+  // tell when the events socket dropped some for it: ZeroMQ's PUB drops silently for a
+  // subscriber that lags.
+  uint64_t seq = 0;
 };
 
 struct ReapReport {
-  uint32_t dead_readers = 0;
-  uint32_t pins_cleared = 0;
-  uint32_t dead_writers = 0;
-  uint32_t expired_leases = 0;
-  uint32_t adapters_freed = 0;
+  uint64_t dead_readers = 0;
+  uint64_t pins_cleared = 0;
+  uint64_t dead_writers = 0;
+  uint64_t expired_leases = 0;
+  uint64_t adapters_freed = 0;
   bool any() const {
     return dead_readers || dead_writers || expired_leases || adapters_freed;
+  }
+  ReapReport &operator+=(const ReapReport &o) {
+    dead_readers += o.dead_readers;
+    pins_cleared += o.pins_cleared;
+    dead_writers += o.dead_writers;
+    expired_leases += o.expired_leases;
+    adapters_freed += o.adapters_freed;
+    return *this;
   }
 };
 
@@ -91,13 +104,16 @@ class Registry {
   Result<Lease> begin_write(const BeginRequest &request, uint64_t now_ns);
   // Whether the copies behind a commit's event (if any) are complete: false while they run
   // and the writer lives (ask again later); an error, with the lease ended, once the writer
-  // died first. commit() expects true.
-  Result<bool> copies_done(const CommitRequest &request);
+  // died first. commit() expects true. The time from the first ask to commit() is counted as
+  // the adapter's event wait.
+  Result<bool> copies_done(const CommitRequest &request, uint64_t now_ns);
   Result<FlipEvent> commit(const CommitRequest &request, uint64_t now_ns);
   Status abort(uint64_t lease);
   Result<FlipEvent> rollback(const std::string &name, uint64_t version);
   // Clears dead readers' pins, ends dead or expired writers' leases, frees dropped adapters.
   ReapReport reap(uint64_t now_ns);
+  // Everything reap() reclaimed since this daemon started (not kept across restarts).
+  const ReapReport &reclaimed_total() const { return reclaimed_total_; }
 
   // Index of the live adapter named `name`.
   std::optional<uint32_t> find(std::string_view name) const;
@@ -151,6 +167,9 @@ class Registry {
     uint64_t since_ns = 0;  // CLOCK_MONOTONIC of that first sighting
   };
   std::vector<PinSeen> pin_seen_;  // per reader-table cell
+  // Commits waiting on their writer's event: lease id -> CLOCK_MONOTONIC of the first ask.
+  std::unordered_map<uint64_t, uint64_t> commit_asked_ns_;
+  ReapReport reclaimed_total_;
 };
 
 }  // namespace loraflip::daemon

@@ -17,6 +17,7 @@
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
+#include "daemon/access.hpp"
 #include "daemon/handlers.hpp"
 #include "daemon/notify.hpp"
 #include "daemon/registry.hpp"
@@ -124,6 +125,7 @@ struct Server::State {
   Fd stop_fd;
   std::optional<Registry> registry;
   std::optional<RequestHandler> handler;
+  AccessPolicy access;
   zmq::context_t context{1};
   zmq::socket_t control{context, zmq::socket_type::router};
   zmq::socket_t events{context, zmq::socket_type::pub};
@@ -167,6 +169,19 @@ Result<std::unique_ptr<Server>> Server::start(const Options &options) {
     if (!g) return g.error();
     gid = g.value();
   }
+  std::vector<uint32_t> allowed_uids, allowed_gids;
+  for (const std::string &user : options.allow_users) {
+    Result<uint32_t> uid = user_id(user);
+    if (!uid) return uid.error();
+    allowed_uids.push_back(uid.value());
+  }
+  for (const std::string &group : options.allow_groups) {
+    Result<uint32_t> id = group_id_of(group);
+    if (!id) return id.error();
+    allowed_gids.push_back(id.value());
+  }
+  s.access = AccessPolicy(std::move(allowed_uids), std::move(allowed_gids),
+                          static_cast<uint32_t>(::geteuid()));
   if (Status st = make_runtime_dir(s.runtime_dir, 0770, gid); !st) return st.error();
 
   // One daemon per runtime directory: the lock dies with the process, even with kill -9.
@@ -240,10 +255,18 @@ Result<std::unique_ptr<Server>> Server::start(const Options &options) {
 bool Server::serve(const std::vector<zmq::message_t> &frames) {
   State &s = *s_;
   const zmq::message_t &body = frames.back();
+  const std::string_view request(static_cast<const char *>(body.data()), body.size());
   std::vector<FlipEvent> events;
   bool deferred = false;
-  const std::string reply = s.handler->handle({static_cast<const char *>(body.data()), body.size()},
-                                              ipc::monotonic_now_ns(), &events, &deferred);
+  std::string reply;
+  if (const char *peer = s.access.restricts() ? zmq_msg_gets(body.handle(), "Peer-Address") : "";
+      peer == nullptr || !s.access.allows_address(peer)) {
+    const std::string why = s.access.refusal(peer == nullptr ? "" : peer);
+    spdlog::warn("request refused: {}", why);
+    reply = s.handler->refuse(request, make_error(LF_E_PERMISSION, why));
+  } else {
+    reply = s.handler->handle(request, ipc::monotonic_now_ns(), &events, &deferred);
+  }
   if (deferred) return true;
   // Same envelope back (routing id, and the empty delimiter a REQ socket adds), new body.
   try {
@@ -259,12 +282,13 @@ bool Server::serve(const std::vector<zmq::message_t> &frames) {
   for (const FlipEvent &ev : events) {
     spdlog::info("{} '{}': version {} -> {}", ev.kind, ev.adapter, ev.previous, ev.version);
     ipc::Encoder e;
-    e.map(5)
+    e.map(6)
         .key("adapter").str(ev.adapter)
         .key("kind").str(ev.kind)
         .key("version").u64(ev.version)
         .key("previous").u64(ev.previous)
-        .key("unix_ns").u64(ipc::unix_now_ns());
+        .key("unix_ns").u64(ipc::unix_now_ns())
+        .key("seq").u64(ev.seq);
     try {
       s.events.send(zmq::buffer(ipc::event_topic(ev.adapter)),
                     zmq::send_flags::sndmore | zmq::send_flags::dontwait);
@@ -286,6 +310,10 @@ int Server::run() {
                s.created ? "new" : "re-attached", h.data_bytes >> 20, h.max_adapters,
                h.max_readers);
   const DeviceSet &devices = registry.devices();
+  if (s.access.restricts())
+    spdlog::info("control requests accepted only from root, the daemon's user and --allow-user/"
+                 "--allow-group ({} users, {} groups)",
+                 s.options.allow_users.size(), s.options.allow_groups.size());
   if (!s.device_note.empty())
     spdlog::error("device placement unavailable, serving host memory only: {}", s.device_note);
   for (size_t d = 0; d < devices.size(); ++d)

@@ -156,6 +156,13 @@ struct alignas(64) AdapterRecord {
   // daemon, relaxed: nanoseconds summed over commits, for metrics (divide by commits).
   std::atomic<uint64_t> write_ns_total;  // begin_write to the commit request: the writer's copies
   std::atomic<uint64_t> check_ns_total;  // the daemon's checks and replication before the flip
+  // Commits that handed the daemon a device event, and the nanoseconds they waited on it
+  // (from the commit request to the writer's copies done).
+  std::atomic<uint64_t> event_waits;
+  std::atomic<uint64_t> event_wait_ns_total;
+  // daemon: flip events sent for this adapter (commit, rollback, drop); each event carries
+  // the count as its sequence number, so a subscriber can tell which ones it missed.
+  uint64_t events_sent;
   SlotRecord slots[kMaxSlots];
 };
 

@@ -127,8 +127,8 @@ checks=$((checks + 1))
 [ -n "$V" ] && [ "$V" -ge 3 ] || { fail "no version >= 3 in: $out"; V=3; }
 P=$((V - 1))
 contains "list --json" "$out" "{\"adapters\":[{\"name\":\"policy\",\"version\":$V,\"tensors\":8,"
-contains "watch json" "$watch1" "\"adapter\":\"policy\",\"kind\":\"commit\",\"version\":$((V - 1)),\"previous\":$((V - 2))}"
-contains "watch json" "$watch1" "\"adapter\":\"policy\",\"kind\":\"commit\",\"version\":$V,\"previous\":$((V - 1))}"
+contains "watch json" "$watch1" "\"adapter\":\"policy\",\"kind\":\"commit\",\"version\":$((V - 1)),\"previous\":$((V - 2)),\"seq\":$((V - 1)),\"missed\":0}"
+contains "watch json" "$watch1" "\"adapter\":\"policy\",\"kind\":\"commit\",\"version\":$V,\"previous\":$((V - 1)),\"seq\":$V,\"missed\":0}"
 
 expect 0 "list" -- ctl list
 contains "list" "$out" "$(printf 'policy  %7s  %7s  ' "$V" 8)"

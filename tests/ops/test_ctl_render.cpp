@@ -23,12 +23,14 @@ Json parse(const std::string &text) {
 const char *kStats =
     R"({"instance":"node","uptime_s":12.5,"adapters":1,"max_adapters":64,"readers":2,)"
     R"("max_readers":256,"pins":1,"flips":18446744073709551615,"requests":40,"errors":3,)"
-    R"("data_bytes":268435456,"data_used":1048576})";
+    R"("data_bytes":268435456,"data_used":1048576,"events":19,"reclaimed":{"dead_readers":2,)"
+    R"("pins_cleared":3,"dead_writers":1,"expired_leases":0,"adapters_freed":0}})";
 const char *kInfo =
     R"({"name":"policy","index":0,"incarnation":1,"version":7,"last_version":9,)"
     R"("slot_bytes":65536,"history":2,"placement":"host","lora":{"rank":8,"alpha":16,)"
     R"("use_rslora":false,"target_modules":["q_proj","v_proj"]},"metadata":"{\"step\": 7}",)"
-    R"("counters":{"commits":9,"aborts":1,"rollbacks":1},)"
+    R"("counters":{"commits":9,"aborts":1,"rollbacks":1,"event_waits":4,)"
+    R"("event_wait_ns_total":2500000000},)"
     R"("census":{"free":1,"writing":0,"committed":3,"abandoned":0,"pinned":1},)"
     R"("slots":[{"state":"committed","version":7,"active":true,"checksum":255,)"
     R"("committed_unix_ns":1700000000123456789},{"state":"free","version":0,"active":false,)"
@@ -115,6 +117,11 @@ TEST_CASE("metrics follow the Prometheus text format") {
         std::string::npos);
   CHECK(text.find("loraflip_adapter_active_commit_timestamp_seconds{loraflip_instance=\"node\","
                   "adapter=\"policy\"} 1700000000.123456789\n") != std::string::npos);
+  CHECK(text.find("loraflip_reclaimed_total{loraflip_instance=\"node\",what=\"dead_readers\"} 2\n") !=
+        std::string::npos);
+  CHECK(text.find("loraflip_events_total{loraflip_instance=\"node\"} 19\n") != std::string::npos);
+  CHECK(text.find("loraflip_adapter_event_wait_seconds_total{loraflip_instance=\"node\","
+                  "adapter=\"policy\"} 2.500000000\n") != std::string::npos);
   // One HELP and one TYPE per family.
   CHECK(text.find("# TYPE loraflip_adapter_version gauge") ==
         text.rfind("# TYPE loraflip_adapter_version gauge"));

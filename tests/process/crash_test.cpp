@@ -208,6 +208,12 @@ TEST_CASE("a reader killed while holding a pin has it reclaimed within one secon
               (unsigned long long)reclaimed_ms);
   CHECK(waited >= 0);
   CHECK(reclaimed_ms < 1000);
+  // Operators see it in the daemon's running totals.
+  char *stats = nullptr;
+  REQUIRE(lf_client_stats(client, &stats) == LF_OK);
+  CHECK(json_number(stats, "dead_readers") == 1);
+  CHECK(json_number(stats, "pins_cleared") == 1);
+  lf_free(stats);
   publish(client, name, 3);
   lf_client_close(client);
 }

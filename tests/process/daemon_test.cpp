@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <csignal>
+#include <functional>
 #include <cstdio>
 #include <cstring>
 #include <grp.h>
@@ -219,6 +220,61 @@ TEST_CASE("only the owning user and group can reach the sockets and the arena") 
   CHECK(wait_child(other) == 0);
 }
 
+TEST_CASE("--allow-user and --allow-group refuse other users' requests and change nothing") {
+  if (geteuid() != 0) {
+    MESSAGE("skipped: needs root to become another user");
+    return;
+  }
+  const passwd *nobody = getpwnam("nobody");
+  const group *nogroup = getgrnam("nogroup");
+  REQUIRE(nobody != nullptr);
+  REQUIRE(nogroup != nullptr);
+  // The socket's group lets 'nobody' open it; only the access list can keep it out.
+  constexpr gid_t kTrainers = 42424;  // a group id nobody belongs to unless given it below
+  Daemon daemon("allow", {"--group", "nogroup", "--allow-group", std::to_string(kTrainers)});
+  daemon.start();
+  auto as_nobody = [&](std::vector<gid_t> groups, const std::function<int()> &body) {
+    return wait_child(spawn([&] {
+      if (setgroups(groups.size(), groups.data()) != 0 || setgid(nogroup->gr_gid) != 0 ||
+          setuid(nobody->pw_uid) != 0)
+        return 10;
+      return body();
+    }));
+  };
+  // Outside the list: hello is refused with a clear error, and so is a create sent raw.
+  CHECK(as_nobody({}, [&] {
+          lf_client_t *c = nullptr;
+          if (lf_client_open(daemon.dir().c_str(), 2000, &c) != LF_E_PERMISSION) return 20;
+          const std::string why = lf_last_error_message();
+          if (why.find("uid " + std::to_string(nobody->pw_uid)) == std::string::npos) return 21;
+          RawPeer raw(daemon.dir());
+          ipc::Encoder args;
+          args.map(1).key("name").str("intruder");
+          if (reply_code(raw.exchange(request("create_adapter", args))) != LF_E_PERMISSION)
+            return 22;
+          return 0;
+        }) == 0);
+  // A supplementary group on the list is enough.
+  CHECK(as_nobody({kTrainers}, [&] {
+          lf_client_t *c = nullptr;
+          if (lf_client_open(daemon.dir().c_str(), 2000, &c) != LF_OK) return 30;
+          char *json = nullptr;
+          const int rc = lf_client_list(c, &json);
+          lf_free(json);
+          lf_client_close(c);
+          return rc == LF_OK ? 0 : 31;
+        }) == 0);
+  // Root (and the daemon's own user) always get through; the refused create left no trace.
+  lf_client_t *c = nullptr;
+  REQUIRE(lf_client_open(daemon.dir().c_str(), 2000, &c) == LF_OK);
+  char *json = nullptr;
+  REQUIRE(lf_client_list(c, &json) == LF_OK);
+  CHECK(std::string(json).find("intruder") == std::string::npos);
+  lf_free(json);
+  lf_client_close(c);
+  CHECK(daemon.log().find("request refused") != std::string::npos);
+}
+
 TEST_CASE("flip events, futex waits, rollback and drop work end to end") {
   Daemon daemon("flow");
   daemon.start();
@@ -274,10 +330,21 @@ TEST_CASE("flip events, futex waits, rollback and drop work end to end") {
   CHECK(json_number(info, "write_ns_total") > 0);  // commit latency is measured
   CHECK(json_number(info, "check_ns_total") > 0);
   lf_free(info);
-  REQUIRE(lf_events_next(events, 2000, name, sizeof name, &event_version) == LF_OK);
-  CHECK(event_version == 1);  // the rollback
-  REQUIRE(lf_events_next(events, 2000, name, sizeof name, &event_version) == LF_OK);
-  CHECK(event_version == 4);
+  // The whole event: kind, both versions, the daemon's clock, and this adapter's numbering.
+  lf_event_t event;
+  REQUIRE(lf_events_next_event(events, 2000, &event) == LF_OK);
+  CHECK(std::string(event.adapter) == "flow");
+  CHECK(event.kind == LF_EVENT_ROLLBACK);
+  CHECK(event.version == 1);
+  CHECK(event.previous == 3);
+  CHECK(event.seq == 4);  // after three commits
+  CHECK(event.missed == 0);
+  CHECK(event.unix_ns > 1700000000ull * 1000000000ull);
+  REQUIRE(lf_events_next_event(events, 2000, &event) == LF_OK);
+  CHECK(event.kind == LF_EVENT_COMMIT);
+  CHECK(event.version == 4);
+  CHECK(event.previous == 1);
+  CHECK(event.seq == 5);
 
   // A pinned adapter that is dropped: new acquires fail at once, the pinned bytes stay.
   REQUIRE(lf_reader_acquire(reader, ref, 0, &pin) == LF_OK);
@@ -300,6 +367,10 @@ TEST_CASE("flip events, futex waits, rollback and drop work end to end") {
   REQUIRE(age_at != std::string::npos);
   CHECK(std::strtod(stats_text.c_str() + age_at + 19, nullptr) >= 0.2);
   lf_pin_release(pin);
+  REQUIRE(lf_events_next_event(events, 2000, &event) == LF_OK);
+  CHECK(event.kind == LF_EVENT_DROP);
+  CHECK(event.version == 0);
+  CHECK(event.previous == 4);
   const int64_t freed = wait_until(
       [&] {
         char *s = nullptr;
@@ -312,6 +383,46 @@ TEST_CASE("flip events, futex waits, rollback and drop work end to end") {
   CHECK(freed >= 0);
   lf_events_close(events);
   lf_reader_close(reader);
+  lf_client_close(client);
+}
+
+TEST_CASE("a subscriber that falls behind is told how many events it missed") {
+  Daemon daemon("missed");
+  daemon.start();
+  lf_client_t *client = nullptr;
+  REQUIRE(lf_client_open(daemon.dir().c_str(), 5000, &client) == LF_OK);
+  REQUIRE(create_pattern_adapter(client, "busy", 1, 16, 0) == LF_OK);
+  lf_events_t *events = nullptr;
+  REQUIRE(lf_events_open(daemon.dir().c_str(), "busy", &events) == LF_OK);
+  sleep_ms(200);  // subscribed before the first publish
+  // Far more flips than the sockets' queues (1000 messages each side by default) hold, with
+  // nobody reading: the PUB socket drops the newest ones for this subscriber.
+  constexpr uint64_t kFlips = 12000;
+  for (uint64_t i = 0; i < kFlips; ++i) publish_value(client, "busy", static_cast<float>(i));
+  uint64_t received = 0, missed = 0, last_seq = 0;
+  lf_event_t e;
+  auto drain = [&] {
+    while (lf_events_next_event(events, 500, &e) == LF_OK) {
+      ++received;
+      missed += e.missed;
+      CHECK(e.seq > last_seq);
+      last_seq = e.seq;
+    }
+  };
+  drain();
+  CHECK(last_seq < kFlips);  // the queue filled up: some were dropped
+  // A gap shows at the next event that gets through: one more flip, once the queue is empty.
+  publish_value(client, "busy", -1.0f);
+  drain();
+  MESSAGE(received << " events received, " << missed << " reported missed");
+  CHECK(last_seq == kFlips + 1);
+  CHECK(missed > 0);
+  CHECK(received + missed == kFlips + 1);  // every event either arrived or was counted
+  char *stats = nullptr;
+  REQUIRE(lf_client_stats(client, &stats) == LF_OK);
+  CHECK(json_number(stats, "events") == static_cast<int64_t>(kFlips + 1));
+  lf_free(stats);
+  lf_events_close(events);
   lf_client_close(client);
 }
 

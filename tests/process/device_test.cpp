@@ -160,6 +160,28 @@ TEST_CASE("a commit waits for the writer's device copies without blocking the da
   lf_writer_t *again = nullptr;
   REQUIRE(lf_client_begin_write(client, "slow", 0, &again) == LF_OK);
   REQUIRE(lf_writer_abort(again) == LF_OK);
+
+  // A live writer whose copies finish 300 ms after it asks to commit: the commit completes,
+  // and the wait is counted apart from the writer's own time.
+  auto backend = loraflip::device::make_host_backend("writer");
+  auto stream = backend->create_stream(0);
+  REQUIRE(stream);
+  loraflip::device::host_pause_stream(stream.value(), true);
+  REQUIRE(lf_client_begin_write(client, "slow", 0, &w) == LF_OK);
+  const std::vector<float> data = values_of(5.0f);
+  REQUIRE(lf_writer_copy_in_async(w, 0, data.data(), data.size() * 4, -1, stream.value()) == LF_OK);
+  std::thread resume([&] {
+    sleep_ms(300);
+    loraflip::device::host_pause_stream(stream.value(), false);
+  });
+  REQUIRE(lf_writer_commit(w, 0, &v) == LF_OK);
+  resume.join();
+  char *info = nullptr;
+  REQUIRE(lf_client_info(client, "slow", &info) == LF_OK);
+  CHECK(json_number(info, "event_waits") == 1);
+  CHECK(json_number(info, "event_wait_ns_total") >= 250000000);
+  CHECK(json_number(info, "write_ns_total") < 250000000);
+  lf_free(info);
   lf_client_close(client);
 }
 

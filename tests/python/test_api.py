@@ -370,9 +370,14 @@ def test_watch_yields_flip_events(client, name):
         seen = []
         for e in events:
             assert e.adapter == name
+            assert (e.kind, e.previous, e.seq, e.missed) == ("commit", e.version - 1, e.version, 0)
+            assert abs(e.unix_ns / 1e9 - time.time()) < 60
             seen.append(e.version)
             if e.version == 4:
                 break
+        client.rollback(name, 3)
+        e = events.next(timeout=2)
+        assert (e.kind, e.version, e.previous, e.seq) == ("rollback", 3, 4, 5)
     assert seen == [2, 3, 4]
     with pytest.raises(loraflip.InvalidArgument):
         client.watch("bad name")

@@ -299,28 +299,7 @@ int cmd_watch(const Args &a) {
   if (rc != LF_OK) return report("cannot subscribe to flips", rc, lf_last_error_message());
   std::unique_ptr<lf_events_t, void (*)(lf_events_t *)> events(raw_events, lf_events_close);
 
-  // The events carry the adapter and its new version only. The kind of flip follows from what
-  // was seen before: versions are assigned in increasing order and never reused, so a version
-  // above every one assigned so far is a commit, any other non-zero one a rollback, and 0 a
-  // drop. Start from the daemon's view (after subscribing, so nothing falls in between).
-  struct Seen {
-    uint64_t active = 0;
-    uint64_t last_assigned = 0;
-    bool known = false;
-  };
-  std::map<std::string, Seen> seen;
-  if (auto list = fetch_list(c.get(), nullptr, &exit_code)) {
-    for (const Json &item : (*list)["adapters"].items()) {
-      const std::string name = item["name"].str();
-      if (adapter && name != *adapter) continue;
-      int status = LF_OK, ignored = kExitOk;
-      if (auto info = fetch_info(c.get(), name, nullptr, &ignored, &status))
-        seen[name] = {(*info)["version"].u64(), (*info)["last_version"].u64(), true};
-    }
-  } else {
-    return exit_code;
-  }
-  c.reset();  // the watch needs only the events socket from here on
+  c.reset();  // connected only to fail clearly when no daemon runs: the events suffice now
 
   struct sigaction sa{};
   sa.sa_handler = on_signal;
@@ -333,32 +312,26 @@ int cmd_watch(const Args &a) {
                             adapter ? ("'" + *adapter + "'").c_str() : "every adapter");
   uint64_t printed = 0;
   while (!g_stop.load() && (!a.count || printed < *a.count)) {
-    char name[LF_MAX_ADAPTER_NAME + 1];
-    uint64_t version = 0;
-    rc = lf_events_next(events.get(), 200, name, sizeof name, &version);
+    lf_event_t e;
+    rc = lf_events_next_event(events.get(), 200, &e);
     if (g_stop.load()) break;
     if (rc == LF_E_TIMEOUT) continue;
     if (rc != LF_OK) return report("waiting for flips", rc, nullptr);
-    const uint64_t now_ns = static_cast<uint64_t>(
-        std::chrono::duration_cast<std::chrono::nanoseconds>(
-            std::chrono::system_clock::now().time_since_epoch()).count());
-    Seen &s = seen[name];
-    const char *kind = version == 0 ? "drop" : version > s.last_assigned ? "commit" : "rollback";
-    const std::string previous = s.known ? std::to_string(s.active) : "";
+    const char *kind = e.kind == LF_EVENT_COMMIT     ? "commit"
+                       : e.kind == LF_EVENT_ROLLBACK ? "rollback"
+                       : e.kind == LF_EVENT_DROP     ? "drop"
+                                                     : "unknown";
     if (a.json) {
-      print("{\"unix_ns\":" + std::to_string(now_ns) + ",\"adapter\":\"" + name +
-            "\",\"kind\":\"" + kind + "\",\"version\":" + std::to_string(version) +
-            ",\"previous\":" + (previous.empty() ? "null" : previous) + "}\n");
+      print("{\"unix_ns\":" + std::to_string(e.unix_ns) + ",\"adapter\":\"" + e.adapter +
+            "\",\"kind\":\"" + kind + "\",\"version\":" + std::to_string(e.version) +
+            ",\"previous\":" + std::to_string(e.previous) + ",\"seq\":" + std::to_string(e.seq) +
+            ",\"missed\":" + std::to_string(e.missed) + "}\n");
     } else {
-      print(loraflip::ctl::utc_time(now_ns) + "  " + name + "  " + kind + "  " +
-            (previous.empty() ? "?" : previous) + " -> " + std::to_string(version) + "\n");
-    }
-    if (version == 0) {
-      s = Seen{0, 0, true};  // a re-created adapter numbers from 1 again
-    } else {
-      s.active = version;
-      s.last_assigned = std::max(s.last_assigned, version);
-      s.known = true;
+      if (e.missed != 0)
+        print("(missed " + std::to_string(e.missed) + " event(s) of " + e.adapter +
+              ": the watch fell behind)\n");
+      print(loraflip::ctl::utc_time(e.unix_ns) + "  " + e.adapter + "  " + kind + "  " +
+            std::to_string(e.previous) + " -> " + std::to_string(e.version) + "\n");
     }
     if (std::ferror(stdout)) break;  // the reader of a pipe went away
     ++printed;

@@ -229,6 +229,7 @@ std::string render_metrics(bool up, const std::string &instance, const Json &st,
       {"loraflip_request_errors_total", "counter", "Control requests answered with an error since the daemon started.", "errors"},
       {"loraflip_arena_bytes", "gauge", "Bytes of tensor data in the arena.", "data_bytes"},
       {"loraflip_arena_used_bytes", "gauge", "Bytes of tensor data allocated to adapters.", "data_used"},
+      {"loraflip_events_total", "counter", "Flip events sent on the events socket since the daemon started (a lagging subscriber may miss some: see lf_event_t.missed).", "events"},
   };
   family("loraflip_uptime_seconds", "gauge", "Seconds since the daemon started.");
   char uptime[32];
@@ -238,6 +239,13 @@ std::string render_metrics(bool up, const std::string &instance, const Json &st,
     family(m.name, m.type, m.help);
     daemon_sample(m.name, sample(st[m.key]));
   }
+
+  family("loraflip_reclaimed_total", "counter",
+         "What the reaper took back from dead or late clients since the daemon started.");
+  for (const char *what : {"dead_readers", "pins_cleared", "dead_writers", "expired_leases",
+                           "adapters_freed"})
+    out += std::string("loraflip_reclaimed_total{") + inst + ",what=\"" + what + "\"} " +
+           sample(st["reclaimed"][what]) + "\n";
 
   // Per adapter: one family at a time, every adapter inside it (the format wants a family's
   // samples together).
@@ -260,11 +268,17 @@ std::string render_metrics(bool up, const std::string &instance, const Json &st,
   per_adapter("loraflip_adapter_rollbacks_total", "counter", "Rollbacks to a kept version.",
               [](const Json &in) { return sample(in["counters"]["rollbacks"]); });
   per_adapter("loraflip_adapter_write_seconds_total", "counter",
-              "Seconds from begin_write to the commit request, summed over commits (the writer's copies).",
+              "Seconds from begin_write to the first commit request, summed over commits (the writer's copies).",
               [](const Json &in) { return seconds_from_ns(in["counters"]["write_ns_total"].u64()); });
   per_adapter("loraflip_adapter_commit_check_seconds_total", "counter",
               "Seconds of the daemon's checks and replication before each flip, summed over commits.",
               [](const Json &in) { return seconds_from_ns(in["counters"]["check_ns_total"].u64()); });
+  per_adapter("loraflip_adapter_event_waits_total", "counter",
+              "Commits that handed the daemon a device event to wait on (device placements).",
+              [](const Json &in) { return sample(in["counters"]["event_waits"]); });
+  per_adapter("loraflip_adapter_event_wait_seconds_total", "counter",
+              "Seconds commits waited for the writer's device copies after asking, summed.",
+              [](const Json &in) { return seconds_from_ns(in["counters"]["event_wait_ns_total"].u64()); });
   per_adapter("loraflip_adapter_pinned_slots", "gauge", "Slots pinned by at least one reader.",
               [](const Json &in) { return sample(in["census"]["pinned"]); });
   per_adapter("loraflip_adapter_slot_bytes", "gauge", "Bytes of one slot (one full version).",

@@ -243,9 +243,28 @@ typedef struct lf_events lf_events_t;
 LF_API int lf_events_open(const char *runtime_dir, const char *adapter, lf_events_t **out);
 LF_API void lf_events_close(lf_events_t *events);
 /* Waits up to timeout_ms (< 0: forever) for the next flip; copies the adapter name into
- * name_buf (truncated to name_cap - 1 bytes, NUL-terminated) and its new active version. */
+ * name_buf (truncated to name_cap - 1 bytes, NUL-terminated) and its new active version.
+ * lf_events_next_event gives the whole event. */
 LF_API int lf_events_next(lf_events_t *events, int timeout_ms, char *name_buf, size_t name_cap,
                           uint64_t *version_out);
+
+#define LF_EVENT_COMMIT 1   /* a writer's commit flipped to a new version */
+#define LF_EVENT_ROLLBACK 2 /* a rollback flipped back to a kept version */
+#define LF_EVENT_DROP 3     /* the adapter was dropped (version 0) */
+typedef struct lf_event {
+  char adapter[LF_MAX_ADAPTER_NAME + 1];
+  int32_t kind;       /* LF_EVENT_*; 0 for a kind this library does not know */
+  uint64_t version;   /* the active version after the flip (0 after a drop) */
+  uint64_t previous;  /* the active version before it */
+  uint64_t unix_ns;   /* when the daemon sent it (CLOCK_REALTIME) */
+  uint64_t seq;       /* this adapter's event number, from 1 (again from 1 once re-created) */
+  /* This adapter's events that never reached this subscriber since its previous one: the
+   * events socket drops them for a subscriber that falls behind (ZeroMQ PUB semantics), so
+   * anyone who must see every version should read missed and catch up with lf_client_info. */
+  uint64_t missed;
+} lf_event_t;
+/* Waits up to timeout_ms (< 0: forever) for the next flip and fills *out. */
+LF_API int lf_events_next_event(lf_events_t *events, int timeout_ms, lf_event_t *out);
 
 #ifdef __cplusplus
 }

@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 #include <unistd.h>
+#include <unordered_map>
 #include <vector>
 
 #include <zmq.hpp>
@@ -68,6 +69,7 @@ struct lf_writer {
 struct lf_events {
   zmq::context_t context{1};
   zmq::socket_t socket{context, zmq::socket_type::sub};
+  std::unordered_map<std::string, uint64_t> last_seq;  // per adapter, for lf_event_t::missed
 };
 
 namespace {
@@ -676,9 +678,8 @@ int lf_events_open(const char *runtime_dir, const char *adapter, lf_events_t **o
 
 void lf_events_close(lf_events_t *events) { delete events; }
 
-int lf_events_next(lf_events_t *events, int timeout_ms, char *name_buf, size_t name_cap,
-                   uint64_t *version_out) {
-  if (events == nullptr) return LF_E_INVALID_ARGUMENT;
+int lf_events_next_event(lf_events_t *events, int timeout_ms, lf_event_t *out) {
+  if (events == nullptr || out == nullptr) return LF_E_INVALID_ARGUMENT;
   return guarded(nullptr, [&] {
     zmq::pollitem_t item{events->socket.handle(), 0, ZMQ_POLLIN, 0};
     for (;;) {
@@ -686,6 +687,7 @@ int lf_events_next(lf_events_t *events, int timeout_ms, char *name_buf, size_t n
       std::vector<zmq::message_t> frames;
       if (!zmq::recv_multipart(events->socket, std::back_inserter(frames), zmq::recv_flags::dontwait))
         continue;
+      // Anything that is not a well-formed event (from a newer or broken sender) is skipped.
       if (frames.size() != 2) continue;
       auto decoded = ipc::decode(frames[1].data(), frames[1].size());
       if (!decoded) continue;
@@ -693,16 +695,41 @@ int lf_events_next(lf_events_t *events, int timeout_ms, char *name_buf, size_t n
       if (!view) continue;
       auto name = view->str("adapter");
       auto version = view->uint("version");
-      if (!name || !version) continue;
-      if (name_buf != nullptr && name_cap > 0) {
-        const size_t n = std::min(name_cap - 1, name->size());
-        std::memcpy(name_buf, name->data(), n);
-        name_buf[n] = '\0';
-      }
-      if (version_out != nullptr) *version_out = version.value();
+      if (!name || !version || name->size() > LF_MAX_ADAPTER_NAME) continue;
+      lf_event_t e{};
+      std::memcpy(e.adapter, name->data(), name->size());
+      e.version = version.value();
+      e.previous = view->uint_or("previous", 0).value_or(0);
+      e.unix_ns = view->uint_or("unix_ns", 0).value_or(0);
+      e.seq = view->uint_or("seq", 0).value_or(0);
+      const std::string_view kind = view->str("kind").value_or(std::string_view());
+      e.kind = kind == "commit" ? LF_EVENT_COMMIT
+               : kind == "rollback" ? LF_EVENT_ROLLBACK
+               : kind == "drop" ? LF_EVENT_DROP
+                                : 0;
+      // A gap in this adapter's numbers is what the socket dropped; a smaller number means the
+      // adapter was re-created (numbering starts again), not that anything was lost.
+      uint64_t &last = events->last_seq[std::string(name.value())];
+      if (e.seq != 0 && last != 0 && e.seq > last + 1) e.missed = e.seq - last - 1;
+      if (e.seq != 0) last = e.seq;
+      *out = e;
       return LF_OK;
     }
   });
+}
+
+int lf_events_next(lf_events_t *events, int timeout_ms, char *name_buf, size_t name_cap,
+                   uint64_t *version_out) {
+  lf_event_t e;
+  const int rc = lf_events_next_event(events, timeout_ms, &e);
+  if (rc != LF_OK) return rc;
+  if (name_buf != nullptr && name_cap > 0) {
+    const size_t n = std::min(name_cap - 1, std::strlen(e.adapter));
+    std::memcpy(name_buf, e.adapter, n);
+    name_buf[n] = '\0';
+  }
+  if (version_out != nullptr) *version_out = e.version;
+  return LF_OK;
 }
 
 }  // extern "C"

@@ -586,9 +586,18 @@ class _Acquire:
         return False
 
 
+_EVENT_KINDS = {L.LF_EVENT_COMMIT: "commit", L.LF_EVENT_ROLLBACK: "rollback", L.LF_EVENT_DROP: "drop"}
+
+
 class FlipEvent(NamedTuple):
+    """One flip of an adapter's active version, as the daemon announced it."""
     adapter: str
-    version: int
+    version: int          # the active version after the flip (0 after a drop)
+    kind: str = "commit"  # "commit", "rollback" or "drop"
+    previous: int = 0     # the active version before it
+    unix_ns: int = 0      # when the daemon sent it
+    seq: int = 0          # this adapter's event number, from 1
+    missed: int = 0       # this adapter's events dropped for this watcher since its last one
 
 
 class Watcher:
@@ -604,20 +613,20 @@ class Watcher:
             raise error_for(rc, L.lf_last_error_message().decode(errors="replace"))
         self._handle = h.value
         self._timeout = timeout
-        self._buf = ctypes.create_string_buffer(L.LF_MAX_ADAPTER_NAME + 1)
 
     def next(self, timeout: Optional[float] = None) -> Optional[FlipEvent]:
         """The next flip, or None if none came within `timeout` seconds (None: forever)."""
         if self._handle is None:
             raise ClosedError("the watcher is closed")
         deadline = None if timeout is None else time.monotonic() + timeout
-        version = ctypes.c_uint64()
+        e = L.lf_event_t()
         while True:
             # Short waits keep Ctrl-C working (the C call cannot be interrupted).
             slice_ms = 200 if deadline is None else max(0, min(200, int((deadline - time.monotonic()) * 1000)))
-            rc = L.lf_events_next(self._handle, slice_ms, self._buf, len(self._buf), ctypes.byref(version))
+            rc = L.lf_events_next_event(self._handle, slice_ms, ctypes.byref(e))
             if rc == L.LF_OK:
-                return FlipEvent(self._buf.value.decode(), version.value)
+                return FlipEvent(e.adapter.decode(), e.version, _EVENT_KINDS.get(e.kind, "unknown"),
+                                 e.previous, e.unix_ns, e.seq, e.missed)
             if rc != L.LF_E_TIMEOUT:
                 raise error_for(rc, "reading flip events failed")
             if deadline is not None and time.monotonic() >= deadline:

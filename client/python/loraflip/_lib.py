@@ -122,6 +122,25 @@ lib, path = load_first("libloraflip", "LORAFLIP_LIBRARY",
                        candidates("LORAFLIP_LIBRARY", _SONAMES, "client/c", "loraflip"))
 
 
+LF_EVENT_COMMIT = 1
+LF_EVENT_ROLLBACK = 2
+LF_EVENT_DROP = 3
+
+
+class lf_event_t(ctypes.Structure):
+    # typedef struct lf_event { char adapter[LF_MAX_ADAPTER_NAME + 1]; int32_t kind;
+    #   uint64_t version, previous, unix_ns, seq, missed; } lf_event_t;
+    _fields_ = [
+        ("adapter", ctypes.c_char * (LF_MAX_ADAPTER_NAME + 1)),
+        ("kind", ctypes.c_int32),
+        ("version", ctypes.c_uint64),
+        ("previous", ctypes.c_uint64),
+        ("unix_ns", ctypes.c_uint64),
+        ("seq", ctypes.c_uint64),
+        ("missed", ctypes.c_uint64),
+    ]
+
+
 class lf_tensor_view_t(ctypes.Structure):
     # typedef struct lf_tensor_view { void *data; const char *name; int32_t dtype; int32_t ndim;
     #   int64_t shape[LF_MAX_DIMS]; uint64_t nbytes; uint64_t version; int32_t device;
@@ -292,6 +311,8 @@ lf_events_close = _bind("lf_events_close", None, [lf_events_p])
 #                    uint64_t *version_out);
 lf_events_next = _bind("lf_events_next", _c_int,
                        [lf_events_p, _c_int, ctypes.c_char_p, _c_size_t, _P(_c_uint64)])
+# int lf_events_next_event(lf_events_t *events, int timeout_ms, lf_event_t *out);
+lf_events_next_event = _bind("lf_events_next_event", _c_int, [lf_events_p, _c_int, _P(lf_event_t)])
 
 if sys.byteorder != "little":  # the arena stores tensors little-endian, as safetensors does
     raise ImportError("loraflip supports little-endian machines only")
