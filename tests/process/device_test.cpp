@@ -185,6 +185,103 @@ TEST_CASE("a commit waits for the writer's device copies without blocking the da
   lf_client_close(client);
 }
 
+TEST_CASE("a pin released after a stream's work stays held until that work is done") {
+  Daemon daemon("relafter", {"--devices", "0", "--device-backend", "host", "--device-arena-size", "16M"});
+  daemon.start();
+  lf_client_t *client = nullptr;
+  REQUIRE(lf_client_open(daemon.dir().c_str(), 5000, &client) == LF_OK);
+  // Two slots, no history: a slot comes back only when neither active nor pinned.
+  lf_spec_t *spec = nullptr;
+  REQUIRE(lf_spec_new(&spec) == LF_OK);
+  const int64_t shape[2] = {64, 256};
+  REQUIRE(lf_spec_add_tensor(spec, "w", LF_DTYPE_F32, 2, shape) == LF_OK);
+  REQUIRE(lf_spec_set_placement(spec, "cuda:0") == LF_OK);
+  REQUIRE(lf_spec_set_slots(spec, 2, 0) == LF_OK);
+  REQUIRE(lf_client_create_adapter(client, "gen", spec) == LF_OK);
+  lf_spec_free(spec);
+  auto publish = [&](float x) {
+    lf_writer_t *w = nullptr;
+    const int rc = lf_client_begin_write(client, "gen", 0, &w);
+    if (rc != LF_OK) return rc;
+    const std::vector<float> data = values_of(x);
+    REQUIRE(lf_writer_copy_in(w, 0, data.data(), data.size() * 4) == LF_OK);
+    uint64_t v = 0;
+    return lf_writer_commit(w, 0, &v);
+  };
+  auto pinned_slots = [&] {
+    char *info = nullptr;
+    REQUIRE(lf_client_info(client, "gen", &info) == LF_OK);
+    const int64_t n = json_number(info, "pinned");
+    lf_free(info);
+    return n;
+  };
+  REQUIRE(publish(1.0f) == LF_OK);
+
+  lf_reader_t *reader = nullptr;
+  REQUIRE(lf_reader_open(daemon.dir().c_str(), &reader) == LF_OK);
+  lf_adapter_ref_t ref = 0;
+  REQUIRE(lf_reader_find(reader, "gen", &ref) == LF_OK);
+  // The generation loop's stream, stuck behind earlier kernels (a paused stand-in stream).
+  auto backend = loraflip::device::make_host_backend("reader");
+  auto stream = backend->create_stream(0);
+  REQUIRE(stream);
+  loraflip::device::host_pause_stream(stream.value(), true);
+
+  lf_pin_t *pin = nullptr;
+  REQUIRE(lf_reader_acquire(reader, ref, 0, &pin) == LF_OK);
+  REQUIRE(lf_pin_release_after(pin, -1, stream.value()) == LF_OK);
+  // Version 2 takes the other slot; version 1's slot is still pinned for the queued work, so
+  // a third write has nowhere to go, however often the reader looks.
+  REQUIRE(publish(2.0f) == LF_OK);
+  size_t pending = 0;
+  REQUIRE(lf_reader_release_completed(reader, &pending) == LF_OK);
+  CHECK(pending == 1);
+  lf_pin_t *other = nullptr;
+  REQUIRE(lf_reader_acquire(reader, ref, 0, &other) == LF_OK);  // checks the pending one too
+  lf_pin_release(other);
+  sleep_ms(300);  // several reaper passes: the pin is a live process's, nothing reclaims it
+  CHECK(pinned_slots() == 1);
+  CHECK(publish(3.0f) == LF_E_NO_FREE_SLOT);
+
+  // The work completes: the next look releases the pin, and the slot is the writer's again.
+  loraflip::device::host_pause_stream(stream.value(), false);
+  CHECK(wait_until([&] {
+          size_t left = 1;
+          return lf_reader_release_completed(reader, &left) == LF_OK && left == 0;
+        }, 2000) >= 0);
+  CHECK(pinned_slots() == 0);
+  CHECK(publish(3.0f) == LF_OK);
+
+  // A host-memory pin needs the stream's device named; refused, the pin is still held.
+  REQUIRE(create_pattern_adapter(client, "hostside", 1, 64, 0) == LF_OK);
+  lf_writer_t *w = nullptr;
+  REQUIRE(lf_client_begin_write(client, "hostside", 0, &w) == LF_OK);
+  fill_pattern(w, 1);
+  uint64_t v = 0;
+  REQUIRE(lf_writer_commit(w, 0, &v) == LF_OK);
+  lf_adapter_ref_t host_ref = 0;
+  REQUIRE(lf_reader_find(reader, "hostside", &host_ref) == LF_OK);
+  REQUIRE(lf_reader_acquire(reader, host_ref, 0, &pin) == LF_OK);
+  CHECK(lf_pin_release_after(pin, -1, stream.value()) == LF_E_INVALID_ARGUMENT);
+  CHECK(lf_pin_version(pin) == 1);
+  CHECK(lf_pin_release_after(pin, 0, stream.value()) == LF_OK);
+
+  // Closing waits for the work behind a pending release before it lets the pins go.
+  loraflip::device::host_pause_stream(stream.value(), true);
+  REQUIRE(lf_reader_acquire(reader, ref, 0, &pin) == LF_OK);
+  REQUIRE(lf_pin_release_after(pin, 0, stream.value()) == LF_OK);
+  std::thread resume([&] {
+    sleep_ms(300);
+    loraflip::device::host_pause_stream(stream.value(), false);
+  });
+  const uint64_t t0 = now_ms();
+  lf_reader_close(reader);
+  CHECK(now_ms() - t0 >= 250);
+  resume.join();
+  backend->destroy_stream(0, stream.value());
+  lf_client_close(client);
+}
+
 TEST_CASE("without devices, device placements are refused clearly and host ones still work") {
   Daemon daemon("nodev");
   daemon.start();

@@ -327,3 +327,28 @@ def test_torch_cuda_tensors_are_copied_device_to_device():
             c.close()
     finally:
         d.stop()
+
+
+def test_release_after_a_stream_keeps_the_pin_until_a_later_acquire(gpus, name):
+    gpus.publish(name, peft_state(1), CONFIG, placement="cuda:0")
+    pinned = lambda: gpus.info(name)["census"]["pinned"]
+    snap = gpus.acquire(name).__enter__()
+    # The default stream of the stand-in has no queued work: the event completes at once, and
+    # the next acquire on this thread lets the pin go.
+    snap.release_after(None)
+    assert snap.released
+    with pytest.raises(loraflip.ReleasedError):
+        snap.tensor(next(iter(snap)))
+    with gpus.acquire(name) as again:
+        assert again.version == snap.version
+    assert pinned() == 0
+    snap.release_after(None)  # released already: nothing to do
+
+
+def test_release_after_needs_the_device_of_a_host_version(client, name):
+    client.publish(name, peft_state(1), CONFIG)
+    with client.acquire(name) as snap:
+        with pytest.raises(loraflip.InvalidArgument, match="name the device"):
+            snap.release_after(None)
+        assert not snap.released
+        assert snap[next(iter(snap))].shape  # still pinned and readable

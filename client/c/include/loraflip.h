@@ -220,6 +220,18 @@ LF_API int lf_reader_acquire_version(lf_reader_t *reader, lf_adapter_ref_t ref, 
  * is dead afterwards: the reader reuses its storage for a later pin, so releasing it a second
  * time may end that other pin. */
 LF_API void lf_pin_release(lf_pin_t *pin);
+/* Releases `pin` once the GPU work queued so far on `stream` (a cudaStream_t of device
+ * `device`; NULL: its default stream; device -1: the pin's own device) is done, without
+ * waiting: a generation step queues its kernels on the pinned tensors, calls this, and moves
+ * on, and the pin still covers the kernels. It records an event on the stream; the pin is
+ * released by a later call on the same reader once the event has completed (every acquire
+ * checks, or lf_reader_release_completed), and lf_reader_close waits for it (up to 10 s).
+ * On LF_OK the pin pointer is dead, as after lf_pin_release; on error the pin is still held
+ * and valid. Its cell counts against LF_MAX_PINS until released. */
+LF_API int lf_pin_release_after(lf_pin_t *pin, int device, void *stream);
+/* Releases the pins of lf_pin_release_after whose GPU work is done, without waiting.
+ * *pending_out (may be NULL) receives how many still wait. */
+LF_API int lf_reader_release_completed(lf_reader_t *reader, size_t *pending_out);
 LF_API uint64_t lf_pin_version(const lf_pin_t *pin);
 LF_API size_t lf_pin_tensor_count(const lf_pin_t *pin);
 LF_API int lf_pin_tensor(const lf_pin_t *pin, size_t index, lf_tensor_view_t *out);

@@ -600,6 +600,21 @@ void lf_pin_release(lf_pin_t *pin) {
   if (pin != nullptr && pin->owner != nullptr) client::release(pin);
 }
 
+int lf_pin_release_after(lf_pin_t *pin, int device, void *stream) {
+  if (pin == nullptr || pin->owner == nullptr) return LF_E_INVALID_ARGUMENT;
+  lf_reader_t *reader = pin->owner;
+  return guarded(&reader->last_error, [&] { return client::release_after(pin, device, stream); });
+}
+
+int lf_reader_release_completed(lf_reader_t *reader, size_t *pending_out) {
+  if (reader == nullptr) return LF_E_INVALID_ARGUMENT;
+  return guarded(&reader->last_error, [&] {
+    const uint32_t pending = client::release_completed(*reader, false);
+    if (pending_out != nullptr) *pending_out = pending;
+    return LF_OK;
+  });
+}
+
 uint64_t lf_pin_version(const lf_pin_t *pin) { return pin == nullptr ? 0 : pin->version; }
 
 size_t lf_pin_tensor_count(const lf_pin_t *pin) { return pin == nullptr ? 0 : pin->tensor_count; }

@@ -27,6 +27,15 @@ Result<device::Backend *> process_backend(const char *kind) {
                                           "', which this client does not know");
 }
 
+Result<device::Backend *> stream_backend(const ipc::Arena &arena, const DeviceMap &devices) {
+  if (devices.backend() != nullptr) return devices.backend();
+  const ipc::ArenaHeader &h = arena.header();
+  if (h.device_count == 0 || h.device_count > ipc::kMaxDevices) return process_backend("cuda");
+  char kind[sizeof h.device_backend + 1] = {};
+  std::memcpy(kind, h.device_backend, sizeof h.device_backend);
+  return process_backend(kind);
+}
+
 Status DeviceMap::refresh(const ipc::Arena &arena) {
   const ipc::ArenaHeader &h = arena.header();
   const uint64_t epoch = h.device_epoch.load(std::memory_order_seq_cst);

@@ -30,5 +30,9 @@ class DeviceMap {
 
 // The process-wide backend of a kind ("cuda" or "host"), made on first use.
 Result<device::Backend *> process_backend(const char *kind);
+// The backend this process's streams belong to: the daemon's kind when it serves devices
+// (the host stand-in in tests), else the CUDA runtime (a loop reading host-placed tensors
+// from its GPU kernels).
+Result<device::Backend *> stream_backend(const ipc::Arena &arena, const DeviceMap &devices);
 
 }  // namespace loraflip::client

@@ -10,6 +10,8 @@ namespace loraflip::client {
 namespace {
 
 constexpr auto kSeqCst = std::memory_order_seq_cst;
+// How long closing a reader waits for the GPU work behind its pending releases.
+constexpr int kCloseWaitMs = 10000;
 
 uint32_t ref_index(lf_adapter_ref_t ref) { return static_cast<uint32_t>(ref & 0xffff); }
 uint64_t ref_incarnation(lf_adapter_ref_t ref) { return ref >> 16; }
@@ -47,6 +49,7 @@ Status claim_entry(lf_reader &reader) {
 
 void release_entry(lf_reader &reader) {
   if (reader.entry == nullptr) return;
+  release_completed(reader, true);
   for (auto &cell : reader.entry->pins) cell.store(0, kSeqCst);
   reader.entry->owner_start.store(0, kSeqCst);
   uint64_t pid = static_cast<uint64_t>(::getpid());
@@ -72,6 +75,9 @@ Result<lf_adapter_ref_t> find_adapter(const lf_reader &reader, const char *name)
 }
 
 int acquire(lf_reader &reader, lf_adapter_ref_t ref, uint64_t version, bool exact, lf_pin **out) {
+  // Pins whose GPU work has finished go back first: a generation loop that releases each
+  // step's pins after its stream has them back here, one step later at most.
+  if (reader.pending_count != 0) release_completed(reader, false);
   const uint32_t index = ref_index(ref);
   if (index >= reader.arena.max_adapters())
     return fail(reader, LF_E_INVALID_ARGUMENT, "adapter reference out of range");
@@ -162,6 +168,65 @@ void release(lf_pin *pin) {
   pin->owner = nullptr;
 }
 
+int release_after(lf_pin *pin, int device, device::Stream stream) {
+  lf_reader &reader = *pin->owner;
+  if (device < 0) device = pin->device;
+  if (device < 0)
+    return fail(reader, LF_E_INVALID_ARGUMENT,
+                "the pin is in host memory: name the device whose stream reads it");
+  Result<device::Backend *> backend = stream_backend(reader.arena, reader.devices);
+  if (!backend) return fail(reader, backend.error().code, backend.error().message);
+  device::Event event;
+  bool reused = false;
+  for (auto it = reader.spare_events.begin(); it != reader.spare_events.end(); ++it) {
+    if (it->first == backend.value() && it->second.device == device) {
+      event = it->second;
+      reader.spare_events.erase(it);
+      reused = true;
+      break;
+    }
+  }
+  if (!reused) {
+    Result<device::Event> made = backend.value()->create_event(device);
+    if (!made) return fail(reader, made.error().code, made.error().message);
+    event = made.value();
+  }
+  if (Status st = backend.value()->record(event, stream); !st) {
+    reader.spare_events.emplace_back(backend.value(), event);
+    return fail(reader, st.code(), st.error().message);  // the pin is still held and valid
+  }
+  reader.pending[reader.pending_count++] = {pin->cell, backend.value(), event};
+  pin->owner = nullptr;  // the handle is dead; the cell stays set until the event completes
+  return LF_OK;
+}
+
+uint32_t release_completed(lf_reader &reader, bool wait) {
+  uint32_t kept = 0;
+  for (uint32_t i = 0; i < reader.pending_count; ++i) {
+    lf_pending_release &p = reader.pending[i];
+    bool done = true;
+    if (wait) {
+      // Closing: the reader's own streams finish their queued work unless the GPU hangs, and
+      // then nothing of this process reads the pin any more either.
+      (void)device::wait_event(*p.backend, p.event, kCloseWaitMs);
+    } else {
+      // A query that fails means a broken context: no more work of this process will run on
+      // it, so the pin has nothing left to cover.
+      Result<bool> q = p.backend->query(p.event);
+      done = !q || q.value();
+    }
+    if (!done) {
+      reader.pending[kept++] = p;
+      continue;
+    }
+    reader.entry->pins[p.cell].store(0, std::memory_order_release);
+    reader.free_cells |= 1u << p.cell;
+    reader.spare_events.emplace_back(p.backend, p.event);
+  }
+  reader.pending_count = kept;
+  return kept;
+}
+
 int wait_for_newer(lf_reader &reader, lf_adapter_ref_t ref, uint64_t version, int timeout_ms,
                    uint64_t *out) {
   const uint32_t index = ref_index(ref);
@@ -191,3 +256,8 @@ int wait_for_newer(lf_reader &reader, lf_adapter_ref_t ref, uint64_t version, in
 }
 
 }  // namespace loraflip::client
+
+lf_reader::~lf_reader() {
+  for (uint32_t i = 0; i < pending_count; ++i) pending[i].backend->destroy_event(pending[i].event);
+  for (auto &[backend, event] : spare_events) backend->destroy_event(event);
+}

@@ -4,6 +4,8 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "devices.hpp"
 #include "ipc/arena.hpp"
@@ -23,6 +25,14 @@ struct lf_pin {
   const loraflip::ipc::AdapterRecord *record;
 };
 
+// A pin handed to lf_pin_release_after: its cell stays set until `event` (recorded on the
+// caller's stream after the work that reads the pin) completes.
+struct lf_pending_release {
+  uint32_t cell = 0;
+  loraflip::device::Backend *backend = nullptr;
+  loraflip::device::Event event;
+};
+
 struct lf_reader {
   loraflip::ipc::Arena arena;
   loraflip::ipc::ReaderEntry *entry = nullptr;
@@ -30,8 +40,14 @@ struct lf_reader {
   lf_pin pins[LF_MAX_PINS] = {};
   std::string last_error;
   loraflip::client::DeviceMap devices;  // opened on the first pin of a device-placed adapter
+  lf_pending_release pending[LF_MAX_PINS];
+  uint32_t pending_count = 0;
+  // Events of completed releases, recorded again by later ones (creating one per release
+  // would cost a driver call each step).
+  std::vector<std::pair<loraflip::device::Backend *, loraflip::device::Event>> spare_events;
 
   explicit lf_reader(loraflip::ipc::Arena a) : arena(std::move(a)) {}
+  ~lf_reader();
 };
 
 namespace loraflip::client {
@@ -48,6 +64,12 @@ Result<lf_adapter_ref_t> find_adapter(const lf_reader &reader, const char *name)
 // `exact` pins exactly `version`; otherwise the newest version >= `version`.
 int acquire(lf_reader &reader, lf_adapter_ref_t ref, uint64_t version, bool exact, lf_pin **out);
 void release(lf_pin *pin);
+// Ends `pin` once the work queued so far on `stream` (of device `device`; -1: the pin's own)
+// is done, without waiting for it. The pin handle is dead on return, as after release().
+int release_after(lf_pin *pin, int device, device::Stream stream);
+// Releases the pins of lf_pin_release_after whose work is done; with `wait`, waits for all of
+// them (bounded: see reader.cpp). Returns how many still wait.
+uint32_t release_completed(lf_reader &reader, bool wait);
 
 int wait_for_newer(lf_reader &reader, lf_adapter_ref_t ref, uint64_t version, int timeout_ms,
                    uint64_t *out);

@@ -9,6 +9,7 @@ import os
 import re
 import threading
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Optional
@@ -276,6 +277,7 @@ class _Pin:
         self.guard = Guard(f"version {version} of '{name}'", export=self._export_array)
         self.exports = 0
         self.block_open = True
+        self.after: Optional[tuple] = None  # (device, stream) for lf_pin_release_after
         self.lock = threading.Lock()
 
     # Export bookkeeping: the pin outlives the block while a DLPack consumer holds memory.
@@ -311,6 +313,22 @@ class _Pin:
         if last:
             self._schedule_release()
 
+    def end_block_after(self, device: int, stream: Optional[int]) -> None:
+        """end_block, with the pin released only once `stream`'s queued work is done."""
+        with self.lock:
+            last = self.exports == 0 and self.block_open
+        if last and threading.get_ident() == self.reader.thread and self.handle is not None:
+            # The usual case, done now so that a refusal reaches the caller with the pin intact.
+            rc = L.lf_pin_release_after(self.handle, device, stream)
+            if rc != L.LF_OK:
+                raise self.reader.fail(rc)
+            with self.lock:
+                self.block_open = False
+            self._mark_released()
+            return
+        self.after = (device, stream)
+        self.end_block()
+
     def _schedule_release(self):
         if threading.get_ident() == self.reader.thread:
             self._release_now()
@@ -319,7 +337,18 @@ class _Pin:
 
     def _release_now(self):
         if self.handle is not None and self.reader.handle:
-            L.lf_pin_release(self.handle)
+            if self.after is None:
+                L.lf_pin_release(self.handle)
+            else:
+                rc = L.lf_pin_release_after(self.handle, *self.after)
+                if rc != L.LF_OK:
+                    # Releasing now could let a writer reuse memory that queued kernels still
+                    # read: keep the pin until the reader closes (which waits for the work).
+                    warnings.warn("loraflip: keeping a pin until the reader closes: "
+                                  + str(self.reader.fail(rc)), RuntimeWarning, stacklevel=2)
+                    self.handle = None
+                    self.guard.alive = False
+                    return
         self._mark_released()
 
     def _mark_released(self):
@@ -567,6 +596,28 @@ class Version(Mapping):
         """Ends the pin (also done by the end of the `with` block). Idempotent."""
         self._pin.end_block()
 
+    def release_after(self, stream=None, device: Optional[int] = None) -> None:
+        """Ends the pin once the GPU work queued so far on `stream` is done, without waiting:
+        queue a generation step's kernels on the pinned tensors, call this, move on; the pin
+        keeps covering the kernels. `stream`: a torch.cuda.Stream (or anything with
+        `cuda_stream`), a raw cudaStream_t as an int, or None for the default stream.
+        `device`: the stream's device; by default the torch stream's, else the version's own
+        (a version in host memory read by GPU kernels must name it). Ends the block like
+        release(); DLPack exports still alive keep the pin until they go, then the same rule
+        applies. The pin is let go at a later acquire on this thread once the work is done."""
+        if L.lf_pin_release_after is None:
+            raise loraflip_unsupported(f"{L.path} has no lf_pin_release_after: it needs a newer libloraflip")
+        handle = getattr(stream, "cuda_stream", stream)
+        if handle is not None and not isinstance(handle, int):
+            raise InvalidArgument(L.LF_E_INVALID_ARGUMENT,
+                                  f"stream must be a CUDA stream, an int or None, not {type(stream).__name__}")
+        if device is None:
+            stream_device = getattr(getattr(stream, "device", None), "index", None)
+            device = -1 if stream_device is None else int(stream_device)
+        if self._pin.handle is None:
+            return  # released already: nothing left to cover
+        self._pin.end_block_after(int(device), handle or None)
+
 
 class _Acquire:
     """The context manager returned by Client.acquire."""
@@ -620,13 +671,20 @@ class Watcher:
             raise ClosedError("the watcher is closed")
         deadline = None if timeout is None else time.monotonic() + timeout
         e = L.lf_event_t()
+        version = ctypes.c_uint64()
         while True:
             # Short waits keep Ctrl-C working (the C call cannot be interrupted).
             slice_ms = 200 if deadline is None else max(0, min(200, int((deadline - time.monotonic()) * 1000)))
-            rc = L.lf_events_next_event(self._handle, slice_ms, ctypes.byref(e))
-            if rc == L.LF_OK:
-                return FlipEvent(e.adapter.decode(), e.version, _EVENT_KINDS.get(e.kind, "unknown"),
-                                 e.previous, e.unix_ns, e.seq, e.missed)
+            if L.lf_events_next_event is None:  # an older libloraflip: adapter and version only
+                rc = L.lf_events_next(self._handle, slice_ms, e.adapter, len(e.adapter),
+                                      ctypes.byref(version))
+                if rc == L.LF_OK:
+                    return FlipEvent(e.adapter.decode(), version.value, "unknown")
+            else:
+                rc = L.lf_events_next_event(self._handle, slice_ms, ctypes.byref(e))
+                if rc == L.LF_OK:
+                    return FlipEvent(e.adapter.decode(), e.version, _EVENT_KINDS.get(e.kind, "unknown"),
+                                     e.previous, e.unix_ns, e.seq, e.missed)
             if rc != L.LF_E_TIMEOUT:
                 raise error_for(rc, "reading flip events failed")
             if deadline is not None and time.monotonic() >= deadline:

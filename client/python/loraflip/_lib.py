@@ -303,6 +303,13 @@ lf_reader_active_version = _bind("lf_reader_active_version", _c_int,
 lf_reader_wait = _bind("lf_reader_wait", _c_int,
                        [lf_reader_p, lf_adapter_ref_t, _c_uint64, _c_int, _P(_c_uint64)])
 
+# int lf_pin_release_after(lf_pin_t *pin, int device, void *stream);
+lf_pin_release_after = _bind("lf_pin_release_after", _c_int, [lf_pin_p, _c_int, ctypes.c_void_p],
+                             optional=True)
+# int lf_reader_release_completed(lf_reader_t *reader, size_t *pending_out);
+lf_reader_release_completed = _bind("lf_reader_release_completed", _c_int,
+                                    [lf_reader_p, _P(_c_size_t)], optional=True)
+
 # int lf_events_open(const char *runtime_dir, const char *adapter, lf_events_t **out);
 lf_events_open = _bind("lf_events_open", _c_int, [_c_char_p, _c_char_p, _P(lf_events_p)])
 # void lf_events_close(lf_events_t *events);
@@ -312,7 +319,8 @@ lf_events_close = _bind("lf_events_close", None, [lf_events_p])
 lf_events_next = _bind("lf_events_next", _c_int,
                        [lf_events_p, _c_int, ctypes.c_char_p, _c_size_t, _P(_c_uint64)])
 # int lf_events_next_event(lf_events_t *events, int timeout_ms, lf_event_t *out);
-lf_events_next_event = _bind("lf_events_next_event", _c_int, [lf_events_p, _c_int, _P(lf_event_t)])
+lf_events_next_event = _bind("lf_events_next_event", _c_int, [lf_events_p, _c_int, _P(lf_event_t)],
+                             optional=True)
 
 if sys.byteorder != "little":  # the arena stores tensors little-endian, as safetensors does
     raise ImportError("loraflip supports little-endian machines only")
