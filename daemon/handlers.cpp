@@ -386,7 +386,7 @@ std::string RequestHandler::info(const MapView &args, uint64_t id) {
   const uint64_t active = r.active.load();
   const SlotCensus census = registry_.census(*index);
   Encoder e;
-  e.map(14)  // name .. tensors below: keep in step with the keys
+  e.map(15)  // name .. tensors below: keep in step with the keys
       .key("name").str(r.name)
       .key("index").u64(*index)
       .key("incarnation").u64(r.incarnation.load())
@@ -410,6 +410,10 @@ std::string RequestHandler::info(const MapView &args, uint64_t id) {
       .key("check_ns_total").u64(r.check_ns_total.load())
       .key("event_waits").u64(r.event_waits.load())
       .key("event_wait_ns_total").u64(r.event_wait_ns_total.load());
+  // Device placements: the host copy a restarted daemon would serve from (bytes 0: none).
+  e.key("restart_copy").map(2)
+      .key("bytes").u64(r.restart_copy_bytes)
+      .key("version").u64(r.restart_copy_version);
   e.key("census").map(5)
       .key("free").u64(census.free).key("writing").u64(census.writing)
       .key("committed").u64(census.committed).key("abandoned").u64(census.abandoned)

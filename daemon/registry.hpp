@@ -128,13 +128,31 @@ class Registry {
   const RangeAllocator &data_allocator() const { return data_; }
   const RangeAllocator &pool_allocator() const { return pool_; }
   const DeviceSet &devices() const { return devices_; }
-  // Names of device-placed adapters a restart found: their memory died with the previous
-  // daemon, so they were dropped.
-  const std::vector<std::string> &lost_at_restart() const { return lost_at_restart_; }
+  // Brings the host copies of device-placed adapters up to their active versions (after
+  // flips). Called by the event loop after it has sent its replies: the copy holds the loop
+  // for about slot_bytes over the device-to-host bandwidth, but never a commit's reply. The
+  // failures, as messages for the log (the adapter is then served, but not kept over a restart).
+  std::vector<std::string> update_restart_copies();
+  bool restart_copies_due() const { return !restart_copies_due_.empty(); }
+
+  // What a restart did with device-placed adapters, whose device memory died with the
+  // previous daemon: put back on the devices from their host copies, or dropped (and why).
+  struct RestartNote {
+    std::string adapter;
+    bool restored = false;
+    uint64_t version = 0;
+    std::string why;  // when dropped
+  };
+  const std::vector<RestartNote> &device_restarts() const { return device_restarts_; }
 
  private:
   Registry(ipc::Arena arena, DeviceSet devices);
-  Status rebuild();
+  // `old_ordinals`: the device table of the daemon that made the records (index -> ordinal).
+  Status rebuild(const std::vector<int> &old_ordinals);
+  // Puts a device-placed adapter of a previous daemon back on this daemon's devices from its
+  // host copy: the active version in slot 0, every other slot free. An error says why not.
+  Status restore_from_copy(ipc::AdapterRecord &record, const std::vector<int> &old_ordinals);
+  void note_flip_for_restart_copy(uint32_t adapter);
   // Finds the slot of a lease; an error when the lease is unknown.
   Result<std::pair<uint32_t, uint32_t>> find_lease(uint64_t lease) const;
   bool slot_pinned(uint32_t adapter, uint32_t slot) const;
@@ -161,7 +179,8 @@ class Registry {
   DeviceSet devices_;
   std::vector<std::byte> scratch_;
   std::vector<std::pair<device::IpcHandle, device::Event>> events_;  // opened once each
-  std::vector<std::string> lost_at_restart_;
+  std::vector<RestartNote> device_restarts_;
+  std::vector<uint32_t> restart_copies_due_;  // adapters flipped since their last host copy
   struct PinSeen {
     uint64_t pin = 0;       // the cell's value when first seen
     uint64_t since_ns = 0;  // CLOCK_MONOTONIC of that first sighting

@@ -319,9 +319,16 @@ int Server::run() {
   for (size_t d = 0; d < devices.size(); ++d)
     spdlog::info("device {} ({}): {} MiB arena", devices.ordinal(d), s.options.device_backend,
                  devices.allocator(d).size() >> 20);
-  for (const std::string &name : registry.lost_at_restart())
-    spdlog::warn("adapter '{}' lived in device memory of the previous daemon, which is gone: "
-                 "dropped; create and publish it again", name);
+  for (const Registry::RestartNote &note : registry.device_restarts()) {
+    if (note.restored)
+      spdlog::info("adapter '{}': version {} put back on its devices from its host copy (the "
+                   "previous daemon's device memory is gone; older versions were not kept)",
+                   note.adapter, note.version);
+    else
+      spdlog::warn("adapter '{}' lived in device memory of the previous daemon, which is gone, "
+                   "and could not be put back ({}): dropped; create and publish it again",
+                   note.adapter, note.why);
+  }
   if (!s.created) {
     for (uint32_t index : registry.live_adapters()) {
       const ipc::AdapterRecord &r = registry.arena().adapter(index);
@@ -355,7 +362,10 @@ int Server::run() {
     if (watchdog_ns != 0) wake = std::min(wake, next_watchdog);
     // A deferred commit is polled about every 100 microseconds of idle time.
     if (!s.deferred.empty()) wake = std::min(wake, now + kDeferredPollNs);
-    const auto timeout = std::chrono::milliseconds((wake - std::min(wake, now)) / 1000000 + 1);
+    // Host copies of flipped device versions are made right after the replies went out.
+    const auto timeout = registry.restart_copies_due()
+                             ? std::chrono::milliseconds(0)
+                             : std::chrono::milliseconds((wake - std::min(wake, now)) / 1000000 + 1);
 
     zmq::pollitem_t items[] = {
         {s.control.handle(), 0, ZMQ_POLLIN, 0},
@@ -376,6 +386,13 @@ int Server::run() {
       running = false;
     }
     if (items[2].revents & ZMQ_POLLIN) running = false;
+
+    // Host copies of device versions flipped since the last pass, after the replies went out.
+    if (registry.restart_copies_due()) {
+      for (const std::string &failure : registry.update_restart_copies())
+        spdlog::error("host copy for restarts failed, a restart would drop the adapter: {}",
+                      failure);
+    }
 
     // Commits waiting for their writer's device copies: ask again, in arrival order.
     for (size_t i = 0; i < s.deferred.size();) {

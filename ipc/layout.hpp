@@ -144,6 +144,14 @@ struct alignas(64) AdapterRecord {
   // memory belongs to (device memory dies with the daemon that allocated it).
   uint64_t device_offset[kMaxDevices];
   uint64_t device_epoch;
+  // kDevices: a host copy of the active version in the data segment, written by the daemon
+  // after each flip, so that a restarted daemon (whose device memory died with its
+  // predecessor) can put that version back on the devices and serve it again.
+  uint64_t restart_copy_offset;   // data-segment offset, when restart_copy_bytes != 0
+  uint64_t restart_copy_bytes;    // slot_bytes, or 0: the data arena had no room at create
+  uint64_t restart_copy_version;  // the version it holds; 0 while none or being rewritten
+  uint64_t restart_copy_checksum;
+  uint64_t restart_copy_committed_unix_ns;
   uint64_t tensors_offset;   // pool offset of tensor_count TensorDescs
   uint64_t pool_bytes;       // bytes this adapter holds in the pool, from tensors_offset
   uint64_t last_version;     // daemon: the highest version ever assigned (versions never repeat)

@@ -307,26 +307,80 @@ TEST_CASE("without devices, device placements are refused clearly and host ones 
   lf_client_close(client);
 }
 
-TEST_CASE("device adapters of a killed daemon are dropped at restart, host ones are served") {
-  Daemon daemon("devrestart", {"--devices", "0", "--device-backend", "host", "--device-arena-size", "16M"});
+TEST_CASE("a killed daemon's device adapters come back from their host copies") {
+  Daemon daemon("devrestart", {"--devices", "0,1", "--device-backend", "host",
+                               "--device-arena-size", "16M"});
   daemon.start();
   lf_client_t *client = nullptr;
   REQUIRE(lf_client_open(daemon.dir().c_str(), 5000, &client) == LF_OK);
-  REQUIRE(create_device_adapter(client, "ondevice", "cuda:0") == LF_OK);
+  REQUIRE(create_device_adapter(client, "tp", "cuda:1,0") == LF_OK);  // written on device 1
+  REQUIRE(create_device_adapter(client, "fresh", "cuda:0") == LF_OK);  // never published
   REQUIRE(create_pattern_adapter(client, "onhost", 1, 1024, 1) == LF_OK);
+  auto publish = [&](const char *name, float x) {
+    lf_writer_t *w = nullptr;
+    REQUIRE(lf_client_begin_write(client, name, 0, &w) == LF_OK);
+    const std::vector<float> data = values_of(x);
+    for (size_t t = 0; t < 2; ++t)
+      REQUIRE(lf_writer_copy_in(w, t, data.data(), data.size() * 4) == LF_OK);
+    uint64_t v = 0;
+    REQUIRE(lf_writer_commit(w, LF_COMMIT_CHECK_FINITE, &v) == LF_OK);
+    return v;
+  };
+  for (float x : {1.0f, 2.0f, 3.0f}) publish("tp", x);
   lf_writer_t *w = nullptr;
   REQUIRE(lf_client_begin_write(client, "onhost", 0, &w) == LF_OK);
   fill_pattern(w, 1);
   REQUIRE(lf_writer_commit(w, 0, nullptr) == LF_OK);
+  // The host copy follows each flip, right after the reply.
+  auto info_number = [&](const char *name, const char *key) {
+    char *info = nullptr;
+    if (lf_client_info(client, name, &info) != LF_OK) return int64_t{-1};
+    const std::string text(info);
+    lf_free(info);
+    const size_t at = text.find("\"restart_copy\"");
+    return at == std::string::npos ? int64_t{-1} : json_number(text.substr(at), key);
+  };
+  CHECK(wait_until([&] { return info_number("tp", "version") == 3; }, 2000) >= 0);
+  CHECK(info_number("tp", "bytes") > 0);
   lf_client_close(client);
+
   daemon.kill9();
   daemon.start();
   REQUIRE(lf_client_open(daemon.dir().c_str(), 5000, &client) == LF_OK);
   char *list = nullptr;
   REQUIRE(lf_client_list(client, &list) == LF_OK);
-  CHECK(std::string(list).find("ondevice") == std::string::npos);
-  CHECK(std::string(list).find("onhost") != std::string::npos);
+  const std::string listed(list);
   lf_free(list);
-  CHECK(daemon.log().find("'ondevice' lived in device memory") != std::string::npos);
+  CHECK(listed.find("\"name\":\"tp\",\"version\":3") != std::string::npos);
+  CHECK(listed.find("fresh") == std::string::npos);  // nothing to put back
+  CHECK(listed.find("\"name\":\"onhost\",\"version\":1") != std::string::npos);
+  CHECK(daemon.log().find("'tp': version 3 put back on its devices") != std::string::npos);
+  CHECK(daemon.log().find("'fresh' lived in device memory") != std::string::npos);
+
+  // Version 3, whole, on both devices; the older versions were not kept; numbering goes on.
+  lf_reader_t *reader = nullptr;
+  REQUIRE(lf_reader_open(daemon.dir().c_str(), &reader) == LF_OK);
+  lf_adapter_ref_t ref = 0;
+  REQUIRE(lf_reader_find(reader, "tp", &ref) == LF_OK);
+  lf_pin_t *pin = nullptr;
+  REQUIRE(lf_reader_acquire(reader, ref, 0, &pin) == LF_OK);
+  CHECK(lf_pin_version(pin) == 3);
+  const std::vector<float> three = values_of(3.0f);
+  for (int device : {0, 1}) {
+    for (size_t t = 0; t < 2; ++t) {
+      lf_tensor_view_t v;
+      REQUIRE(lf_pin_tensor_on_device(pin, t, device, &v) == LF_OK);
+      CHECK(std::memcmp(v.data, three.data(), v.nbytes) == 0);
+    }
+  }
+  lf_pin_release(pin);
+  CHECK(lf_reader_acquire_version(reader, ref, 2, &pin) == LF_E_NO_VERSION);
+  CHECK(publish("tp", 4.0f) == 4);
+  REQUIRE(lf_reader_acquire(reader, ref, 4, &pin) == LF_OK);
+  lf_tensor_view_t v;
+  REQUIRE(lf_pin_tensor_on_device(pin, 1, 0, &v) == LF_OK);
+  CHECK(static_cast<const float *>(v.data)[0] == 4.0f);
+  lf_pin_release(pin);
+  lf_reader_close(reader);
   lf_client_close(client);
 }
