@@ -141,6 +141,13 @@ std::string render_info(const Json &in) {
   kv.add({"name", in["name"].str()});
   kv.add({"version", num(in["version"]) + " (last assigned " + num(in["last_version"]) + ")"});
   kv.add({"placement", in["placement"].str()});
+  if (in["placement"].str() != "host") {
+    // What a restarted daemon would serve from: device memory dies with the daemon.
+    const Json &copy = in["restart_copy"];
+    kv.add({"restart copy", copy["bytes"].u64() == 0
+                                ? std::string("none (no room in the data arena): a restart drops it")
+                                : "version " + num(copy["version"]) + " in host memory"});
+  }
   kv.add({"slot size", human_bytes(in["slot_bytes"].u64())});
   kv.add({"history", num(in["history"])});
   const Json &lora = in["lora"];
