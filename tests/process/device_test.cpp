@@ -19,7 +19,9 @@ using namespace lftest;
 
 namespace {
 
-int create_device_adapter(lf_client_t *client, const char *name, const char *placement) {
+// Two f32 tensors of 64 x 256 (values_of() fills one); slots 0: the daemon's default ring.
+int create_device_adapter(lf_client_t *client, const char *name, const char *placement,
+                          int slots = 0, int history = -1) {
   lf_spec_t *spec = nullptr;
   REQUIRE(lf_spec_new(&spec) == LF_OK);
   const int64_t shape[2] = {64, 256};
@@ -27,12 +29,27 @@ int create_device_adapter(lf_client_t *client, const char *name, const char *pla
                         "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"})
     REQUIRE(lf_spec_add_tensor(spec, t, LF_DTYPE_F32, 2, shape) == LF_OK);
   REQUIRE(lf_spec_set_placement(spec, placement) == LF_OK);
+  if (slots != 0) REQUIRE(lf_spec_set_slots(spec, slots, history) == LF_OK);
   const int rc = lf_client_create_adapter(client, name, spec);
   lf_spec_free(spec);
   return rc;
 }
 
 std::vector<float> values_of(float x) { return std::vector<float>(64 * 256, x); }
+
+// Writes x into both tensors of a create_device_adapter adapter and commits (finite check).
+// The status of begin_write or commit; *version (may be NULL) gets the new version.
+int publish_device(lf_client_t *client, const char *name, float x, uint64_t *version = nullptr) {
+  lf_writer_t *w = nullptr;
+  if (int rc = lf_client_begin_write(client, name, 0, &w); rc != LF_OK) return rc;
+  const std::vector<float> data = values_of(x);
+  for (size_t t = 0; t < 2; ++t)
+    REQUIRE(lf_writer_copy_in(w, t, data.data(), data.size() * 4) == LF_OK);
+  uint64_t v = 0;
+  const int rc = lf_writer_commit(w, LF_COMMIT_CHECK_FINITE, &v);
+  if (version != nullptr) *version = v;
+  return rc;
+}
 
 // Mappings in this process of `bytes`-sized shared-memory blocks (the host stand-in maps a
 // device arena of N bytes as N bytes of data after one page of its own header).
@@ -191,23 +208,8 @@ TEST_CASE("a pin released after a stream's work stays held until that work is do
   lf_client_t *client = nullptr;
   REQUIRE(lf_client_open(daemon.dir().c_str(), 5000, &client) == LF_OK);
   // Two slots, no history: a slot comes back only when neither active nor pinned.
-  lf_spec_t *spec = nullptr;
-  REQUIRE(lf_spec_new(&spec) == LF_OK);
-  const int64_t shape[2] = {64, 256};
-  REQUIRE(lf_spec_add_tensor(spec, "w", LF_DTYPE_F32, 2, shape) == LF_OK);
-  REQUIRE(lf_spec_set_placement(spec, "cuda:0") == LF_OK);
-  REQUIRE(lf_spec_set_slots(spec, 2, 0) == LF_OK);
-  REQUIRE(lf_client_create_adapter(client, "gen", spec) == LF_OK);
-  lf_spec_free(spec);
-  auto publish = [&](float x) {
-    lf_writer_t *w = nullptr;
-    const int rc = lf_client_begin_write(client, "gen", 0, &w);
-    if (rc != LF_OK) return rc;
-    const std::vector<float> data = values_of(x);
-    REQUIRE(lf_writer_copy_in(w, 0, data.data(), data.size() * 4) == LF_OK);
-    uint64_t v = 0;
-    return lf_writer_commit(w, 0, &v);
-  };
+  REQUIRE(create_device_adapter(client, "gen", "cuda:0", 2, 0) == LF_OK);
+  auto publish = [&](float x) { return publish_device(client, "gen", x); };
   auto pinned_slots = [&] {
     char *info = nullptr;
     REQUIRE(lf_client_info(client, "gen", &info) == LF_OK);
@@ -317,13 +319,8 @@ TEST_CASE("a killed daemon's device adapters come back from their host copies") 
   REQUIRE(create_device_adapter(client, "fresh", "cuda:0") == LF_OK);  // never published
   REQUIRE(create_pattern_adapter(client, "onhost", 1, 1024, 1) == LF_OK);
   auto publish = [&](const char *name, float x) {
-    lf_writer_t *w = nullptr;
-    REQUIRE(lf_client_begin_write(client, name, 0, &w) == LF_OK);
-    const std::vector<float> data = values_of(x);
-    for (size_t t = 0; t < 2; ++t)
-      REQUIRE(lf_writer_copy_in(w, t, data.data(), data.size() * 4) == LF_OK);
     uint64_t v = 0;
-    REQUIRE(lf_writer_commit(w, LF_COMMIT_CHECK_FINITE, &v) == LF_OK);
+    REQUIRE(publish_device(client, name, x, &v) == LF_OK);
     return v;
   };
   for (float x : {1.0f, 2.0f, 3.0f}) publish("tp", x);
