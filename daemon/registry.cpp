@@ -149,10 +149,11 @@ Status Registry::restore_from_copy(AdapterRecord &r, const std::vector<int> &old
   }
   // Re-point the record at the new memory. Readers that pinned the old memory keep their
   // (version, slot) cells until they release; the slot check keeps those slots from writers.
+  // Readers refuse the record while its epoch is the old one (see client acquire), so the
+  // fields below change unseen; the epoch is stored last, after the flip.
   r.device_mask = mask;
   std::copy(std::begin(offsets), std::end(offsets), r.device_offset);
   r.primary_device = static_cast<uint32_t>(primary);
-  r.device_epoch = devices_.epoch();
   for (uint32_t s = 0; s < r.slot_count; ++s) {
     SlotRecord &slot = r.slots[s];
     end_lease(slot);
@@ -168,6 +169,7 @@ Status Registry::restore_from_copy(AdapterRecord &r, const std::vector<int> &old
     return st.error();
   }
   publish_flip(r, ipc::pack_active(version, 0));
+  r.device_epoch.store(devices_.epoch(), kSeqCst);
   return {};
 }
 
@@ -314,7 +316,7 @@ Status Registry::create(const CreateRequest &q) {
   r.placement = static_cast<uint32_t>(on_devices ? ipc::Placement::kDevices : ipc::Placement::kHost);
   r.device_mask = device_mask;
   std::copy(std::begin(device_offset), std::end(device_offset), r.device_offset);
-  r.device_epoch = on_devices ? devices_.epoch() : 0;
+  r.device_epoch.store(on_devices ? devices_.epoch() : 0, kSeqCst);
   r.restart_copy_offset = restart_copy.value_or(0);
   r.restart_copy_bytes = restart_copy ? slot_bytes : 0;
   r.restart_copy_version = 0;

@@ -143,7 +143,10 @@ struct alignas(64) AdapterRecord {
   // kDevices: offset of slot 0 in each device arena of device_mask, and the device epoch the
   // memory belongs to (device memory dies with the daemon that allocated it).
   uint64_t device_offset[kMaxDevices];
-  uint64_t device_epoch;
+  // Readers trust the device offsets above only while this equals the header's device_epoch:
+  // a restarted daemon re-points the record at its new memory, then stores its epoch here
+  // last (seq_cst).
+  std::atomic<uint64_t> device_epoch;
   // kDevices: a host copy of the active version in the data segment, written by the daemon
   // after each flip, so that a restarted daemon (whose device memory died with its
   // predecessor) can put that version back on the devices and serve it again.

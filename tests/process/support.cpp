@@ -135,7 +135,7 @@ int wait_child(pid_t pid) {
 }
 
 int create_pattern_adapter(lf_client_t *client, const std::string &name, int tensors,
-                           int64_t elements, int history) {
+                           int64_t elements, int history, const std::string &placement) {
   lf_spec_t *spec = nullptr;
   int rc = lf_spec_new(&spec);
   for (int t = 0; t < tensors && rc == LF_OK; ++t) {
@@ -145,6 +145,7 @@ int create_pattern_adapter(lf_client_t *client, const std::string &name, int ten
     rc = lf_spec_add_tensor(spec, tensor.c_str(), LF_DTYPE_F32, 2, shape);
   }
   if (rc == LF_OK) rc = lf_spec_set_slots(spec, 0, history);
+  if (rc == LF_OK && placement != "host") rc = lf_spec_set_placement(spec, placement.c_str());
   if (rc == LF_OK) rc = lf_client_create_adapter(client, name.c_str(), spec);
   lf_spec_free(spec);
   return rc;
@@ -162,12 +163,16 @@ void fill_pattern(lf_writer_t *writer, uint64_t version) {
   }
 }
 
-uint64_t count_torn(const lf_pin_t *pin) {
+uint64_t count_torn(const lf_pin_t *pin, int device) {
   const uint64_t version = lf_pin_version(pin);
   uint64_t torn = 0, word = 0;
   for (size_t t = 0; t < lf_pin_tensor_count(pin); ++t) {
     lf_tensor_view_t v;
-    lf_pin_tensor(pin, t, &v);
+    if (device < 0) {
+      lf_pin_tensor(pin, t, &v);
+    } else if (lf_pin_tensor_on_device(pin, t, device, &v) != LF_OK) {
+      return torn + 1;  // no copy there at all: counted as a torn read
+    }
     const auto *p = static_cast<const volatile uint64_t *>(v.data);
     for (uint64_t i = 0; i < v.nbytes / 8; ++i)
       if (p[i] != pattern_word(version, word++)) ++torn;

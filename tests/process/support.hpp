@@ -48,9 +48,10 @@ pid_t spawn(const std::function<int()> &body);
 // Waits for a child; returns its exit code, or 128 + signal.
 int wait_child(pid_t pid);
 
-// Creates an adapter of `tensors` f32 tensors of `elements` each, history `history`.
+// Creates an adapter of `tensors` f32 tensors of `elements` each, history `history`, placed
+// on `placement` ("host" or "cuda:N[,M]").
 int create_pattern_adapter(lf_client_t *client, const std::string &name, int tensors,
-                           int64_t elements, int history);
+                           int64_t elements, int history, const std::string &placement = "host");
 
 // The stress pattern: 64-bit word i of a version-v slot. Distinct per version and position,
 // so a byte from any other version (or a half-written one) is caught.
@@ -60,8 +61,9 @@ inline uint64_t pattern_word(uint64_t version, uint64_t i) {
 // The writer does not know the version a commit will get, so it writes a "generation" g and
 // the daemon's versions equal the commit count: g == version as long as every commit succeeds.
 void fill_pattern(lf_writer_t *writer, uint64_t version);
-// Counts the 64-bit words of every tensor of `pin` that do not match pin's version.
-uint64_t count_torn(const lf_pin_t *pin);
+// Counts the 64-bit words of every tensor of `pin` that do not match pin's version; in the
+// copy on device `device` (a tensor-parallel replica) when it is >= 0.
+uint64_t count_torn(const lf_pin_t *pin, int device = -1);
 
 std::string unique_tag(const std::string &base);
 void sleep_ms(int ms);

@@ -2,7 +2,15 @@
 // word of every read checked against the version the reader pinned.
 //
 //   lf-soak [--seconds N | --minutes N] [--writers N] [--readers N] [--seed N]
-//           [--kill-every-ms MIN:MAX] [--inject-torn]   (LORAFLIPD names the daemon binary)
+//           [--kill-every-ms MIN:MAX] [--placement host|cuda:0|cuda:0,1] [--inject-torn]
+//   (LORAFLIPD names the daemon binary)
+//
+// --placement cuda:...: the adapter lives in device memory, stood in for by the daemon's host
+// implementation of the device interface (two devices). Readers check the first device's copy
+// and, placed on two, the second's too. A killed daemon's successor puts the active version back
+// from its host copy; in the rare case that the kill fell between a flip and that copy, the
+// adapter is dropped instead, and the soak creates it again (counted, not a failure: versions
+// then start from 1 again, and readers start over with the new adapter).
 //
 // --inject-torn makes every 16th version carry one word of another version, and turns the
 // verdict around: the run passes only if the checker caught torn reads (a meson test runs it
@@ -56,6 +64,8 @@ struct Tally {
 
 Tally *g_tally = nullptr;
 bool g_inject_torn = false;
+std::string g_placement = "host";
+int g_replica = -1;  // a second device whose copy readers check too, or -1
 
 void note_max(uint64_t v) {
   uint64_t seen = g_tally->max_version.load();
@@ -98,6 +108,15 @@ int writer_main(const std::string &dir, const std::string &lock_path, unsigned s
       continue;
     }
     if (rc != LF_OK) return 3;  // the reply may be lost while the lease exists: end it by dying
+    // A daemon restart between the look above and this lease may have dropped a device-placed
+    // adapter and the soak made it again (numbered from 1): then `last` is stale. Look again.
+    if (g_placement != "host") {
+      char *json = nullptr;
+      if (lf_client_info(client, kAdapter, &json) != LF_OK) return 3;
+      const uint64_t now_last = static_cast<uint64_t>(json_number(json, "last_version"));
+      lf_free(json);
+      if (now_last != last) return 3;
+    }
     fill_pattern(w, last + 1);
     if (g_inject_torn && (last + 1) % 16 == 0) {
       lf_tensor_view_t view;
@@ -126,13 +145,21 @@ int reader_main(const std::string &dir, unsigned seed) {
   uint64_t last = 0;
   while (true) {
     lf_pin_t *pin = nullptr;
-    if (lf_reader_acquire(reader, ref, 0, &pin) != LF_OK) {  // no version yet
+    const int rc = lf_reader_acquire(reader, ref, 0, &pin);
+    if (rc == LF_E_STALE) {  // dropped at a daemon restart and made again: start over
+      while (lf_reader_find(reader, kAdapter, &ref) != LF_OK) sleep_ms(5);
+      last = 0;
+      continue;
+    }
+    if (rc != LF_OK) {  // no version yet
       sleep_ms(1);
       continue;
     }
     uint64_t torn = count_torn(pin);
+    if (g_replica >= 0) torn += count_torn(pin, g_replica);
     if (rng() % 8 == 0) ::usleep(1000 + rng() % 4000);  // hold pins across flips
     torn += count_torn(pin);
+    if (g_replica >= 0) torn += count_torn(pin, g_replica);
     const uint64_t v = lf_pin_version(pin);
     lf_pin_release(pin);
     g_tally->reads.fetch_add(1);
@@ -175,6 +202,7 @@ int main(int argc, char **argv) {
     else if (a == "--writers") writers = std::atoi(v);
     else if (a == "--readers") readers = std::atoi(v);
     else if (a == "--seed") seed = static_cast<unsigned>(std::strtoul(v, nullptr, 10));
+    else if (a == "--placement") g_placement = v;
     else if (a == "--kill-every-ms") {
       if (std::sscanf(v, "%d:%d", &kill_min, &kill_max) != 2) return usage("--kill-every-ms MIN:MAX");
     } else {
@@ -183,17 +211,25 @@ int main(int argc, char **argv) {
   }
   if (!(seconds > 0) || writers < 1 || readers < 1 || kill_min < 1 || kill_max < kill_min)
     return usage("bad values");
+  if (g_placement != "host" && g_placement != "cuda:0" && g_placement != "cuda:0,1")
+    return usage("--placement wants host, cuda:0 or cuda:0,1");
+  if (g_placement == "cuda:0,1") g_replica = 1;
   if (std::getenv("LORAFLIPD") == nullptr) return usage("set LORAFLIPD to the loraflipd binary");
 
   void *shared = ::mmap(nullptr, sizeof(Tally), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (shared == MAP_FAILED) return 1;
   g_tally = new (shared) Tally();
   std::minstd_rand rng(seed);
-  std::printf("lf-soak: %.0f s, %d writers, %d readers, seed %u, a kill every %d-%d ms\n", seconds,
-              writers, readers, seed, kill_min, kill_max);
+  std::printf("lf-soak: %.0f s, %d writers, %d readers, seed %u, a kill every %d-%d ms, "
+              "placement %s\n", seconds, writers, readers, seed, kill_min, kill_max,
+              g_placement.c_str());
   std::fflush(stdout);
 
-  Daemon daemon("soak", {"--reap-interval-ms", "50"});
+  std::vector<std::string> daemon_args = {"--reap-interval-ms", "50"};
+  if (g_placement != "host")
+    daemon_args.insert(daemon_args.end(), {"--devices", "0,1", "--device-backend", "host",
+                                           "--device-arena-size", "16M"});
+  Daemon daemon("soak", daemon_args);
   try {
     daemon.start();
   } catch (const std::exception &e) {
@@ -203,7 +239,7 @@ int main(int argc, char **argv) {
   {
     lf_client_t *client = nullptr;
     if (lf_client_open(daemon.dir().c_str(), 5000, &client) != LF_OK ||
-        create_pattern_adapter(client, kAdapter, kTensors, kElements, 2) != LF_OK) {
+        create_pattern_adapter(client, kAdapter, kTensors, kElements, 2, g_placement) != LF_OK) {
       std::fprintf(stderr, "lf-soak: cannot create the adapter: %s\n", lf_last_error_message());
       return 1;
     }
@@ -227,6 +263,22 @@ int main(int argc, char **argv) {
   for (int i = 0; i < readers; ++i) children.push_back(start_child(false));
 
   uint64_t kills_daemon = 0, kills_writer = 0, kills_reader = 0, writer_restarts = 0;
+  uint64_t dropped_at_restart = 0;
+  // After a daemon restart: the adapter must be there again. A device placement may have lost
+  // it (killed between a flip and its host copy): make it again. A host placement never may.
+  auto adapter_back = [&] {
+    lf_client_t *client = nullptr;
+    if (lf_client_open(daemon.dir().c_str(), 5000, &client) != LF_OK) return false;
+    char *json = nullptr;
+    int rc = lf_client_info(client, kAdapter, &json);
+    lf_free(json);
+    if (rc == LF_E_NOT_FOUND && g_placement != "host") {
+      ++dropped_at_restart;
+      rc = create_pattern_adapter(client, kAdapter, kTensors, kElements, 2, g_placement);
+    }
+    lf_client_close(client);
+    return rc == LF_OK;
+  };
   int failures = 0;
   const uint64_t end = now_ms() + static_cast<uint64_t>(seconds * 1000);
   while (now_ms() < end) {
@@ -253,6 +305,12 @@ int main(int argc, char **argv) {
         daemon.start();  // re-attaches to the arena; readers kept reading meanwhile
       } catch (const std::exception &e) {
         std::fprintf(stderr, "lf-soak: the daemon did not come back: %s\n", e.what());
+        ++failures;
+        break;
+      }
+      if (!adapter_back()) {
+        std::fprintf(stderr, "lf-soak: the adapter did not come back after a restart: %s\n",
+                     lf_last_error_message());
         ++failures;
         break;
       }
@@ -300,6 +358,9 @@ int main(int argc, char **argv) {
               static_cast<unsigned long long>(kills_writer),
               static_cast<unsigned long long>(kills_reader),
               static_cast<unsigned long long>(writer_restarts));
+  if (g_placement != "host")
+    std::printf("device adapter:     put back at every restart but %llu (dropped, made again)\n",
+                static_cast<unsigned long long>(dropped_at_restart));
   std::printf("torn reads:         %llu (%llu words)\n",
               static_cast<unsigned long long>(t.torn_reads.load()),
               static_cast<unsigned long long>(t.torn_words.load()));

@@ -630,12 +630,9 @@ int lf_pin_tensor_on_device(const lf_pin_t *pin, size_t index, int device, lf_te
   if (index >= pin->tensor_count) return LF_E_NOT_FOUND;
   if (pin->device == device)
     return fill_view(pin->tensors[index], pin->base, pin->version, pin->device, out);
-  const ipc::AdapterRecord &r = *pin->record;
-  const client::DeviceMap &devices = pin->owner->devices;
-  for (uint32_t d = 0; d < ipc::kMaxDevices && pin->device >= 0; ++d) {
-    if (!(r.device_mask & (1u << d)) || devices.ordinal(d) != device) continue;
-    const std::byte *base = devices.base(d) + r.device_offset[d] + uint64_t{pin->slot} * r.slot_bytes;
-    return fill_view(pin->tensors[index], base, pin->version, device, out);
+  for (uint32_t c = 0; c < pin->copies; ++c) {
+    if (pin->copy_ordinal[c] == device)
+      return fill_view(pin->tensors[index], pin->copy_base[c], pin->version, device, out);
   }
   return LF_E_NOT_FOUND;
 }

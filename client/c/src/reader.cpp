@@ -1,5 +1,6 @@
 #include "reader.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <unistd.h>
 
@@ -89,6 +90,7 @@ int acquire(lf_reader &reader, lf_adapter_ref_t ref, uint64_t version, bool exac
   const ipc::AdapterRecord &r = reader.arena.adapter(index);
 
   uint64_t pinned_word = 0;  // pack_active(version, slot) that the pin names
+retry:
   for (;;) {
     const uint64_t active = r.active.load(kSeqCst);
     const uint64_t active_v = ipc::active_version(active);
@@ -131,15 +133,39 @@ int acquire(lf_reader &reader, lf_adapter_ref_t ref, uint64_t version, bool exac
     return fail(reader, LF_E_STALE, "the adapter was dropped");
   }
   const uint32_t slot = ipc::active_slot(pinned_word);
+  const uint64_t pinned_version = ipc::active_version(pinned_word);
   const std::byte *base = nullptr;
   int32_t device = -1;
+  uint32_t copies = 0;
+  int32_t copy_ordinal[ipc::kMaxDevices];
+  const std::byte *copy_base[ipc::kMaxDevices];
   if (r.placement == static_cast<uint32_t>(ipc::Placement::kDevices)) {
     if (Status st = reader.devices.refresh(reader.arena); !st) {
       pin_cell.store(0, std::memory_order_release);
       return fail(reader, st.code(), st.error().message);
     }
+    // The record's device offsets hold only while it belongs to the devices this process
+    // mapped: a restarted daemon serves new device memory and re-points each record before
+    // storing its epoch (last).
+    if (r.device_epoch.load(kSeqCst) != reader.devices.epoch()) {
+      pin_cell.store(0, std::memory_order_release);
+      return fail(reader, LF_E_NO_VERSION,
+                  "the daemon restarted and is putting this adapter back on its devices (or "
+                  "dropping it); try again");
+    }
+    // Re-pointed after the pin was published? Then the slot's word changed with it (a restore
+    // frees every slot but the restored one): start over.
+    if (r.slots[slot].word.load(kSeqCst) !=
+        ipc::pack_slot_word(pinned_version, ipc::SlotState::kCommitted))
+      goto retry;
     base = reader.devices.base(r.primary_device) + r.slots[slot].data_offset;
     device = reader.devices.ordinal(r.primary_device);
+    for (uint32_t d = 0; d < ipc::kMaxDevices; ++d) {
+      if (!(r.device_mask & (1u << d))) continue;
+      copy_ordinal[copies] = reader.devices.ordinal(d);
+      copy_base[copies] = reader.devices.base(d) + r.device_offset[d] + uint64_t{slot} * r.slot_bytes;
+      ++copies;
+    }
   } else {
     base = reader.arena.data_at(r.slots[slot].data_offset);
   }
@@ -148,13 +174,16 @@ int acquire(lf_reader &reader, lf_adapter_ref_t ref, uint64_t version, bool exac
   pin.owner = &reader;
   pin.cell = cell;
   pin.adapter = index;
-  pin.version = ipc::active_version(pinned_word);
+  pin.version = pinned_version;
   pin.base = base;
   pin.tensors = reader.arena.tensors(r);
   pin.tensor_count = r.tensor_count;
   pin.slot = slot;
   pin.device = device;
   pin.record = &r;
+  pin.copies = copies;
+  std::copy(copy_ordinal, copy_ordinal + copies, pin.copy_ordinal);
+  std::copy(copy_base, copy_base + copies, pin.copy_base);
   *out = &pin;
   return LF_OK;
 }

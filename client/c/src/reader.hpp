@@ -23,6 +23,11 @@ struct lf_pin {
   uint32_t slot;
   int32_t device;  // ordinal of `base`'s device; -1: host memory
   const loraflip::ipc::AdapterRecord *record;
+  // Device placements: where this version lives on each device it is placed on, taken at
+  // acquire, so that a daemon restart re-pointing the record later cannot move it.
+  uint32_t copies;
+  int32_t copy_ordinal[loraflip::ipc::kMaxDevices];
+  const std::byte *copy_base[loraflip::ipc::kMaxDevices];
 };
 
 // A pin handed to lf_pin_release_after: its cell stays set until `event` (recorded on the
