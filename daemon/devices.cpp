@@ -25,6 +25,9 @@ Result<DeviceSet> DeviceSet::open(std::unique_ptr<device::Backend> backend,
                                   const std::string &tag) {
   if (ordinals.size() > ipc::kMaxDevices)
     return make_error(LF_E_INVALID_ARGUMENT, "at most " + std::to_string(ipc::kMaxDevices) + " devices");
+  // The registry checks commits on the devices (Backend::check_slot); the cuda backend needs
+  // the check kernels for that, and only programs that link the daemon carry them.
+  device::install_cuda_check_kernels();
   Result<int> count = backend->device_count();
   if (!count) return count.error();
   DeviceSet set;

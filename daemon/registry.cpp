@@ -1,9 +1,11 @@
 #include "daemon/registry.hpp"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <unordered_map>
 
+#include "ipc/dtype.hpp"
 #include "ipc/futex.hpp"
 #include "ipc/proc.hpp"
 #include "kernels/validate.hpp"
@@ -28,6 +30,26 @@ SlotState slot_state(const SlotRecord &s) { return ipc::slot_word_state(s.word.l
 bool is_float(int32_t dtype) {
   return dtype == LF_DTYPE_F32 || dtype == LF_DTYPE_F16 || dtype == LF_DTYPE_BF16 ||
          dtype == LF_DTYPE_F64;
+}
+
+// "tensor 'lora_A' holds NaN at element 37 (f32 bits 0x7fc00000)". `bits` is the element's
+// bytes read little-endian; its exponent bits are all ones (that is how it was found).
+std::string non_finite_message(const ipc::TensorDesc &d, int64_t element, uint64_t bits) {
+  const size_t elem = ipc::dtype_size(d.dtype);
+  const uint64_t sign = uint64_t{1} << (8 * elem - 1);
+  // Mantissa masks of IEEE binary32, binary64, binary16 and bfloat16.
+  const uint64_t mantissa = d.dtype == LF_DTYPE_F32   ? 0x007FFFFFull
+                            : d.dtype == LF_DTYPE_F64 ? 0x000FFFFFFFFFFFFFull
+                            : d.dtype == LF_DTYPE_F16 ? 0x03FFull
+                                                      : 0x007Full;
+  const char *value = (bits & mantissa) != 0 ? "NaN" : (bits & sign) ? "-infinity" : "+infinity";
+  char hex[32];
+  std::snprintf(hex, sizeof hex, "0x%0*llx", static_cast<int>(2 * elem),
+                static_cast<unsigned long long>(bits));
+  // The name is NUL-terminated at create; strnlen keeps a damaged record from over-reading.
+  return "tensor '" + std::string(d.name, strnlen(d.name, sizeof d.name)) + "' holds " + value +
+         " at element " + std::to_string(element) + " (" + ipc::dtype_name(d.dtype) + " bits " +
+         hex + ")";
 }
 
 // A name for an error message. Lookups by name happen before any name check, so a name may be
@@ -507,24 +529,6 @@ Result<std::vector<int>> Registry::device_indexes(const std::vector<int> &ordina
   return indexes;
 }
 
-Result<const std::byte *> Registry::readable_slot(const AdapterRecord &r, uint32_t s) {
-  const SlotRecord &slot = r.slots[s];
-  if (r.placement != static_cast<uint32_t>(ipc::Placement::kDevices))
-    return static_cast<const std::byte *>(arena_.data_at(slot.data_offset));
-  const int primary = static_cast<int>(r.primary_device);
-  const std::byte *device_ptr = devices_.base(primary) + slot.data_offset;
-  // The host stand-in's device memory is ordinary shared memory: read it in place.
-  if (std::strcmp(devices_.backend().name(), "host") == 0) return device_ptr;
-  scratch_.resize(r.slot_bytes);
-  device::Backend &b = devices_.backend();
-  if (Status st = b.copy(scratch_.data(), device_ptr, r.slot_bytes, device::CopyKind::kDeviceToHost,
-                         devices_.ordinal(primary), nullptr);
-      !st)
-    return st.error();
-  if (Status st = b.synchronize(devices_.ordinal(primary), nullptr); !st) return st.error();
-  return static_cast<const std::byte *>(scratch_.data());
-}
-
 Status Registry::replicate(const AdapterRecord &r, uint32_t s) {
   if (r.placement != static_cast<uint32_t>(ipc::Placement::kDevices)) return {};
   const int primary = static_cast<int>(r.primary_device);
@@ -587,30 +591,55 @@ void Registry::release_memory(AdapterRecord &r) {
 Status Registry::check_written(const AdapterRecord &r, const SlotRecord &slot,
                                const CommitRequest &q, uint64_t *checksum) {
   if (!(q.flags & (LF_COMMIT_CHECK_FINITE | LF_COMMIT_CHECKSUM))) return {};
-  const uint32_t s = static_cast<uint32_t>(&slot - r.slots);
-  Result<const std::byte *> readable = readable_slot(r, s);
-  if (!readable) return readable.error();
-  const std::byte *base = readable.value();
-  if (q.flags & LF_COMMIT_CHECK_FINITE) {
-    const ipc::TensorDesc *descs = arena_.tensors(r);
-    for (uint32_t t = 0; t < r.tensor_count; ++t) {
-      const ipc::TensorDesc &d = descs[t];
-      if (!is_float(d.dtype)) continue;
-      const int64_t bad =
-          kernels::first_non_finite(base + d.offset, d.nbytes / ipc::dtype_size(d.dtype), d.dtype);
-      if (bad >= 0)
-        return make_error(LF_E_VALIDATION, std::string("tensor '") + d.name + "' holds a NaN or "
-                                           "infinity at element " + std::to_string(bad));
+  const ipc::TensorDesc *descs = arena_.tensors(r);
+  int64_t bad_tensor = -1, bad_element = -1;
+  uint64_t bad_bits = 0;
+  if (r.placement == static_cast<uint32_t>(ipc::Placement::kDevices)) {
+    // Checked on the first device, where the writer wrote: only the results come back to the
+    // host, never the slot (tens of MiB on every commit).
+    std::vector<device::TensorExtent> extents(r.tensor_count);
+    for (uint32_t t = 0; t < r.tensor_count; ++t)
+      extents[t] = {descs[t].offset, descs[t].nbytes, descs[t].dtype};
+    const unsigned checks = (q.flags & LF_COMMIT_CHECK_FINITE ? device::kCheckFinite : 0u) |
+                            (q.flags & LF_COMMIT_CHECKSUM ? device::kCheckChecksum : 0u);
+    const int primary = static_cast<int>(r.primary_device);
+    Result<device::SlotCheck> found = devices_.backend().check_slot(
+        devices_.ordinal(primary), devices_.base(primary) + slot.data_offset, r.slot_bytes,
+        extents, checks);
+    if (!found)
+      return make_error(found.error().code, "checking the slot on device " +
+                                                std::to_string(devices_.ordinal(primary)) + ": " +
+                                                found.error().message);
+    bad_tensor = found->tensor;
+    bad_element = found->element;
+    bad_bits = found->bits;
+    *checksum = found->checksum;
+  } else {
+    // Host memory: the CPU reads the slot in place.
+    const std::byte *base = static_cast<const std::byte *>(arena_.data_at(slot.data_offset));
+    if (q.flags & LF_COMMIT_CHECK_FINITE) {
+      for (uint32_t t = 0; t < r.tensor_count && bad_tensor < 0; ++t) {
+        const ipc::TensorDesc &d = descs[t];
+        if (!is_float(d.dtype)) continue;
+        const size_t elem = ipc::dtype_size(d.dtype);
+        const int64_t bad = kernels::first_non_finite(base + d.offset, d.nbytes / elem, d.dtype);
+        if (bad < 0) continue;
+        bad_tensor = t;
+        bad_element = bad;
+        std::memcpy(&bad_bits, base + d.offset + static_cast<uint64_t>(bad) * elem, elem);
+      }
     }
+    if (bad_tensor < 0 && (q.flags & LF_COMMIT_CHECKSUM))
+      *checksum = kernels::checksum(base, r.slot_bytes);
   }
-  if (q.flags & LF_COMMIT_CHECKSUM) {
-    *checksum = kernels::checksum(base, r.slot_bytes);
-    if (q.checksum && *q.checksum != *checksum)
-      return make_error(LF_E_VALIDATION, "checksum mismatch: the writer computed " +
-                                             std::to_string(*q.checksum) + ", the slot holds " +
-                                             std::to_string(*checksum) +
-                                             " (bytes changed after the writer's checksum?)");
-  }
+  if (bad_tensor >= 0)
+    return make_error(LF_E_VALIDATION,
+                      non_finite_message(descs[bad_tensor], bad_element, bad_bits));
+  if ((q.flags & LF_COMMIT_CHECKSUM) && q.checksum && *q.checksum != *checksum)
+    return make_error(LF_E_VALIDATION, "checksum mismatch: the writer computed " +
+                                           std::to_string(*q.checksum) + ", the slot holds " +
+                                           std::to_string(*checksum) +
+                                           " (bytes changed after the writer's checksum?)");
   return {};
 }
 

@@ -161,11 +161,11 @@ class Registry {
   void evict_history(uint32_t adapter);
   void publish_flip(ipc::AdapterRecord &record, uint64_t word);
   void end_lease(ipc::SlotRecord &slot);
+  // The commit checks the request asks for: in place in host memory (CPU), on the first
+  // device for device placements (Backend::check_slot). *checksum gets the slot's checksum
+  // when LF_COMMIT_CHECKSUM is asked.
   Status check_written(const ipc::AdapterRecord &record, const ipc::SlotRecord &slot,
                        const CommitRequest &request, uint64_t *checksum);
-  // The bytes of a slot where the CPU can read them: in place for host memory, else copied
-  // from the first device into scratch_.
-  Result<const std::byte *> readable_slot(const ipc::AdapterRecord &record, uint32_t slot);
   // Copies the written slot from the first device to the others, before the flip.
   Status replicate(const ipc::AdapterRecord &record, uint32_t slot);
   Result<bool> event_done(const device::IpcHandle &handle);
@@ -177,7 +177,6 @@ class Registry {
   RangeAllocator data_;
   RangeAllocator pool_;
   DeviceSet devices_;
-  std::vector<std::byte> scratch_;
   std::vector<std::pair<device::IpcHandle, device::Event>> events_;  // opened once each
   std::vector<RestartNote> device_restarts_;
   std::vector<uint32_t> restart_copies_due_;  // adapters flipped since their last host copy

@@ -1,9 +1,13 @@
-// What both implementations share: the bounded wait on an event.
+// What both implementations share: the bounded wait on an event, the argument checks of
+// check_slot.
 #include <algorithm>
 #include <chrono>
+#include <string>
 #include <thread>
 
 #include "device/device.hpp"
+#include "device/slot_check.hpp"
+#include "ipc/dtype.hpp"
 
 namespace loraflip::device {
 
@@ -26,5 +30,37 @@ Status wait_event(Backend &backend, Event &event, int timeout_ms) {
     pause = std::min(pause * 2, std::chrono::microseconds(1000));
   }
 }
+
+namespace detail {
+
+Status check_slot_arguments(const std::byte *slot, uint64_t bytes,
+                            std::span<const TensorExtent> tensors, unsigned checks) {
+  auto invalid = [](std::string message) {
+    return make_error(LF_E_INVALID_ARGUMENT, std::move(message));
+  };
+  if ((checks & ~(kCheckFinite | kCheckChecksum)) != 0)
+    return invalid("unknown slot checks " + std::to_string(checks));
+  if (slot == nullptr && bytes != 0) return invalid("a null slot pointer");
+  for (size_t t = 0; t < tensors.size(); ++t) {
+    const TensorExtent &e = tensors[t];
+    const size_t elem = ipc::dtype_size(e.dtype);
+    if (elem == 0)
+      return invalid("tensor " + std::to_string(t) + " has an unknown dtype (" +
+                     std::to_string(e.dtype) + ")");
+    if (e.offset > bytes || e.bytes > bytes - e.offset)
+      return invalid("tensor " + std::to_string(t) + " (" + std::to_string(e.bytes) +
+                     " bytes at offset " + std::to_string(e.offset) +
+                     ") does not lie inside the slot of " + std::to_string(bytes) + " bytes");
+    if (e.bytes % elem != 0)
+      return invalid("tensor " + std::to_string(t) + ": " + std::to_string(e.bytes) +
+                     " bytes are not a whole number of " + ipc::dtype_name(e.dtype) + " elements");
+    if ((reinterpret_cast<uintptr_t>(slot) + e.offset) % elem != 0)
+      return invalid("tensor " + std::to_string(t) + " starts at an address that is not a "
+                     "multiple of its element size (" + std::to_string(elem) + ")");
+  }
+  return {};
+}
+
+}  // namespace detail
 
 }  // namespace loraflip::device

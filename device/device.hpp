@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 
 #include "ipc/result.hpp"
@@ -43,6 +44,30 @@ struct Event {
   int device = -1;
   IpcHandle handle{};
   void *impl = nullptr;  // implementation-owned
+};
+
+// One tensor of a slot, for check_slot: `bytes` bytes of LF_DTYPE_* `dtype`, `offset` bytes from
+// the slot's start.
+struct TensorExtent {
+  uint64_t offset = 0;
+  uint64_t bytes = 0;
+  int dtype = 0;
+};
+
+// The checks check_slot runs (bit flags): those of kernels/validate.hpp that a commit asks for.
+inline constexpr unsigned kCheckFinite = 1;    // first_non_finite over every tensor
+inline constexpr unsigned kCheckChecksum = 2;  // checksum of the whole slot
+
+// What check_slot found.
+struct SlotCheck {
+  // The first tensor, in the order given, that holds a NaN or an infinity (-1: none, or
+  // kCheckFinite not asked); the index of its first such element, and that element's bytes
+  // read as a little-endian integer (its raw bits, e.g. 0x7fc00000 for an f32 NaN).
+  int64_t tensor = -1;
+  int64_t element = -1;
+  uint64_t bits = 0;
+  // checksum() of the slot's bytes when kCheckChecksum was asked, else 0.
+  uint64_t checksum = 0;
 };
 
 // Blocks, streams and events belong to the backend that made or opened them and must not
@@ -86,6 +111,23 @@ class Backend {
   // True once all work captured by the last record() is done. Never blocks.
   virtual Result<bool> query(Event &event) = 0;
   virtual void destroy_event(Event &event) = 0;
+
+  // The daemon's commit checks, run where the slot lies: on a GPU by kernels on that GPU, so
+  // that only the results travel to the host, never the slot. `slot` is device memory of
+  // `device` (from allocate or open_block), `bytes` long. The answer is bit for bit what the
+  // CPU functions of kernels/validate.hpp give on a host copy of the slot:
+  //   kCheckFinite: first_non_finite over each tensor, in the order given; the first tensor
+  //     with a hit is reported (integer dtypes are always finite);
+  //   kCheckChecksum: checksum(slot, bytes), the whole slot, padding between tensors included,
+  //     which is what a writer computes over its slot for LF_COMMIT_CHECKSUM.
+  // Each tensor must lie inside the slot, hold whole elements of a known dtype and start at an
+  // address that is a multiple of its element size (else LF_E_INVALID_ARGUMENT). Returns once
+  // the results are in host memory. It runs on a stream of its own and does not wait for work
+  // on other streams: the caller makes sure the slot's writes are complete (the writer's event).
+  // The cuda implementation needs install_cuda_check_kernels() first (LF_E_UNSUPPORTED without).
+  virtual Result<SlotCheck> check_slot(int device, const std::byte *slot, uint64_t bytes,
+                                       std::span<const TensorExtent> tensors,
+                                       unsigned checks) = 0;
 };
 
 // The host implementation; `instance` keeps the shared-memory names of two daemons apart.
@@ -111,6 +153,12 @@ void host_pause_stream(Stream stream, bool paused);
 void remove_host_blocks(const std::string &instance, const std::string &tag);
 // The CUDA implementation, or an LF_E_UNSUPPORTED error when this build has no CUDA.
 Result<std::unique_ptr<Backend>> make_cuda_backend();
+// Hands the CUDA check kernels (kernels/device_kernels.hpp) to the cuda implementation's
+// check_slot, for every backend of this process; call it once before checking slots. It sits in
+// a library of its own (lf_device_checks, in device_dep) so that libloraflip, which links this
+// folder's library whole and never checks a slot, carries no kernel images. The daemon calls it
+// when it opens its devices. Does nothing in builds without CUDA. Thread-safe.
+void install_cuda_check_kernels();
 
 // Polls `event` until it is complete or `timeout_ms` has passed (LF_E_TIMEOUT). The bounded
 // wait of a consumer: an event whose writer died before its stream reached the record may stay

@@ -1,17 +1,30 @@
 // The CUDA runtime implementation of the device interface. Plain C++ against cuda_runtime.h
 // (no nvcc): every call sets the device it works on first, and every runtime status becomes an
 // error value that names the call, the CUDA error and the file and line.
+// check_slot launches the check kernels of kernels/device_kernels.hpp through a table that
+// install_cuda_check_kernels() hands over (device/cuda_check_kernels.cpp), so that this file
+// links without them.
+#include <atomic>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include <cuda_runtime.h>
 
 #include "device/device.hpp"
+#include "device/slot_check.hpp"
+#include "ipc/dtype.hpp"
+#include "kernels/device_kernels.hpp"
 
 namespace loraflip::device {
 namespace {
+
+// Set once by install_cuda_check_kernels, read by every check_slot: release/acquire publish
+// the table.
+std::atomic<const detail::CudaCheckKernels *> g_check_kernels{nullptr};
 
 static_assert(sizeof(cudaIpcMemHandle_t) == sizeof(IpcHandle));
 static_assert(sizeof(cudaIpcEventHandle_t) == sizeof(IpcHandle));
@@ -99,6 +112,25 @@ bool all_zero(const IpcHandle &handle) {
 
 Error invalid(std::string message) { return make_error(LF_E_INVALID_ARGUMENT, std::move(message)); }
 
+bool is_float(int dtype) {
+  return dtype == LF_DTYPE_F32 || dtype == LF_DTYPE_F16 || dtype == LF_DTYPE_BF16 ||
+         dtype == LF_DTYPE_F64;
+}
+
+// A check launcher's status (kernels/device_kernels.hpp) as an error that names the launch.
+Error launch_error(int status, const std::string &what) {
+  std::string why;
+  switch (status) {
+    case LF_E_UNSUPPORTED:
+      why = "no usable GPU, or no kernel image for this GPU (this build's gpu_archs)";
+      break;
+    case LF_E_INVALID_ARGUMENT: why = "invalid argument"; break;
+    default: why = "CUDA error"; break;
+  }
+  return make_error(status, what + " failed with status " + std::to_string(status) + " (" +
+                                why + ")");
+}
+
 class CudaBackend final : public Backend {
  public:
   CudaBackend() = default;  // no CUDA call until the first use, so a caller may still fork
@@ -119,6 +151,12 @@ class CudaBackend final : public Backend {
     for (auto &[event, device] : created_events_) {
       (void)cudaSetDevice(device);
       (void)cudaEventDestroy(event);
+    }
+    for (auto &[device, context] : check_contexts_) {
+      (void)cudaSetDevice(device);
+      if (context->stream != nullptr) (void)cudaStreamDestroy(context->stream);
+      (void)cudaFree(context->workspace);
+      (void)cudaFree(context->results);
     }
   }
 
@@ -330,7 +368,122 @@ class CudaBackend final : public Backend {
     event.impl = nullptr;
   }
 
+  // One launch pair per float tensor (lf_cuda_first_non_finite) and one for the checksum, all
+  // on this device's check stream; then one copy of the results (8 bytes per tensor scanned and
+  // 8 for the checksum) and, only when a tensor failed, of the failing element.
+  Result<SlotCheck> check_slot(int device, const std::byte *slot, uint64_t bytes,
+                               std::span<const TensorExtent> tensors, unsigned checks) override {
+    if (Status s = detail::check_slot_arguments(slot, bytes, tensors, checks); !s)
+      return s.error();
+    SlotCheck out;
+    std::vector<size_t> scanned;  // tensors that go to the GPU: the rest are finite by dtype
+    if (checks & kCheckFinite)
+      for (size_t t = 0; t < tensors.size(); ++t)
+        if (is_float(tensors[t].dtype) && tensors[t].bytes != 0) scanned.push_back(t);
+    const bool checksum = (checks & kCheckChecksum) != 0;
+    const size_t entries = scanned.size() + (checksum ? 1 : 0);
+    if (entries == 0) return out;
+    const detail::CudaCheckKernels *launch = g_check_kernels.load(std::memory_order_acquire);
+    if (launch == nullptr)
+      return make_error(LF_E_UNSUPPORTED,
+                        "this program has no CUDA check kernels: install_cuda_check_kernels() "
+                        "was not called (the daemon calls it when it opens its devices)");
+    LF_CUDA_CHECK(cudaSetDevice(device));
+    // The launchers read their launch status with cudaGetLastError, which also returns a
+    // failure of any earlier runtime call on this thread (a bad event handle, say) that was
+    // already reported to its caller: clear it so that it does not fail this check.
+    (void)cudaGetLastError();
+    Result<CheckContext *> made = check_context(device);
+    if (!made) return made.error();
+    CheckContext &c = *made.value();
+    std::lock_guard lock(c.mu);
+    if (Status s = c.reserve(entries); !s) return s.error();
+
+    for (size_t j = 0; j < scanned.size(); ++j) {
+      const TensorExtent &e = tensors[scanned[j]];
+      size_t workspace_bytes = kernels::kCudaWorkspaceMaxBytes;
+      const int rc = launch->first_non_finite(
+          slot + e.offset, e.bytes / ipc::dtype_size(e.dtype), e.dtype,
+          reinterpret_cast<int64_t *>(c.results + j), c.workspace, &workspace_bytes, c.stream);
+      if (rc != LF_OK)
+        return launch_error(rc, "lf_cuda_first_non_finite on tensor " + std::to_string(scanned[j]));
+    }
+    if (checksum) {
+      size_t workspace_bytes = kernels::kCudaWorkspaceMaxBytes;
+      const int rc = launch->checksum(slot, bytes, c.results + scanned.size(), c.workspace,
+                                      &workspace_bytes, c.stream);
+      if (rc != LF_OK) return launch_error(rc, "lf_cuda_checksum");
+    }
+    c.host.resize(entries);
+    LF_CUDA_CHECK(cudaMemcpyAsync(c.host.data(), c.results, entries * sizeof(uint64_t),
+                                  cudaMemcpyDeviceToHost, c.stream));
+    LF_CUDA_CHECK(cudaStreamSynchronize(c.stream));
+
+    for (size_t j = 0; j < scanned.size(); ++j) {
+      const auto bad = static_cast<int64_t>(c.host[j]);
+      if (bad < 0) continue;
+      const TensorExtent &e = tensors[scanned[j]];
+      const size_t elem = ipc::dtype_size(e.dtype);
+      if (static_cast<uint64_t>(bad) >= e.bytes / elem)
+        return make_error(LF_E_INTERNAL, "lf_cuda_first_non_finite gave element " +
+                                             std::to_string(bad) + " of a tensor of " +
+                                             std::to_string(e.bytes / elem));
+      out.tensor = static_cast<int64_t>(scanned[j]);
+      out.element = bad;
+      // The element itself, for the error message (little-endian, as on the host).
+      LF_CUDA_CHECK(cudaMemcpyAsync(&out.bits, slot + e.offset + static_cast<uint64_t>(bad) * elem,
+                                    elem, cudaMemcpyDeviceToHost, c.stream));
+      LF_CUDA_CHECK(cudaStreamSynchronize(c.stream));
+      break;
+    }
+    if (checksum) out.checksum = c.host[scanned.size()];
+    return out;
+  }
+
  private:
+  // What check_slot keeps per device, made at its first call there.
+  struct CheckContext {
+    std::mutex mu;  // one check at a time per device: they share everything below
+    cudaStream_t stream = nullptr;  // non-blocking: never waits for the legacy default stream
+    void *workspace = nullptr;      // kCudaWorkspaceMaxBytes, serves every launch on `stream`
+    uint64_t *results = nullptr;    // device: one entry per tensor scanned, then the checksum
+    size_t capacity = 0;            // entries of `results`
+    std::vector<uint64_t> host;     // the results, copied back
+
+    // With mu held and the context's device current.
+    Status reserve(size_t entries) {
+      if (entries <= capacity) return {};
+      // Launches of a check that failed half-way may still use the old buffer.
+      LF_CUDA_CHECK(cudaStreamSynchronize(stream));
+      (void)cudaFree(results);
+      results = nullptr;
+      capacity = 0;
+      void *p = nullptr;
+      LF_CUDA_CHECK(cudaMalloc(&p, entries * sizeof(uint64_t)));
+      results = static_cast<uint64_t *>(p);
+      capacity = entries;
+      return {};
+    }
+  };
+
+  // With `device` current.
+  Result<CheckContext *> check_context(int device) {
+    std::lock_guard lock(mu_);
+    if (auto it = check_contexts_.find(device); it != check_contexts_.end())
+      return it->second.get();
+    auto c = std::make_unique<CheckContext>();
+    LF_CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+    const cudaError_t allocated = cudaMalloc(&c->workspace, kernels::kCudaWorkspaceMaxBytes);
+    if (allocated != cudaSuccess) {
+      (void)cudaStreamDestroy(c->stream);
+      return cuda_error(allocated, "cudaMalloc(&workspace, kCudaWorkspaceMaxBytes)", __FILE__,
+                        __LINE__);
+    }
+    CheckContext *raw = c.get();
+    check_contexts_.emplace(device, std::move(c));
+    return raw;
+  }
+
   struct OpenedBlock {
     void *ptr;
     int device;
@@ -348,12 +501,17 @@ class CudaBackend final : public Backend {
   std::map<std::string, OpenedEvent> opened_events_;  // by cache_key
   std::map<cudaEvent_t, std::string> opened_keys_;
   std::map<cudaEvent_t, int> created_events_;  // event -> device
+  std::map<int, std::unique_ptr<CheckContext>> check_contexts_;  // by device
 };
 
 }  // namespace
 
 Result<std::unique_ptr<Backend>> make_cuda_backend() {
   return std::unique_ptr<Backend>(std::make_unique<CudaBackend>());
+}
+
+void detail::set_cuda_check_kernels(const CudaCheckKernels *kernels) {
+  g_check_kernels.store(kernels, std::memory_order_release);
 }
 
 }  // namespace loraflip::device

@@ -4,6 +4,8 @@
 // opened once per process, copies and event records run in stream order, an event recorded on
 // a stream that never gets there stays pending) and checks more than CUDA does: every device
 // pointer must lie inside a block of the device the call names, with the whole copy in it.
+// Its check_slot runs the CPU checks of kernels/validate.hpp on the block in place: it is
+// ordinary shared memory.
 #include <atomic>
 #include <cerrno>
 #include <condition_variable>
@@ -23,7 +25,10 @@
 #include <unistd.h>
 
 #include "device/device.hpp"
+#include "device/slot_check.hpp"
 #include "ipc/arena.hpp"
+#include "ipc/dtype.hpp"
+#include "kernels/validate.hpp"
 
 namespace loraflip::device {
 namespace {
@@ -508,6 +513,34 @@ class HostBackend final : public Backend {
     event.impl = nullptr;
   }
 
+  // Synchronous in the caller's thread, like every host call on the null stream; it does not
+  // wait for the host streams, as the CUDA check does not wait for other streams.
+  Result<SlotCheck> check_slot(int device, const std::byte *slot, uint64_t bytes,
+                               std::span<const TensorExtent> tensors, unsigned checks) override {
+    if (auto s = check_device(device); !s) return s.error();
+    if (auto s = detail::check_slot_arguments(slot, bytes, tensors, checks); !s) return s.error();
+    if (bytes != 0) {
+      std::lock_guard lock(mu_);
+      if (auto c = check_side(slot, bytes, true, device, "slot"); !c) return c.error();
+    }
+    SlotCheck out;
+    if (checks & kCheckFinite) {
+      for (size_t t = 0; t < tensors.size(); ++t) {
+        const TensorExtent &e = tensors[t];
+        const size_t elem = ipc::dtype_size(e.dtype);
+        const int64_t bad = kernels::first_non_finite(slot + e.offset, e.bytes / elem, e.dtype);
+        if (bad < 0) continue;
+        out.tensor = static_cast<int64_t>(t);
+        out.element = bad;
+        // Little-endian host: the element's bytes are the low bytes of the word.
+        std::memcpy(&out.bits, slot + e.offset + static_cast<uint64_t>(bad) * elem, elem);
+        break;
+      }
+    }
+    if (checks & kCheckChecksum) out.checksum = kernels::checksum(slot, bytes);
+    return out;
+  }
+
  private:
   struct Range {
     std::byte *end;
@@ -564,9 +597,9 @@ class HostBackend final : public Backend {
       return invalid(std::string("the ") + what + " is in a block of device " +
                      std::to_string(range->device) + ", not of device " + std::to_string(device));
     if (bytes > uint64_t(range->end - b))
-      return invalid(std::string("the copy runs ") +
+      return invalid(std::string("the ") + what + " runs " +
                      std::to_string(bytes - uint64_t(range->end - b)) +
-                     " bytes past the end of its " + what + " block");
+                     " bytes past the end of its block");
     return {};
   }
 

@@ -1,6 +1,7 @@
 // The CUDA implementation of the device interface, with the scenarios of
 // tests/device/test_device_host.cpp: blocks and events shared between processes, copies of
-// every kind, peer copies, and a writer killed while its stream is stuck.
+// every kind, peer copies, a writer killed while its stream is stuck, and the slot checks
+// (tests/device/slot_check_cases.hpp, the same cases as the host implementation's).
 //
 // CUDA does not survive fork once initialized, so the other processes are this executable run
 // again (fork + exec of /proc/self/exe with "--child <role> ..."); handles travel as hex on the
@@ -25,6 +26,7 @@
 #include <cuda_runtime.h>
 
 #include "device/device.hpp"
+#include "tests/device/slot_check_cases.hpp"
 
 namespace dev = loraflip::device;
 
@@ -396,6 +398,44 @@ TEST_CASE("bad handles are refused with an error") {
   if (block.ok()) backend.free_block(block.value());
 }
 
+TEST_CASE("check_slot on the GPU names the first tensor holding a NaN or an infinity") {
+  auto &backend = *g_backend;
+  auto block = backend.allocate(0, kBytes, "slots");
+  REQUIRE_MESSAGE(block.ok(), why(block));
+  slot_check_cases::nan_in_second_tensor_is_named(backend, 0, block->ptr + 8192);
+  backend.free_block(block.value());
+}
+
+TEST_CASE("check_slot on the GPU gives the CPU functions' checksum and first non-finite element "
+          "for every dtype and size") {
+  auto &backend = *g_backend;
+  constexpr uint64_t kRoom = uint64_t{17} << 20;  // the largest case: 2 Mi + 5 f64 elements
+  auto block = backend.allocate(0, kRoom, "slots");
+  REQUIRE_MESSAGE(block.ok(), why(block));
+  slot_check_cases::results_equal_cpu(backend, 0, block->ptr, kRoom);
+  backend.free_block(block.value());
+}
+
+TEST_CASE("check_slot on the GPU refuses bad tensor lists") {
+  auto &backend = *g_backend;
+  auto block = backend.allocate(0, 4096, "slots");
+  REQUIRE_MESSAGE(block.ok(), why(block));
+  slot_check_cases::bad_tensor_lists_are_refused(backend, 0, block->ptr);
+  backend.free_block(block.value());
+}
+
+TEST_CASE("check_slot on a second GPU runs there") {
+  auto &backend = *g_backend;
+  if (g_devices < 2) {
+    MESSAGE("skipped: one GPU only");
+    return;
+  }
+  auto block = backend.allocate(1, kBytes, "slots1");
+  REQUIRE_MESSAGE(block.ok(), why(block));
+  slot_check_cases::nan_in_second_tensor_is_named(backend, 1, block->ptr);
+  backend.free_block(block.value());
+}
+
 int main(int argc, char **argv) {
   if (argc >= 3 && std::string(argv[1]) == "--child")
     return run_child(std::vector<std::string>(argv + 2, argv + argc));
@@ -412,6 +452,7 @@ int main(int argc, char **argv) {
   }
   g_devices = count.value();
   g_backend = std::move(made).value();
+  dev::install_cuda_check_kernels();  // as the daemon does; children never check slots
   doctest::Context context(argc, argv);
   const int code = context.run();
   g_backend.reset();
