@@ -75,6 +75,8 @@ TEST_CASE("status, list and info render as aligned text") {
   const std::string status = loraflip::ctl::render_status(parse(kStats));
   CHECK(status.find("instance  node\n") != std::string::npos);
   CHECK(status.find("1.00 MiB used of 256 MiB (0.4%)") != std::string::npos);
+  CHECK(status.find("2 dead readers (3 pins), 1 dead writers, 0 expired leases") != std::string::npos);
+  CHECK(status.find("(19 events sent since start)") != std::string::npos);
   const std::string list = loraflip::ctl::render_list(parse(
       R"({"adapters":[{"name":"policy","version":12,"tensors":8,"slot_bytes":65536,"slots":4,"history":2},)"
       R"({"name":"ref","version":1,"tensors":2,"slot_bytes":512,"slots":3,"history":1}]})"));

@@ -116,8 +116,12 @@ std::string render_status(const Json &st) {
   t.add({"adapters", num(st["adapters"]) + " of " + num(st["max_adapters"])});
   t.add({"readers", num(st["readers"]) + " of " + num(st["max_readers"])});
   t.add({"pins", num(st["pins"])});
-  t.add({"flips", num(st["flips"])});
+  t.add({"flips", num(st["flips"]) + " (" + num(st["events"]) + " events sent since start)"});
   t.add({"requests", num(st["requests"]) + " (" + num(st["errors"]) + " errors)"});
+  const Json &rc = st["reclaimed"];
+  t.add({"reaped", num(rc["dead_readers"]) + " dead readers (" + num(rc["pins_cleared"]) +
+                          " pins), " + num(rc["dead_writers"]) + " dead writers, " +
+                          num(rc["expired_leases"]) + " expired leases"});
   const uint64_t used = st["data_used"].u64(), total = st["data_bytes"].u64();
   t.add({"arena", human_bytes(used) + " used of " + human_bytes(total) + " (" +
                       percent(used, total) + ")"});
