@@ -22,12 +22,14 @@
 #include <random>
 #include <thread>
 #include <type_traits>
+#include <dirent.h>
 #include <unistd.h>
 
 #include "device/device.hpp"
 #include "device/slot_check.hpp"
 #include "ipc/arena.hpp"
 #include "ipc/dtype.hpp"
+#include "ipc/proc.hpp"
 #include "kernels/validate.hpp"
 
 namespace loraflip::device {
@@ -399,10 +401,14 @@ class HostBackend final : public Backend {
   Result<Event> create_event(int device) override {
     if (auto s = check_device(device); !s) return s.error();
     uint64_t n;
+    bool sweep = false;
     {
       std::lock_guard lock(mu_);
       n = next_event_++;
+      sweep = !swept_events_;
+      swept_events_ = true;
     }
+    if (sweep) remove_dead_events();
     const std::string name = fit_name("loraflip." + instance_ + ".ev" + std::to_string(::getpid()) +
                                       "." + std::to_string(n));
     auto segment = Segment::create(name, sizeof(EventWord), 0660, -1);
@@ -623,6 +629,27 @@ class HostBackend final : public Backend {
   std::map<EventMapping *, std::shared_ptr<EventMapping>> events_;  // created and opened
   std::map<std::string, EventMapping *> opened_events_;             // by device/name/nonce
   uint64_t next_event_ = 0;
+  bool swept_events_ = false;  // remove_dead_events ran (at the first create_event)
+
+  // A CUDA event dies with the process that made it; the stand-in's shared memory would not.
+  // Removes the event segments of this instance whose creating process is gone (writers
+  // killed mid-commit), as this pid namespace sees them, so that /dev/shm does not fill up
+  // over crash tests and soaks.
+  void remove_dead_events() const {
+    const std::string prefix = "loraflip." + instance_ + ".ev";
+    DIR *dir = ::opendir("/dev/shm");
+    if (dir == nullptr) return;  // not Linux's tmpfs: nothing to sweep this way
+    while (const dirent *entry = ::readdir(dir)) {
+      const std::string name = entry->d_name;
+      if (name.rfind(prefix, 0) != 0) continue;
+      // "<prefix><pid>.<n>"; names too long for a handle were hashed and are left alone.
+      char *end = nullptr;
+      const long pid = std::strtol(name.c_str() + prefix.size(), &end, 10);
+      if (pid <= 0 || end == nullptr || *end != '.') continue;
+      if (!ipc::process_alive(static_cast<pid_t>(pid), 0)) ipc::Segment::remove(name);
+    }
+    ::closedir(dir);
+  }
   std::map<HostStream *, std::unique_ptr<HostStream>> streams_;
 };
 

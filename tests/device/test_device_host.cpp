@@ -482,6 +482,39 @@ TEST_CASE("free_block and destroy_event remove their shared memory") {
   CHECK(shm_objects(inst.name).empty());
 }
 
+TEST_CASE("the event segments of killed processes are removed, as a dead process's CUDA events go") {
+  ScopedInstance inst;
+  // A writer killed with its event made: its segment outlives it.
+  pid_t dead = -1;
+  int ready[2];
+  REQUIRE(::pipe(ready) == 0);
+  dead = ::fork();
+  if (dead == 0) {
+    auto backend = dev::make_host_backend(inst.name);
+    const char b = backend->create_event(0).ok() ? 1 : 0;
+    (void)!::write(ready[1], &b, 1);
+    ::pause();
+    ::_exit(0);
+  }
+  char b = 0;
+  REQUIRE(::read(ready[0], &b, 1) == 1);
+  REQUIRE(b == 1);
+  ::close(ready[0]);
+  ::close(ready[1]);
+  const std::string dead_event = "loraflip." + inst.name + ".ev" + std::to_string(dead) + ".0";
+  CHECK(shm_exists(dead_event));
+  ::kill(dead, SIGKILL);
+  ::waitpid(dead, nullptr, 0);
+  CHECK(shm_exists(dead_event));
+
+  // A live process's event stays; the dead one's goes when the next backend makes an event.
+  auto live = dev::make_host_backend(inst.name);
+  auto mine = live->create_event(1);
+  REQUIRE(mine.ok());
+  CHECK_FALSE(shm_exists(dead_event));
+  CHECK(shm_objects(inst.name).size() == 1);  // the live one's
+}
+
 TEST_CASE("a long instance name still gives names that fit a handle") {
   ScopedInstance inst;
   const std::string longer = inst.name + std::string(120, 'x');

@@ -1,6 +1,9 @@
 #include "harness.hpp"
 
+#include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <dirent.h>
 #include <optional>
@@ -8,8 +11,10 @@
 #include <stdexcept>
 #include <unistd.h>
 
+#include "daemon/devices.hpp"
 #include "daemon/handlers.hpp"
 #include "daemon/registry.hpp"
+#include "device/device.hpp"
 #include "ipc/arena.hpp"
 #include "ipc/protocol.hpp"
 #include "loraflip.h"
@@ -30,8 +35,35 @@ ipc::ArenaConfig config_for(const std::string &instance) {
   return c;
 }
 
-// Segments "loraflip.fz-<pid>-<n>.*" of processes that are gone (a fuzzer killed by a crash
-// never runs its destructors).
+// Two host stand-in devices, so that "cuda:0" and "cuda:0,1" (replication) are served. The
+// count is fixed rather than taken from LORAFLIP_HOST_DEVICES: a corpus file must mean the same
+// whatever the environment of the run that replays it.
+constexpr int kDevices = 2;
+// As small as the data arena, for the same reason: device adapters must fit or fail cleanly.
+constexpr uint64_t kDeviceBytes = uint64_t{1} << 20;
+
+// The daemon's device arenas over the host stand-in, as loraflipd --device-backend host makes
+// them (daemon/server.cpp, open_devices). New, zeroed blocks every time: device memory dies with
+// the daemon, so a fresh Registry starts with empty device arenas, as after a restart.
+daemon::DeviceSet open_devices(const std::string &instance) {
+  std::vector<int> ordinals;
+  for (int d = 0; d < kDevices; ++d) ordinals.push_back(d);
+  auto set = daemon::DeviceSet::open(device::make_host_backend(instance, kDevices), ordinals,
+                                     kDeviceBytes, daemon::kDeviceArenaTag);
+  if (!set) throw std::runtime_error("cannot make the fuzz device arenas: " + set.error().message);
+  return std::move(set).value();
+}
+
+// Everything an instance of the harness puts in /dev/shm: the arena's two segments and the
+// stand-in's device blocks.
+void remove_instance(const std::string &instance) {
+  ipc::Arena::remove(instance);
+  device::remove_host_blocks(instance, daemon::kDeviceArenaTag);
+}
+
+// Segments "loraflip.fz-<pid>-<n>.*" of processes that are gone (a fuzzer killed by a crash, a
+// timeout or -rss_limit_mb never runs its destructors). Names are at most 34 characters, so the
+// stand-in never shortens a block's name to a hash (at 40) and every one is found here.
 void remove_orphans() {
   DIR *d = ::opendir("/dev/shm");
   if (d == nullptr) return;
@@ -47,7 +79,9 @@ void remove_orphans() {
       instances.push_back(rest.substr(0, dot));
   }
   ::closedir(d);
-  for (const std::string &i : instances) ipc::Arena::remove(i);
+  std::sort(instances.begin(), instances.end());
+  instances.erase(std::unique(instances.begin(), instances.end()), instances.end());
+  for (const std::string &i : instances) remove_instance(i);
 }
 
 bool known_code(int64_t code) { return code <= LF_E_INVALID_ARGUMENT && code >= LF_E_UNKNOWN_OP; }
@@ -75,7 +109,7 @@ Harness::Harness() : s_(std::make_unique<State>()) {
   static std::atomic<int> counter{0};
   s_->instance = "fz-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
   remove_orphans();
-  ipc::Arena::remove(s_->instance);
+  remove_instance(s_->instance);
   bool created = false;
   auto arena = ipc::Arena::open_or_create(config_for(s_->instance), &created);
   if (!arena) throw std::runtime_error("cannot make the fuzz arena: " + arena.error().message);
@@ -84,8 +118,8 @@ Harness::Harness() : s_(std::make_unique<State>()) {
 }
 
 Harness::~Harness() {
-  s_->registry.reset();
-  ipc::Arena::remove(s_->instance);
+  s_->registry.reset();  // frees the device blocks with its DeviceSet
+  remove_instance(s_->instance);
 }
 
 const std::string &Harness::instance() const { return s_->instance; }
@@ -93,14 +127,15 @@ const std::string &Harness::instance() const { return s_->instance; }
 Outcome Harness::run(std::string_view input) {
   Outcome out;
   // Back to the empty arena: the Registry rebuilds its allocators from the records, so it is
-  // made anew over the restored segment (re-attached by name).
+  // made anew over the restored segment (re-attached by name), with new device arenas (the
+  // old Registry's DeviceSet frees its blocks first, so their names are free again).
   s_->registry.reset();
   {
     bool created = false;
     auto arena = ipc::Arena::open_or_create(config_for(s_->instance), &created);
     if (!arena) throw std::runtime_error("cannot re-attach the fuzz arena: " + arena.error().message);
     std::memcpy(arena->control().base(), s_->empty_control.data(), s_->empty_control.size());
-    auto registry = daemon::Registry::open(std::move(arena).value());
+    auto registry = daemon::Registry::open(std::move(arena).value(), open_devices(s_->instance));
     if (!registry) throw std::runtime_error("Registry::open: " + registry.error().message);
     s_->registry.emplace(std::move(registry).value());
   }
@@ -126,7 +161,8 @@ Outcome Harness::run(std::string_view input) {
     };
     if (deferred) {
       // A commit waiting on device copies: no reply yet, and nothing may have changed. (Not
-      // reached without devices; kept so that a harness with a device backend checks it too.)
+      // reached by the fuzzer: a pending event needs a live host event, whose handle holds a
+      // random nonce that no input can carry.)
       if (!events.empty() || std::memcmp(before.data(), control.base(), before.size()) != 0)
         fail("a deferred commit changed the control segment");
       continue;

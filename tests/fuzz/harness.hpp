@@ -1,6 +1,7 @@
 // What the fuzzer and the corpus replay test share: a RequestHandler over a Registry on a
-// small private arena, reset to the same empty state before every input, and the checks that
-// must hold for every reply.
+// small private arena and two host stand-in devices (so placements "cuda:0" and "cuda:0,1" are
+// served, written, checked and replicated), reset to the same empty state before every input,
+// and the checks that must hold for every reply.
 //
 // An input is one or more control messages separated by kSeparator, handled in order from a
 // fresh, empty arena (so a sequence such as create_adapter, begin_write, commit reaches the
@@ -31,13 +32,15 @@ struct Outcome {
 class Harness {
  public:
   // Makes a small arena under a name unique to this process ("fz-<pid>-<n>"), and removes the
-  // segments of earlier harnesses whose process died without removing theirs.
+  // segments (arena and device blocks) of earlier harnesses whose process died without
+  // removing theirs.
   Harness();
-  ~Harness();  // removes the arena
+  ~Harness();  // removes the arena and the device blocks
   Harness(const Harness &) = delete;
   Harness &operator=(const Harness &) = delete;
 
-  // Resets the arena to empty, then handles every request of `input`. Checks after each:
+  // Resets the arena to empty and the device arenas to new, zeroed blocks, then handles every
+  // request of `input`. Checks after each:
   //  - the reply decodes as {id, ok, result | error{code, message}} within the client's limits;
   //  - an error's code is one of the LF_E_* codes;
   //  - an error reply never changes an active word, and leaves the control segment byte for

@@ -201,10 +201,64 @@ def seeds():
     s["err-drop"] = [req("drop_adapter", {"name": "nosuch"}), create(),
                      req("drop_adapter", {"name": "policy"}),
                      req("drop_adapter", {"name": "policy"}), begin()]
-    s["err-device"] = [create(name="gpu", placement="cuda:0"),
-                       create(name="tp", placement="cuda:0,1"), create(), begin(),
+    s["err-device"] = [create(name="gpu", placement="cuda:2"),      # not served
+                       create(name="gpu", placement="cuda:0,0"),    # listed twice
+                       create(name="gpu", placement="cuda:"),
+                       create(name="gpu", placement="cuda:-1"),
+                       create(name="gpu", placement="cuda:0,1,2,3,4,5,6,7,8"),
+                       create(name="gpu", placement="device:x"),
+                       create(), begin(),
                        req("commit", {"lease": 1, "flags": 0, "event": b"\x01" * 63}),
                        req("commit", {"lease": 1, "flags": 0, "event": b"\x00" * 64})]
+
+    # Device placements, served by the harness's two host stand-in devices (1 MiB each).
+    s["ok-device-write-commit"] = [create("gpu", placement="cuda:0"), begin("gpu"),
+                                   commit(1, 3, checksum_of_zeros(SLOT_BYTES)),
+                                   req("info", {"name": "gpu"}), req("list")]
+    s["ok-device-replicas"] = [create("tp", placement="cuda:0,1"), begin("tp"), commit(1),
+                               begin("tp"), commit(2, 3, checksum_of_zeros(SLOT_BYTES)),
+                               req("rollback", {"name": "tp", "version": 1}),
+                               req("info", {"name": "tp"}), req("stats")]
+    s["ok-device-second-first"] = [create("tp", placement="device:1,0", slots=3, history=1),
+                                   begin("tp"), commit(1, 1), begin("tp"), commit(2),
+                                   begin("tp"), commit(3), req("info", {"name": "tp"})]
+    s["ok-device-abort-drop"] = [create("tp", placement="cuda:0,1"), begin("tp"), commit(1),
+                                 begin("tp"), req("abort", {"lease": 2}), begin("tp"),
+                                 req("drop_adapter", {"name": "tp"}), req("list"),
+                                 create("tp", placement="cuda:1,0"), begin("tp"), commit(4),
+                                 req("info", {"name": "tp"})]
+    s["ok-device-and-host"] = [create("a"), create("b", placement="cuda:0"),
+                               create("c", placement="cuda:1"),
+                               create("d", placement="cuda:0,1", slots=2, history=0),
+                               begin("a"), begin("b"), begin("c"), begin("d"),
+                               commit(2, 3), commit(4), commit(3, 1), commit(1), req("list"),
+                               req("stats"),
+                               # No lease left: the reclamation pass after the last request
+                               # gives their device ranges back.
+                               req("drop_adapter", {"name": "d"}),
+                               req("drop_adapter", {"name": "b"})]
+    # A commit naming an event: a host event handle (magic "LFEV") of a segment that does not
+    # exist, then one of no implementation at all; each ends its lease.
+    missing_event = (struct.pack("<IIQQ", 0x4C464556, 0, 0, 0x1234) +
+                     b"loraflip.fuzz-no-such-event".ljust(40, b"\x00"))
+    s["err-device-event"] = [create("gpu", placement="cuda:0"), begin("gpu"),
+                             req("commit", {"lease": 1, "flags": 1, "event": missing_event}),
+                             begin("gpu"),
+                             req("commit", {"lease": 2, "flags": 0, "event": b"\x07" * 64}),
+                             begin("gpu"), commit(3)]
+    # Device arenas that run out: one adapter larger than a device, then device 1 filled so
+    # that a replicated adapter gets its range on device 0 and must give it back.
+    half = {"name": "t", "dtype": "u8", "shape": [1 << 19]}
+    s["err-device-arena-full"] = [
+        req("create_adapter", {"name": "huge", "tensors": [half], "slots": 4,
+                               "placement": "cuda:0"}),
+        req("create_adapter", {"name": "fill", "tensors": [half], "slots": 2, "history": 0,
+                               "placement": "cuda:1"}),
+        req("create_adapter", {"name": "tp", "tensors": [half], "slots": 2, "history": 0,
+                               "placement": "cuda:0,1"}),
+        req("create_adapter", {"name": "tp", "tensors": [half], "slots": 2, "history": 0,
+                               "placement": "cuda:0"}),
+        begin("tp"), commit(1, 3)]
     return s
 
 

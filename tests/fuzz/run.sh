@@ -4,11 +4,12 @@
 #   tests/fuzz/run.sh [--seconds N] [--build DIR] [-- LIBFUZZER_ARGS...]
 #
 # Builds tests/fuzz/fuzz_handler with clang (-fsanitize=fuzzer,address,undefined, the daemon
-# code instrumented too) in its own build directory (default /tmp/loraflip-fuzz-build), runs it
-# from the seed corpus for N seconds (default 60), and copies every crash it finds into
-# tests/fuzz/corpus/ as a regression input for the replay test (meson test --suite fuzz).
-# Exits 1 when it found a crash. Needs clang and libclang-rt-14-dev (Debian 12; the script
-# installs them with apt-get when it runs as root and they are missing).
+# code instrumented too) in its own build directory (default /tmp/loraflip-fuzz-build; one
+# that another checkout configured is made anew), runs it from the seed corpus for N seconds
+# (default 60), and copies every crash it finds into tests/fuzz/corpus/ as a regression input
+# for the replay test (meson test --suite fuzz).
+# Exits 1 when it found a crash. Needs clang and libclang-rt-14-dev (Debian 12: scripts/setup
+# installs them; so does this script, with apt-get, when they are missing).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -25,20 +26,38 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-clangxx=$(command -v clang++ || true)
-if [ -z "$clangxx" ] || ! echo 'extern "C" int LLVMFuzzerTestOneInput(const char*, unsigned long){return 0;}' |
-    "$clangxx" -x c++ -fsanitize=fuzzer - -o /dev/null 2>/dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get install -y -q clang libclang-rt-14-dev >/dev/null ||
-      { apt-get update -q >/dev/null && apt-get install -y -q clang libclang-rt-14-dev >/dev/null; }
-    clangxx=$(command -v clang++)
-  else
-    echo "run.sh needs clang++ with libFuzzer (Debian 12: apt-get install clang libclang-rt-14-dev)" >&2
-    exit 2
-  fi
+have_libfuzzer() {
+  command -v clang++ >/dev/null &&
+    echo 'extern "C" int LLVMFuzzerTestOneInput(const char*, unsigned long){return 0;}' |
+      clang++ -x c++ -fsanitize=fuzzer - -o /dev/null 2>/dev/null
+}
+if ! have_libfuzzer && command -v apt-get >/dev/null; then
+  # The packages scripts/setup installs, for a machine where this script runs on its own.
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  echo "run.sh: installing clang libclang-rt-14-dev"
+  { $sudo apt-get install -y -qq --no-install-recommends clang libclang-rt-14-dev ||
+    { $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends \
+        clang libclang-rt-14-dev; }; } >/dev/null || true
 fi
+if ! have_libfuzzer; then
+  echo "run.sh needs clang++ with libFuzzer (Debian 12: apt-get install clang libclang-rt-14-dev)" >&2
+  exit 2
+fi
+clangxx=$(command -v clang++)
 clangc=${clangxx%++}
 
+# A build directory kept from another checkout (a fresh clone in CI finds the one of the
+# checkout it was cloned from) would fuzz that checkout's code: such a build is made anew.
+if [ -f "$build/meson-info/meson-info.json" ] && ! python3 - "$build/meson-info/meson-info.json" "$root" <<'PY'
+import json, os, sys
+source = json.load(open(sys.argv[1]))["directories"]["source"]
+sys.exit(os.path.realpath(source) != os.path.realpath(sys.argv[2]))
+PY
+then
+  echo "run.sh: $build was built from another source tree: building it anew"
+  rm -rf "$build"
+fi
 if [ ! -f "$build/build.ninja" ]; then
   CC=$clangc CXX=$clangxx meson setup "$build" "$root" -Dcuda=disabled -Dbench=false \
     -Dbuildtype=debugoptimized -Db_sanitize=address,undefined -Db_lundef=false \
@@ -57,7 +76,7 @@ set +e
 "$build/tests/fuzz/fuzz_handler" "$work/corpus" "$work/seeds" \
   -dict="$here/handler.dict" -max_total_time="$seconds" -max_len=65536 -timeout=10 \
   -rss_limit_mb=2048 -artifact_prefix="$work/artifacts/" -print_final_stats=1 "${extra[@]}" \
-  2>&1 | tee "$work/fuzz.log" | grep -E '^#[0-9]+ *(pulse|DONE|INITED)|ERROR|violation|SUMMARY|stat::' 
+  2>&1 | tee "$work/fuzz.log" | grep -E '^#[0-9]+[[:space:]]+(pulse|DONE|INITED)|ERROR|violation|SUMMARY|stat::'
 status=${PIPESTATUS[0]}
 set -e
 
