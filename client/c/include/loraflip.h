@@ -274,6 +274,7 @@ typedef struct lf_event {
    * events socket drops them for a subscriber that falls behind (ZeroMQ PUB semantics), so
    * anyone who must see every version should read missed and catch up with lf_client_info. */
   uint64_t missed;
+  uint64_t reserved[4]; /* zero: room for later fields without another function */
 } lf_event_t;
 /* Waits up to timeout_ms (< 0: forever) for the next flip and fills *out. */
 LF_API int lf_events_next_event(lf_events_t *events, int timeout_ms, lf_event_t *out);

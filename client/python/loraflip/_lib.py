@@ -129,7 +129,7 @@ LF_EVENT_DROP = 3
 
 class lf_event_t(ctypes.Structure):
     # typedef struct lf_event { char adapter[LF_MAX_ADAPTER_NAME + 1]; int32_t kind;
-    #   uint64_t version, previous, unix_ns, seq, missed; } lf_event_t;
+    #   uint64_t version, previous, unix_ns, seq, missed; uint64_t reserved[4]; } lf_event_t;
     _fields_ = [
         ("adapter", ctypes.c_char * (LF_MAX_ADAPTER_NAME + 1)),
         ("kind", ctypes.c_int32),
@@ -138,6 +138,7 @@ class lf_event_t(ctypes.Structure):
         ("unix_ns", ctypes.c_uint64),
         ("seq", ctypes.c_uint64),
         ("missed", ctypes.c_uint64),
+        ("reserved", ctypes.c_uint64 * 4),
     ]
 
 
