@@ -67,16 +67,20 @@ TEST_CASE("a shared client, reader threads, a waiter and an event listener work 
       }
     });
   }
+  // A reader of its own for one thread (readers are one thread at a time), or a failure counted.
+  auto open_reader = [&](lf_reader_t **reader, lf_adapter_ref_t *ref) {
+    if (lf_reader_open(dir.c_str(), reader) == LF_OK &&
+        lf_reader_find(*reader, name.c_str(), ref) == LF_OK)
+      return true;
+    failures.fetch_add(1);
+    lf_reader_close(*reader);
+    return false;
+  };
   for (int r = 0; r < 4; ++r) {
     threads.emplace_back([&] {
       lf_reader_t *reader = nullptr;
       lf_adapter_ref_t ref = 0;
-      if (lf_reader_open(dir.c_str(), &reader) != LF_OK ||
-          lf_reader_find(reader, name.c_str(), &ref) != LF_OK) {
-        failures.fetch_add(1);
-        lf_reader_close(reader);
-        return;
-      }
+      if (!open_reader(&reader, &ref)) return;
       uint64_t last = 0;
       while (!done.load()) {
         lf_pin_t *pin = nullptr;
@@ -96,12 +100,7 @@ TEST_CASE("a shared client, reader threads, a waiter and an event listener work 
   threads.emplace_back([&] {
     lf_reader_t *reader = nullptr;
     lf_adapter_ref_t ref = 0;
-    if (lf_reader_open(dir.c_str(), &reader) != LF_OK ||
-        lf_reader_find(reader, name.c_str(), &ref) != LF_OK) {
-      failures.fetch_add(1);
-      lf_reader_close(reader);
-      return;
-    }
+    if (!open_reader(&reader, &ref)) return;
     uint64_t seen = 1;
     while (!done.load()) {
       uint64_t now = 0;
