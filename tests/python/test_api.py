@@ -339,11 +339,75 @@ def test_rollback_and_drop(client, name):
         assert np.array_equal(v[next(iter(v))], peft_state()[next(iter(v))])  # still pinned
     with pytest.raises(loraflip.NotFound):
         client.info(name)
-    with pytest.raises((loraflip.NotFound, loraflip.Stale)):
+    with pytest.raises(loraflip.Stale):
         with client.acquire(name):
             pass
     with pytest.raises(loraflip.NotFound):
         client.drop(name)
+
+
+def test_acquiring_a_dropped_adapter_says_stale_as_the_c_api_does(daemon, client, name):
+    client.publish(name, peft_state(), config=CONFIG)
+    reader = _lib.lf_reader_p()
+    assert _lib.lf_reader_open(daemon.dir.encode(), ctypes.byref(reader)) == _lib.LF_OK
+    try:
+        ref = _lib.lf_adapter_ref_t()
+        assert _lib.lf_reader_find(reader, name.encode(), ctypes.byref(ref)) == _lib.LF_OK
+        with client.acquire(name) as v:  # this thread has looked the name up too
+            assert v.version == 1
+        client.drop(name)
+        pin = _lib.lf_pin_p()
+        c_rc = _lib.lf_reader_acquire(reader, ref.value, 0, ctypes.byref(pin))
+        assert c_rc == _lib.LF_E_STALE
+        for _ in range(2):  # the same answer each time, as the C reference keeps giving
+            with pytest.raises(loraflip.Stale, match=f"'{name}' was dropped") as e:
+                with client.acquire(name):
+                    pass
+            assert e.value.code == c_rc
+        with pytest.raises(loraflip.Stale):
+            client.active_version(name)
+        with pytest.raises(loraflip.Stale):
+            client.wait(name, 0, timeout=0)
+        # A name never looked up before the drop is unknown, in C and in Python alike.
+        assert _lib.lf_reader_find(reader, name.encode(), ctypes.byref(ref)) == _lib.LF_E_NOT_FOUND
+        with loraflip.Client(daemon.dir) as fresh:
+            with pytest.raises(loraflip.NotFound):
+                with fresh.acquire(name):
+                    pass
+        # Created again under the same name: acquire by name follows it.
+        client.publish(name, peft_state(seed=1), config=CONFIG)
+        with client.acquire(name) as v:
+            assert v.version == 1
+        assert client.active_version(name) == 1
+    finally:
+        _lib.lf_reader_close(reader)
+
+
+def test_a_full_adapter_table_counts_the_records_dropped_adapters_still_hold():
+    import uuid
+    from conftest import Daemon
+    d = Daemon("tbl", extra=["--max-adapters", "3"]).start()
+    try:
+        with loraflip.Client(d.dir) as c:
+            names = [f"full-{uuid.uuid4().hex[:6]}-{i}" for i in range(3)]
+            for n in names:
+                c.publish(n, peft_state(), config=CONFIG)
+            with c.acquire(names[0]):
+                c.drop(names[0])  # pinned: its record stays taken
+                assert len(c.list()) == 2
+                with pytest.raises(loraflip.TableFull,
+                                   match=r"3 records, 1 of them held by dropped adapters"):
+                    c.publish(names[0], peft_state(), config=CONFIG)
+            deadline = time.monotonic() + 5  # the reaper frees it (every 100 ms by default)
+            while True:
+                try:
+                    c.publish(names[0], peft_state(), config=CONFIG)
+                    break
+                except loraflip.TableFull:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+    finally:
+        d.stop()
 
 
 # ---- waiting and events ----
@@ -359,6 +423,33 @@ def test_wait_returns_the_newer_version_or_times_out(client, name):
     assert client.wait(name, newer_than=1, timeout=5) == 2
     later.join()
     assert client.wait(name, newer_than=0, timeout=0) == 2
+
+
+def test_a_wait_that_times_out_names_the_callers_timeout(client, name, monkeypatch):
+    client.publish(name, peft_state(), config=CONFIG)
+    asked = []  # timeout_ms of every lf_reader_wait call
+    real = _lib.lf_reader_wait
+
+    def spy(reader, ref, version, timeout_ms, out):
+        asked.append(timeout_ms)
+        return real(reader, ref, version, timeout_ms, out)
+
+    monkeypatch.setattr(_lib, "lf_reader_wait", spy)
+    t0 = time.monotonic()
+    with pytest.raises(loraflip.Timeout, match="no version of '.*' newer than 1 within 500 ms"):
+        client.wait(name, newer_than=1, timeout=0.5)
+    assert time.monotonic() - t0 >= 0.5
+    # Waited in slices (Ctrl-C stays responsive between them), none of them 0 ms: a slice
+    # rounded down to 0 would poll and give up early.
+    assert 0 not in asked and max(asked) == 200 and len(asked) >= 3
+    asked.clear()
+    with pytest.raises(loraflip.Timeout, match="within 0.5 ms"):
+        client.wait(name, newer_than=1, timeout=0.0005)
+    assert asked == [1]  # rounded up, not down to a poll
+    asked.clear()
+    with pytest.raises(loraflip.Timeout, match="within 0 ms"):
+        client.wait(name, newer_than=1, timeout=0)
+    assert asked == [0]
 
 
 def test_watch_yields_flip_events(client, name):

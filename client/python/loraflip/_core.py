@@ -5,6 +5,7 @@ import collections
 import contextlib
 import ctypes
 import json
+import math
 import os
 import re
 import threading
@@ -20,7 +21,7 @@ from . import _dlpack
 from . import _lib as L
 from . import _safetensors as st
 from ._errors import (ClosedError, InvalidArgument, LoraflipError, NoFreeSlot, NotFound,
-                      ReleasedError, Stale, error_for)
+                      ReleasedError, Stale, Timeout, error_for)
 from ._safetensors import RawTensor
 from ._views import Guard, PinnedArray, pinned_array
 
@@ -38,6 +39,18 @@ _NP = {L.LF_DTYPE_F32: np.dtype("<f4"), L.LF_DTYPE_F16: np.dtype("<f2"),
 _NP_CODES = {nd: code for code, nd in _NP.items()}  # the hot path of publish: one dict lookup
 _ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,126}$")
 _NO_FREE_SLOT_RETRY_S = 10.0
+# The longest single wait in C of a blocking call: the C calls cannot be interrupted, and short
+# slices keep Ctrl-C working.
+_SLICE_MS = 200
+
+
+def _slice_ms(deadline: Optional[float]) -> int:
+    """The next slice of a wait that ends at `deadline` (time.monotonic(); None: never), in ms.
+    Rounded up: a slice rounded down would turn the last part of a wait (or all of a wait
+    under 1 ms) into a poll that gives up before the deadline."""
+    if deadline is None:
+        return _SLICE_MS
+    return max(0, min(_SLICE_MS, math.ceil((deadline - time.monotonic()) * 1000)))
 
 
 def dtype_code(dtype) -> int:
@@ -254,6 +267,18 @@ class _Reader:
         entry = (ref.value, {})
         self.refs[name] = entry
         return entry
+
+    def lookup_after_stale(self, name: str) -> tuple[int, dict]:
+        """The name looked up again after LF_E_STALE, in case it was created again. If it was
+        not, the answer stays the C API's for a reference to a dropped adapter (Stale, as long
+        as the old reference is kept), not the NotFound of a name never seen."""
+        stale = self.refs.get(name)
+        try:
+            return self.lookup(name, refresh=True)
+        except NotFound:
+            if stale is not None:
+                self.refs[name] = stale
+            raise Stale(L.LF_E_STALE, f"adapter '{name}' was dropped") from None
 
     def close(self) -> None:
         for p in list(self.live):
@@ -649,11 +674,20 @@ class FlipEvent(NamedTuple):
     unix_ns: int = 0      # when the daemon sent it
     seq: int = 0          # this adapter's event number, from 1
     missed: int = 0       # this adapter's events dropped for this watcher since its last one
+    # (known only at the adapter's next event: see Watcher for how to tell sooner)
 
 
 class Watcher:
     """Flip events of one adapter (or all), from the daemon's PUB socket. Subscribed from the
-    moment it is created; iterate it, and close it (or use `with`)."""
+    moment it is created; iterate it, and close it (or use `with`).
+
+    The socket drops events for a watcher that falls behind; `FlipEvent.missed` counts them,
+    but only at the adapter's next event. A watcher that drains a burst whose last events were
+    dropped (a "drop" event included) learns nothing until the adapter flips again. To know
+    whether it is behind now, compare the version of the last event with the active version:
+    `client.active_version(name) != last.version` (or loraflip.Stale / NotFound: the adapter
+    was dropped) means events were lost, or the last one is still on its way (it is sent just
+    after the flip); `client.info(name)` catches up."""
 
     def __init__(self, runtime_dir: Optional[bytes], name: Optional[str], timeout: Optional[float]):
         if name is not None:
@@ -673,8 +707,7 @@ class Watcher:
         e = L.lf_event_t()
         version = ctypes.c_uint64()
         while True:
-            # Short waits keep Ctrl-C working (the C call cannot be interrupted).
-            slice_ms = 200 if deadline is None else max(0, min(200, int((deadline - time.monotonic()) * 1000)))
+            slice_ms = _slice_ms(deadline)
             if L.lf_events_next_event is None:  # an older libloraflip: adapter and version only
                 rc = L.lf_events_next(self._handle, slice_ms, e.adapter, len(e.adapter),
                                       ctypes.byref(version))
@@ -1022,7 +1055,10 @@ class Client:
                 raise self._fail(rc)
 
     def drop(self, name: str) -> None:
-        """Drops the adapter; its memory returns once no reader pins it."""
+        """Drops the adapter. The name is free at once (a later publish creates it anew);
+        acquires on threads that used it raise loraflip.Stale. Its memory, and its entry in
+        the daemon's adapter table, return once no reader pins it and no write holds it: until
+        then the entry counts against --max-adapters (a create may raise TableFull)."""
         bname = _check_adapter_name(name)
         with self._use() as h:
             rc = L.lf_client_drop_adapter(h, bname)
@@ -1250,7 +1286,7 @@ class Client:
         if exact and want <= 0:
             raise InvalidArgument(L.LF_E_INVALID_ARGUMENT, "version must be >= 1")
         for attempt in range(2):
-            ref, schema = r.lookup(name, refresh=attempt > 0)
+            ref, schema = r.lookup_after_stale(name) if attempt else r.lookup(name)
             out = L.lf_pin_p()
             fn = L.lf_reader_acquire_version if exact else L.lf_reader_acquire
             rc = fn(r.handle, ref, want, ctypes.byref(out))
@@ -1273,7 +1309,10 @@ class Client:
                 version: Optional[int] = None) -> _Acquire:
         """Pins the active version (if >= min_version; else the newest kept one that is), or
         exactly `version`. Use as `with client.acquire(name) as v: v[tensor]`. Acquire and
-        release touch shared memory only. Release only after the work reading it is done."""
+        release touch shared memory only. Release only after the work reading it is done.
+        An adapter dropped since this thread last read it raises loraflip.Stale, as the C API
+        does (LF_E_STALE); a name this thread never saw raises NotFound; an adapter created
+        again under the name is acquired."""
         if version is not None:
             return _Acquire(self, name, version, True)
         return _Acquire(self, name, min_version, False)
@@ -1283,11 +1322,11 @@ class Client:
         self._handle_or_raise()
         r = self._reader()
         for attempt in range(2):
-            ref, _ = r.lookup(name, refresh=attempt > 0)
+            ref, _ = r.lookup_after_stale(name) if attempt else r.lookup(name)
             out = ctypes.c_uint64()
             rc = L.lf_reader_active_version(r.handle, ref, ctypes.byref(out))
             if rc == L.LF_E_STALE and attempt == 0:
-                continue
+                continue  # dropped, maybe re-created: look the name up again
             if rc != L.LF_OK:
                 raise error_for(rc, f"adapter '{name}' was dropped" if rc == L.LF_E_STALE else "")
             return out.value
@@ -1295,23 +1334,30 @@ class Client:
 
     def wait(self, name: str, newer_than: int = 0, timeout: Optional[float] = None) -> int:
         """Blocks until the active version is newer than `newer_than`; returns it. Raises
-        loraflip.Timeout after `timeout` seconds (None: forever). No message to the daemon."""
+        loraflip.Timeout after `timeout` seconds (None: forever; 0: look once). No message to
+        the daemon; the wait goes in slices of at most 200 ms, so Ctrl-C stays responsive."""
         self._handle_or_raise()
         r = self._reader()
         ref, _ = r.lookup(name)
         deadline = None if timeout is None else time.monotonic() + timeout
         out = ctypes.c_uint64()
         while True:
-            left = 200 if deadline is None else max(0, min(200, int((deadline - time.monotonic()) * 1000)))
-            rc = L.lf_reader_wait(r.handle, ref, int(newer_than), left, ctypes.byref(out))
+            rc = L.lf_reader_wait(r.handle, ref, int(newer_than), _slice_ms(deadline),
+                                  ctypes.byref(out))
             if rc == L.LF_OK:
                 return out.value
-            if rc != L.LF_E_TIMEOUT or (deadline is not None and time.monotonic() >= deadline):
+            if rc != L.LF_E_TIMEOUT:
                 raise r.fail(rc)
+            if deadline is not None and time.monotonic() >= deadline:
+                # Not r.fail: the C message names the last slice, not the caller's timeout.
+                ms = f"{max(0.0, timeout) * 1000:.3f}".rstrip("0").rstrip(".")
+                raise Timeout(rc, f"no version of '{name}' newer than {int(newer_than)} within "
+                                  f"{ms} ms")
 
     def watch(self, name: Optional[str] = None, timeout: Optional[float] = None) -> Watcher:
         """Flip events (FlipEvent(adapter, version)) of `name` (None: every adapter). Iteration
-        ends when no event comes for `timeout` seconds (None: never)."""
+        ends when no event comes for `timeout` seconds (None: never). Events can be lost to a
+        watcher that falls behind: see Watcher for how to tell."""
         self._handle_or_raise()
         return Watcher(self._dir, name, timeout)
 
