@@ -1,15 +1,18 @@
-// Control requests in, replies out: decoding with limits, argument checks, one call into the
-// Registry, encoding. Kept apart from the ZeroMQ loop so that tests (and fuzzers) can feed any
+// Control requests in, replies out: one declared schema per message (ipc/messages.hpp) decodes
+// and checks the request, one call into the Registry acts on it, the reply is encoded from its
+// declared struct. Kept apart from the ZeroMQ loop so that tests (and fuzzers) can feed any
 // bytes straight in.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "daemon/access.hpp"
 #include "daemon/registry.hpp"
-#include "ipc/protocol.hpp"
+#include "ipc/messages.hpp"
 
 namespace loraflip::daemon {
 
@@ -25,29 +28,35 @@ class RequestHandler {
   RequestHandler(Registry &registry, DaemonIdentity identity)
       : registry_(registry), identity_(std::move(identity)) {}
 
-  // Answers one request. Never throws; a reply is always produced, even for garbage, except
-  // for a commit whose device copies are still running: then *deferred is set, nothing changed,
+  // Answers one request from `peer`, the sender as the kernel names it (SO_PEERCRED, pid in
+  // the daemon's pid namespace; nullopt when the transport gives none: then every request that
+  // acts for a process is refused). Never throws; a reply is always produced, even for
+  // garbage, and carries the request's id whenever the bytes let it be read. The one exception
+  // is a commit whose device copies are still running: then *deferred is set, nothing changed,
   // and the caller hands the same request in again later. Flips that the request caused are
   // appended to `events` for the events socket.
-  std::string handle(std::string_view request, uint64_t now_ns, std::vector<FlipEvent> *events,
-                     bool *deferred = nullptr);
+  std::string handle(std::string_view request, const std::optional<PeerCredentials> &peer,
+                     uint64_t now_ns, std::vector<FlipEvent> *events, bool *deferred = nullptr);
 
-  // The error reply to a request the daemon will not serve (a peer outside the access lists):
-  // it carries the request's id, so the client reports it instead of waiting for its reply.
-  // Nothing else of the request is looked at.
+  // The error reply to a request the daemon will not serve (a peer outside the access lists,
+  // a message of the wrong shape): it carries the request's id when one can be read, so the
+  // client reports it instead of waiting for its reply. Nothing else of the request is used.
   std::string refuse(std::string_view request, const Error &error);
 
   uint64_t requests() const { return requests_; }
   uint64_t errors() const { return errors_; }
 
  private:
-  std::string dispatch(std::string_view op, const ipc::MapView &args, uint64_t id,
-                       uint64_t now_ns, std::vector<FlipEvent> *events, bool *deferred);
-  std::string hello(const ipc::MapView &args, uint64_t id);
-  std::string create(const ipc::MapView &args, uint64_t id);
+  std::string dispatch(const ipc::msg::Envelope &envelope, const msgpack::object &args,
+                       const std::optional<PeerCredentials> &peer, uint64_t now_ns,
+                       std::vector<FlipEvent> *events, bool *deferred);
+  std::string hello(const ipc::msg::Hello &q, uint64_t id);
+  std::string create(const ipc::msg::CreateAdapter &q, uint64_t id);
   std::string list(uint64_t id);
-  std::string info(const ipc::MapView &args, uint64_t id);
+  std::string info(const ipc::msg::Info &q, uint64_t id);
   std::string stats(uint64_t id);
+  std::string flip_reply(uint64_t id, Result<FlipEvent> flip, bool with_checksum,
+                         std::vector<FlipEvent> *events);
   std::string error_reply(uint64_t id, const Error &error);
 
   Registry &registry_;

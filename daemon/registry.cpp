@@ -8,6 +8,7 @@
 #include "ipc/dtype.hpp"
 #include "ipc/futex.hpp"
 #include "ipc/proc.hpp"
+#include "ipc/text.hpp"
 #include "kernels/validate.hpp"
 
 namespace loraflip::daemon {
@@ -54,9 +55,7 @@ std::string non_finite_message(const ipc::TensorDesc &d, int64_t element, uint64
 
 // A name for an error message. Lookups by name happen before any name check, so a name may be
 // as long as a protocol string (64 KiB): the reply must stay within the client's limits.
-std::string shown(const std::string &name) {
-  return name.size() <= 128 ? name : name.substr(0, 128) + "...";
-}
+std::string shown(const std::string &name) { return ipc::printable(name); }
 
 }  // namespace
 
@@ -285,9 +284,17 @@ Status Registry::create(const CreateRequest &q) {
     }
   }
   if (index == arena_.max_adapters())
-    return make_error(LF_E_TABLE_FULL, "the adapter table is full (" +
-                                           std::to_string(arena_.max_adapters()) +
-                                           " adapters); drop one or restart with more");
+    return make_error(LF_E_TABLE_FULL, [&] {
+      // `list` does not show dropped adapters, yet a pin or a lease that still names one keeps
+      // its record (reap frees it once none does): say how many, or the table looks roomy.
+      uint32_t dropped = 0;
+      for (uint32_t i = 0; i < arena_.max_adapters(); ++i)
+        dropped += state_of(arena_.adapter(i)) == AdapterState::kDropping;
+      return "the adapter table is full (" + std::to_string(arena_.max_adapters()) +
+             " records, " + std::to_string(dropped) +
+             " of them held by dropped adapters that a pin or a write lease still names; each "
+             "is freed once none does); drop one or restart with more --max-adapters";
+    }());
 
   const uint64_t tensors_bytes = q.tensors.size() * sizeof(ipc::TensorDesc);
   const uint64_t pool_bytes = tensors_bytes + (q.target_modules.size() + 1) + (q.metadata.size() + 1);
@@ -389,6 +396,7 @@ Status Registry::create(const CreateRequest &q) {
     slot.checksum = 0;
     slot.committed_unix_ns = 0;
     slot.lease_id = slot.writer_pid = slot.writer_start = slot.lease_deadline_ns = 0;
+    slot.committed_lease = slot.begin_token = 0;
     slot.word.store(ipc::pack_slot_word(0, SlotState::kFree), kSeqCst);
   }
   r.active.store(0, kSeqCst);
@@ -451,42 +459,61 @@ bool Registry::adapter_pinned(uint32_t adapter) const {
 Result<Lease> Registry::begin_write(const BeginRequest &q, uint64_t now_ns) {
   std::optional<uint32_t> index = find(q.name);
   if (!index) return make_error(LF_E_NOT_FOUND, "no adapter '" + shown(q.name) + "'");
-  if (q.pid == 0 || q.pid > INT32_MAX)
-    return make_error(LF_E_INVALID_ARGUMENT, "begin_write needs the writer's pid");
+  if (q.writer.pid == 0 || q.writer.pid > INT32_MAX || q.writer.start == 0)
+    return make_error(LF_E_INVALID_ARGUMENT, "begin_write needs the writer's process");
   if (q.lease_ms == 0 || q.lease_ms > 24ull * 3600 * 1000)
     return make_error(LF_E_INVALID_ARGUMENT, "a lease lasts 1 ms to 24 h");
   AdapterRecord &r = arena_.adapter(*index);
-  SlotCensus seen;
+  if (q.token != 0) {
+    // The same begin asked again (its reply was lost): the lease it made, if it still runs.
+    // An expired one is given back: its writer says it never learned it, so nothing of that
+    // process writes there.
+    for (uint32_t s = 0; s < r.slot_count; ++s) {
+      SlotRecord &slot = r.slots[s];
+      const SlotState st = slot_state(slot);
+      if ((st != SlotState::kWriting && st != SlotState::kAbandoned) ||
+          slot.begin_token != q.token || slot.writer_pid != q.writer.pid ||
+          slot.writer_start != q.writer.start)
+        continue;
+      if (st == SlotState::kWriting && now_ns <= slot.lease_deadline_ns)
+        return Lease{slot.lease_id, *index, r.incarnation.load(kSeqCst), s, slot.data_offset,
+                     r.slot_bytes};
+      end_lease(slot);
+      r.aborts.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+  uint32_t free_but_pinned = 0;
   for (uint32_t s = 0; s < r.slot_count; ++s) {
     SlotRecord &slot = r.slots[s];
-    switch (slot_state(slot)) {
-      case SlotState::kWriting: ++seen.writing; continue;
-      case SlotState::kCommitted: ++seen.committed; continue;
-      case SlotState::kAbandoned: ++seen.abandoned; continue;
-      case SlotState::kFree: break;
-    }
+    if (slot_state(slot) != SlotState::kFree) continue;
     // The slot left the active word and the history before this scan (both seq_cst stores),
     // so a reader that pins it after the scan fails its second look and lets go.
     if (slot_pinned(*index, s)) {
-      ++seen.pinned;
+      ++free_but_pinned;
       continue;
     }
     ipc::ArenaHeader &h = arena_.header();
     slot.lease_id = ++h.last_lease_id;
-    slot.writer_pid = q.pid;
-    slot.writer_start = q.start;
+    slot.writer_pid = q.writer.pid;
+    slot.writer_start = q.writer.start;
+    slot.committed_lease = 0;
+    slot.begin_token = q.token;
     slot.lease_deadline_ns = now_ns + q.lease_ms * 1000000ULL;
     slot.lease_begin_ns = now_ns;
     slot.word.store(ipc::pack_slot_word(0, SlotState::kWriting), kSeqCst);
     return Lease{slot.lease_id, *index, r.incarnation.load(kSeqCst), s, slot.data_offset,
                  r.slot_bytes};
   }
+  // The same counts as info's census (pinned: slots of any state that a pin names), plus the
+  // free slots that only a pin holds back.
+  const SlotCensus seen = census(*index);
   return make_error(LF_E_NO_FREE_SLOT,
                     "adapter '" + q.name + "' has no free slot: " + std::to_string(seen.committed) +
-                        " active or kept, " + std::to_string(seen.writing) + " being written, " +
-                        std::to_string(seen.pinned) + " pinned by readers, " +
-                        std::to_string(seen.abandoned) +
-                        " held by writers whose lease ended; retry later");
+                        " committed (active or kept), " + std::to_string(seen.writing) +
+                        " being written, " + std::to_string(seen.abandoned) +
+                        " held by writers whose lease ended, " + std::to_string(free_but_pinned) +
+                        " free but pinned by readers (" + std::to_string(seen.pinned) +
+                        " pinned in all); retry later");
 }
 
 Result<std::pair<uint32_t, uint32_t>> Registry::find_lease(uint64_t lease) const {
@@ -505,9 +532,24 @@ Result<std::pair<uint32_t, uint32_t>> Registry::find_lease(uint64_t lease) const
   return make_error(LF_E_LEASE, "lease " + std::to_string(lease) + " is unknown or already ended");
 }
 
+Result<std::pair<uint32_t, uint32_t>> Registry::find_own_lease(uint64_t lease,
+                                                               const Requester &requester) const {
+  Result<std::pair<uint32_t, uint32_t>> where = find_lease(lease);
+  if (!where) return where;
+  const SlotRecord &slot = arena_.adapter(where->first).slots[where->second];
+  if (slot.writer_pid != requester.pid || slot.writer_start != requester.start)
+    return make_error(LF_E_LEASE, "lease " + std::to_string(lease) +
+                                      " belongs to another process (pid " +
+                                      std::to_string(slot.writer_pid) +
+                                      "); only the process that began a write may commit or "
+                                      "abort it");
+  return where;
+}
+
 void Registry::end_lease(SlotRecord &slot) {
   commit_asked_ns_.erase(slot.lease_id);
   slot.lease_id = slot.writer_pid = slot.writer_start = slot.lease_deadline_ns = 0;
+  slot.committed_lease = slot.begin_token = 0;
   slot.lease_begin_ns = 0;
   slot.word.store(ipc::pack_slot_word(0, SlotState::kFree), kSeqCst);
 }
@@ -645,8 +687,9 @@ Status Registry::check_written(const AdapterRecord &r, const SlotRecord &slot,
 
 Result<bool> Registry::copies_done(const CommitRequest &q, uint64_t now_ns) {
   if (!q.event) return true;
-  Result<std::pair<uint32_t, uint32_t>> where = find_lease(q.lease);
-  if (!where) return where.error();
+  // An unknown lease (a repeated commit, a foreign or ended lease): commit() gives the answer.
+  Result<std::pair<uint32_t, uint32_t>> where = find_own_lease(q.lease, q.requester);
+  if (!where) return true;
   AdapterRecord &r = arena_.adapter(where->first);
   SlotRecord &slot = r.slots[where->second];
   commit_asked_ns_.try_emplace(q.lease, now_ns);
@@ -665,8 +708,11 @@ Result<bool> Registry::copies_done(const CommitRequest &q, uint64_t now_ns) {
 Result<FlipEvent> Registry::commit(const CommitRequest &q, uint64_t now_ns) {
   if (q.flags & ~(LF_COMMIT_CHECK_FINITE | LF_COMMIT_CHECKSUM))
     return make_error(LF_E_INVALID_ARGUMENT, "unknown commit flags");
-  Result<std::pair<uint32_t, uint32_t>> where = find_lease(q.lease);
-  if (!where) return where.error();
+  Result<std::pair<uint32_t, uint32_t>> where = find_own_lease(q.lease, q.requester);
+  if (!where) {
+    if (std::optional<FlipEvent> made = committed_by(q.lease, q.requester)) return *made;
+    return where.error();
+  }
   const auto [index, s] = where.value();
   AdapterRecord &r = arena_.adapter(index);
   SlotRecord &slot = r.slots[s];
@@ -703,7 +749,9 @@ Result<FlipEvent> Registry::commit(const CommitRequest &q, uint64_t now_ns) {
   const uint64_t version = ++r.last_version;
   slot.checksum = sum;
   slot.committed_unix_ns = ipc::unix_now_ns();
-  slot.lease_id = slot.writer_pid = slot.writer_start = slot.lease_deadline_ns = 0;
+  // The writer's pid and start stay with committed_lease: they answer a repeated commit.
+  slot.committed_lease = q.lease;
+  slot.lease_id = slot.lease_deadline_ns = 0;
   slot.word.store(ipc::pack_slot_word(version, SlotState::kCommitted), kSeqCst);
   publish_flip(r, ipc::pack_active(version, s));
   r.commits.fetch_add(1, std::memory_order_relaxed);
@@ -718,8 +766,46 @@ Result<FlipEvent> Registry::commit(const CommitRequest &q, uint64_t now_ns) {
   return FlipEvent{r.name, "commit", version, previous, sum, ++r.events_sent};
 }
 
-Status Registry::abort(uint64_t lease) {
-  Result<std::pair<uint32_t, uint32_t>> where = find_lease(lease);
+std::optional<FlipEvent> Registry::committed_by(uint64_t lease, const Requester &requester) const {
+  if (lease == 0) return std::nullopt;
+  for (uint32_t i = 0; i < arena_.max_adapters(); ++i) {
+    const AdapterRecord &r = arena_.adapter(i);
+    if (state_of(r) != AdapterState::kLive) continue;
+    for (uint32_t s = 0; s < r.slot_count; ++s) {
+      const SlotRecord &slot = r.slots[s];
+      const uint64_t w = slot.word.load(kSeqCst);
+      if (ipc::slot_word_state(w) != SlotState::kCommitted || slot.committed_lease != lease ||
+          slot.writer_pid != requester.pid || slot.writer_start != requester.start)
+        continue;
+      FlipEvent made{r.name, "commit", ipc::slot_word_version(w), 0, slot.checksum, 0};
+      made.repeated = true;
+      return made;
+    }
+  }
+  return std::nullopt;
+}
+
+Result<uint32_t> Registry::claim_reader(const Requester &reader) {
+  if (reader.pid == 0 || reader.pid > INT32_MAX || reader.start == 0)
+    return make_error(LF_E_INVALID_ARGUMENT, "a reader entry needs the reader's process");
+  for (uint32_t i = 0; i < arena_.max_readers(); ++i) {
+    ipc::ReaderEntry &e = arena_.reader(i);
+    uint64_t expected = 0;
+    if (e.owner_pid.load(kSeqCst) != 0 ||
+        !e.owner_pid.compare_exchange_strong(expected, reader.pid, kSeqCst))
+      continue;
+    // A previous owner cleared every cell before it let go (release, or the reaper).
+    e.owner_start.store(reader.start, kSeqCst);
+    return i;
+  }
+  return make_error(LF_E_TABLE_FULL, "the reader table is full (" +
+                                         std::to_string(arena_.max_readers()) +
+                                         " readers); close readers or restart the daemon with "
+                                         "a larger --max-readers");
+}
+
+Status Registry::abort(uint64_t lease, const Requester &requester) {
+  Result<std::pair<uint32_t, uint32_t>> where = find_own_lease(lease, requester);
   if (!where) return where.error();
   AdapterRecord &r = arena_.adapter(where->first);
   end_lease(r.slots[where->second]);

@@ -30,11 +30,19 @@ struct CreateRequest {
   std::vector<int> devices;  // device ordinals; empty: host memory. The first is written to.
 };
 
+// A process as the daemon knows it: its pid in the daemon's pid namespace (from the kernel's
+// peer credentials, never from a message) and its start time in the daemon's /proc, so that a
+// reused pid is another process.
+struct Requester {
+  uint64_t pid = 0;
+  uint64_t start = 0;
+};
+
 struct BeginRequest {
   std::string name;
   uint64_t lease_ms = 30000;
-  uint64_t pid = 0;    // the writer process
-  uint64_t start = 0;  // its start time, from /proc
+  Requester writer;  // the process that sent begin_write: the lease is its alone
+  uint64_t token = 0;  // the writer's number for this begin (0: none); see msg::BeginWrite
 };
 
 struct Lease {
@@ -53,6 +61,8 @@ struct CommitRequest {
   // An interprocess event the writer recorded after its device copies: the commit waits for
   // it (without blocking the daemon) before checking and flipping.
   std::optional<device::IpcHandle> event;
+  // The process that sent the commit: only the lease's writer may commit it.
+  Requester requester;
 };
 
 // What a flip changed, for the events socket and the log.
@@ -66,6 +76,9 @@ struct FlipEvent {
   // tell when the events socket dropped some for it: ZeroMQ's PUB drops silently for a
   // subscriber that lags.
   uint64_t seq = 0;
+  // A commit asked again for a lease it already committed (its reply was lost): the version
+  // it made then; nothing flipped now, and no event is sent.
+  bool repeated = false;
 };
 
 struct ReapReport {
@@ -107,8 +120,16 @@ class Registry {
   // died first. commit() expects true. The time from the first ask to commit() is counted as
   // the adapter's event wait.
   Result<bool> copies_done(const CommitRequest &request, uint64_t now_ns);
+  // Flips to the written slot. Idempotent per lease: a commit asked again after it succeeded
+  // (the writer lost the reply: a timeout, a daemon restart) answers the version it made, with
+  // FlipEvent::repeated set, as long as that version is still kept.
   Result<FlipEvent> commit(const CommitRequest &request, uint64_t now_ns);
-  Status abort(uint64_t lease);
+  // Ends the lease; only its writer may.
+  Status abort(uint64_t lease, const Requester &requester);
+  // Claims a free reader-table entry for `reader` (LF_E_TABLE_FULL when none is free); the
+  // reader releases it itself. The entry names the process as the daemon sees it, so the reaper
+  // finds it gone even when it lived in another pid namespace.
+  Result<uint32_t> claim_reader(const Requester &reader);
   Result<FlipEvent> rollback(const std::string &name, uint64_t version);
   // Clears dead readers' pins, ends dead or expired writers' leases, frees dropped adapters.
   ReapReport reap(uint64_t now_ns);
@@ -155,6 +176,11 @@ class Registry {
   void note_flip_for_restart_copy(uint32_t adapter);
   // Finds the slot of a lease; an error when the lease is unknown.
   Result<std::pair<uint32_t, uint32_t>> find_lease(uint64_t lease) const;
+  // A committed slot that `requester`'s lease made, as a repeated commit's answer.
+  std::optional<FlipEvent> committed_by(uint64_t lease, const Requester &requester) const;
+  // find_lease, and the lease must be `requester`'s.
+  Result<std::pair<uint32_t, uint32_t>> find_own_lease(uint64_t lease,
+                                                       const Requester &requester) const;
   bool slot_pinned(uint32_t adapter, uint32_t slot) const;
   bool adapter_pinned(uint32_t adapter) const;
   // Frees committed, non-active slots beyond the adapter's history depth (newest kept).

@@ -19,8 +19,10 @@
 
 #include "daemon/access.hpp"
 #include "daemon/handlers.hpp"
+#include "daemon/memory.hpp"
 #include "daemon/notify.hpp"
 #include "daemon/registry.hpp"
+#include "ipc/messages.hpp"
 #include "ipc/paths.hpp"
 #include "ipc/proc.hpp"
 #include "ipc/protocol.hpp"
@@ -33,6 +35,8 @@ namespace loraflip::daemon {
 namespace {
 
 constexpr uint64_t kDeferredPollNs = 100000;
+// What a ROUTER receives for one request: the peer's routing id, the empty delimiter, the body.
+constexpr size_t kRequestFrames = 3;
 
 Error os_error(const std::string &what) {
   const int err = errno;
@@ -225,7 +229,7 @@ Result<std::unique_ptr<Server>> Server::start(const Options &options) {
   if (s.stop_fd.get() < 0) return os_error("eventfd");
 
   try {
-    s.control.set(zmq::sockopt::maxmsgsize, ipc::kHardMessageBytes);
+    s.control.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(ipc::kMaxMessageBytes));
     s.control.set(zmq::sockopt::linger, 0);
     s.control.set(zmq::sockopt::sndhwm, 10000);
     s.events.set(zmq::sockopt::linger, 0);
@@ -259,40 +263,43 @@ bool Server::serve(const std::vector<zmq::message_t> &frames) {
   std::vector<FlipEvent> events;
   bool deferred = false;
   std::string reply;
-  if (const char *peer = s.access.restricts() ? zmq_msg_gets(body.handle(), "Peer-Address") : "";
-      peer == nullptr || !s.access.allows_address(peer)) {
-    const std::string why = s.access.refusal(peer == nullptr ? "" : peer);
+  // libzmq fills Peer-Address from SO_PEERCRED for IPC connections: "<host>:<uid>:<gid>:<pid>",
+  // the pid in this daemon's pid namespace. The one source of who sent a request.
+  const char *address = zmq_msg_gets(body.handle(), "Peer-Address");
+  const std::optional<PeerCredentials> peer =
+      address != nullptr ? parse_peer_address(address) : std::nullopt;
+  if (frames.size() != kRequestFrames || frames[1].size() != 0) {
+    // The routing id, the empty delimiter (which REQ sockets send, and DEALERs must), one body.
+    reply = s.handler->refuse(
+        request, make_error(LF_E_PROTOCOL, "a request is one empty delimiter frame and one body "
+                                           "frame; this one had " +
+                                               std::to_string(frames.size() - 1) + " frames"));
+  } else if (s.access.restricts() && (address == nullptr || !s.access.allows_address(address))) {
+    const std::string why = s.access.refusal(address == nullptr ? "" : address);
     spdlog::warn("request refused: {}", why);
     reply = s.handler->refuse(request, make_error(LF_E_PERMISSION, why));
   } else {
-    reply = s.handler->handle(request, ipc::monotonic_now_ns(), &events, &deferred);
+    reply = s.handler->handle(request, peer, ipc::monotonic_now_ns(), &events, &deferred);
   }
   if (deferred) return true;
-  // Same envelope back (routing id, and the empty delimiter a REQ socket adds), new body.
+  // The routing id and the empty delimiter back, then the reply.
   try {
-    for (size_t i = 0; i + 1 < frames.size(); ++i) {
-      zmq::message_t copy;
-      copy.copy(const_cast<zmq::message_t &>(frames[i]));
-      s.control.send(copy, zmq::send_flags::sndmore | zmq::send_flags::dontwait);
-    }
+    zmq::message_t routing_id;
+    routing_id.copy(const_cast<zmq::message_t &>(frames[0]));
+    s.control.send(routing_id, zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+    s.control.send(zmq::message_t(), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
     s.control.send(zmq::buffer(reply), zmq::send_flags::dontwait);
   } catch (const zmq::error_t &e) {
     spdlog::warn("reply dropped: {}", e.what());
   }
   for (const FlipEvent &ev : events) {
     spdlog::info("{} '{}': version {} -> {}", ev.kind, ev.adapter, ev.previous, ev.version);
-    ipc::Encoder e;
-    e.map(6)
-        .key("adapter").str(ev.adapter)
-        .key("kind").str(ev.kind)
-        .key("version").u64(ev.version)
-        .key("previous").u64(ev.previous)
-        .key("unix_ns").u64(ipc::unix_now_ns())
-        .key("seq").u64(ev.seq);
+    const std::string body = ipc::msg::encode_map(ipc::msg::FlipEventMessage{
+        ev.adapter, ev.kind, ev.version, ev.previous, ipc::unix_now_ns(), ev.seq});
     try {
       s.events.send(zmq::buffer(ipc::event_topic(ev.adapter)),
                     zmq::send_flags::sndmore | zmq::send_flags::dontwait);
-      s.events.send(zmq::buffer(e.data(), e.size()), zmq::send_flags::dontwait);
+      s.events.send(zmq::buffer(body), zmq::send_flags::dontwait);
     } catch (const zmq::error_t &err) {
       spdlog::warn("event dropped: {}", err.what());
     }
@@ -340,6 +347,7 @@ int Server::run() {
   const uint64_t reap_ns = uint64_t{s.options.reap_interval_ms} * 1000000ULL;
   uint64_t next_reap = ipc::monotonic_now_ns();
   uint64_t next_watchdog = next_reap;
+  HeapTrimmer heap;  // a burst's freed memory goes back to the kernel (daemon/memory.hpp)
   sd_notify_send("READY=1\nSTATUS=serving " + s.runtime_dir);
 
   bool running = true;
@@ -352,6 +360,8 @@ int Server::run() {
                      "{} dropped adapters freed",
                      r.dead_readers, r.pins_cleared, r.dead_writers, r.expired_leases,
                      r.adapters_freed);
+      if (const uint64_t freed = heap.maybe_trim(now); freed != 0)
+        spdlog::debug("gave {} KiB of freed heap back to the system", freed >> 10);
       next_reap = now + reap_ns;
     }
     if (watchdog_ns != 0 && now >= next_watchdog) {

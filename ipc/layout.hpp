@@ -24,7 +24,7 @@ namespace loraflip::ipc {
 inline constexpr uint64_t kArenaMagic = 0x50494C46414C524CULL;  // "LRLAFLIP" little-endian
 // Bump whenever the meaning of a field changes without its size or position changing (the
 // layout hash below catches the rest).
-inline constexpr uint32_t kFormatVersion = 1;
+inline constexpr uint32_t kFormatVersion = 2;
 
 inline constexpr uint32_t kMaxAdapterName = LF_MAX_ADAPTER_NAME;
 inline constexpr uint32_t kMaxTensorName = LF_MAX_TENSOR_NAME;
@@ -110,6 +110,13 @@ struct SlotRecord {
   uint64_t writer_start;
   uint64_t lease_deadline_ns;  // CLOCK_MONOTONIC, which all processes of one boot share
   uint64_t lease_begin_ns;     // CLOCK_MONOTONIC at begin_write: commit latency is measured from it
+  // The lease whose commit made this slot's version (daemon, before the flip; kept with
+  // writer_pid and writer_start while the slot is kCommitted), so that a writer that lost the
+  // commit's reply can ask again and learn the version it made.
+  uint64_t committed_lease;
+  // The writer's token of the begin_write that made the lease (daemon, with the lease; 0: none):
+  // the same begin asked again after a lost reply gets the same lease back.
+  uint64_t begin_token;
 };
 
 struct LoraConfig {

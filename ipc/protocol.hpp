@@ -23,13 +23,16 @@
 namespace loraflip::ipc {
 
 inline constexpr uint32_t kProtocolVersion = LF_PROTOCOL_VERSION;
-// Requests above this size get an LF_E_TOO_LARGE reply. The biggest legitimate request, a
+// The largest request frame. The daemon's socket has it as ZMQ_MAXMSGSIZE, so ZeroMQ drops
+// the connection of a peer that sends a bigger frame before any of it is buffered; the client
+// library refuses to send one (LF_E_TOO_LARGE); and the daemon answers a request of more
+// frames than the protocol names with an error. The biggest legitimate request, a
 // create_adapter for every projection of an 80-layer model (1120 tensors of ~100 bytes), is
 // ~150 KiB.
 inline constexpr size_t kMaxMessageBytes = size_t{4} << 20;
-// ZMQ_MAXMSGSIZE: ZeroMQ drops the connection of a peer that sends more than this, before the
-// daemon sees (or buffers) the message. Between the two limits the daemon replies with an error.
-inline constexpr int64_t kHardMessageBytes = int64_t{64} << 20;
+// The largest reply a client takes (ZMQ_MAXMSGSIZE of its socket): a list or info of
+// thousands of entries.
+inline constexpr int64_t kMaxReplyBytes = int64_t{64} << 20;
 inline constexpr size_t kMaxDepth = 6;
 inline constexpr size_t kMaxArray = 65536;
 inline constexpr size_t kMaxMap = 256;
@@ -37,7 +40,7 @@ inline constexpr size_t kMaxString = 65536;
 inline constexpr size_t kMaxBinary = 65536;
 
 // Decodes one complete msgpack object (trailing bytes are an error) within the limits above.
-// Clients pass a larger max_bytes for replies (a list of thousands of adapters).
+// Clients pass kMaxReplyBytes for replies.
 Result<msgpack::object_handle> decode(const void *data, size_t size,
                                       size_t max_bytes = kMaxMessageBytes);
 

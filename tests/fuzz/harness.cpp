@@ -16,6 +16,7 @@
 #include "daemon/registry.hpp"
 #include "device/device.hpp"
 #include "ipc/arena.hpp"
+#include "ipc/messages.hpp"
 #include "ipc/protocol.hpp"
 #include "loraflip.h"
 
@@ -99,6 +100,22 @@ std::vector<std::string_view> split_requests(std::string_view input) {
   return out;
 }
 
+// The sender of one request: a request may start with kPeerTag and one digit that names it
+// ('0' this process, '1' another live process (pid 1), '2' none the kernel could name), so the
+// corpus reaches leases and reader entries of other processes. No tag: this process.
+std::optional<daemon::PeerCredentials> take_peer(std::string_view &request) {
+  const auto me = daemon::PeerCredentials{static_cast<uint32_t>(::getuid()),
+                                          static_cast<uint32_t>(::getgid()),
+                                          static_cast<uint32_t>(::getpid())};
+  if (request.size() < kPeerTag.size() + 1 || request.substr(0, kPeerTag.size()) != kPeerTag)
+    return me;
+  const char which = request[kPeerTag.size()];
+  request.remove_prefix(kPeerTag.size() + 1);
+  if (which == '1') return daemon::PeerCredentials{0, 0, 1};
+  if (which == '2') return std::nullopt;
+  return me;
+}
+
 struct Harness::State {
   std::string instance;
   std::vector<std::byte> empty_control;  // the control segment of a new arena
@@ -155,7 +172,8 @@ Outcome Harness::run(std::string_view input) {
       active_before[a] = registry.arena().adapter(a).active.load();
     events.clear();
     bool deferred = false;
-    const std::string reply = handler.handle(request, now, &events, &deferred);
+    const std::optional<daemon::PeerCredentials> peer = take_peer(request);
+    const std::string reply = handler.handle(request, peer, now, &events, &deferred);
     auto fail = [&](const std::string &what) {
       out.violations.push_back("request " + std::to_string(out.requests) + ": " + what);
     };
@@ -179,6 +197,9 @@ Outcome Harness::run(std::string_view input) {
       fail("the reply is not {id, ok, ...}");
       continue;
     }
+    // Every reply carries the request's id whenever the request lets it be read.
+    if (map->uint("id").value() != ipc::msg::scan_request_id(request.data(), request.size()))
+      fail("the reply's id is not the request's");
     if (ok.value()) {
       if (!map->map("result")) fail("an ok reply without a result map");
       continue;

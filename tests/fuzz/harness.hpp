@@ -23,6 +23,10 @@ inline constexpr std::string_view kSeparator{"\xc1LF\xc1", 4};
 
 std::vector<std::string_view> split_requests(std::string_view input);
 
+// Before a request: which process sends it (see harness.cpp, take_peer). 0xC1 starts no
+// msgpack object, so the tag cannot be mistaken for a message.
+inline constexpr std::string_view kPeerTag{"\xc1P", 2};
+
 struct Outcome {
   size_t requests = 0;
   size_t errors = 0;

@@ -63,12 +63,12 @@ if [ ! -f "$build/build.ninja" ]; then
     -Dbuildtype=debugoptimized -Db_sanitize=address,undefined -Db_lundef=false \
     -Dcpp_args=-fsanitize=fuzzer-no-link -Dc_args=-fsanitize=fuzzer-no-link >/dev/null
 fi
-ninja -C "$build" -j"${JOBS:-2}" tests/fuzz/fuzz_handler
+ninja -C "$build" -j"${JOBS:-2}" tests/fuzz/fuzz_handler tests/fuzz/make_corpus
 
 work=$(mktemp -d /tmp/loraflip-fuzz.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/corpus" "$work/artifacts"
-python3 "$here/make_corpus.py" "$work/seeds" >/dev/null
+"$build/tests/fuzz/make_corpus" "$work/seeds" >/dev/null
 cp "$here"/corpus/* "$work/seeds/"
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}

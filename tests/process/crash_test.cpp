@@ -1,12 +1,21 @@
 // Guarantees 2, 4 and 6: writers, readers and the daemon killed with SIGKILL at every step.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <atomic>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fcntl.h>
+#include <new>
+#include <random>
+#include <sys/mman.h>
+#include <sys/prctl.h>
 #include <unistd.h>
+#include <vector>
 
+#include "tests/skip.hpp"
 #include "support.hpp"
 
 using namespace lftest;
@@ -322,4 +331,119 @@ TEST_CASE("a daemon refuses an arena of another layout with a clear message") {
   std::fclose(log);
   CHECK(std::string(buf).find("another memory layout") != std::string::npos);
   std::remove((daemon.dir() + ".refused").c_str());
+}
+
+TEST_CASE("a writer whose commits a daemon kill cuts off publishes again within a second of each restart") {
+  Daemon daemon("crash-commit");
+  daemon.start();
+  lf_client_t *client = nullptr;
+  REQUIRE(lf_client_open(daemon.dir().c_str(), 2000, &client) == LF_OK);
+  // 4 MiB a version, every commit checksummed by the daemon: a commit takes long enough that
+  // kills land in it.
+  REQUIRE(create_pattern_adapter(client, "cut", 4, 262144, 1) == LF_OK);
+
+  // The writer counts its published versions in shared memory; it does what a trainer does
+  // with an unanswered call (loraflip.h): asks again, or begins again once the lease is gone.
+  auto *published = static_cast<std::atomic<uint64_t> *>(
+      mmap(nullptr, sizeof(std::atomic<uint64_t>), PROT_READ | PROT_WRITE,
+           MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  REQUIRE(published != MAP_FAILED);
+  new (published) std::atomic<uint64_t>(0);
+  const pid_t writer = spawn([&] {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlives a failed test
+    lf_client_t *c = nullptr;
+    if (lf_client_open(daemon.dir().c_str(), 300, &c) != LF_OK) return 2;
+    for (uint64_t generation = 1;; ++generation) {
+      lf_writer_t *w = nullptr;
+      if (lf_client_begin_write(c, "cut", 0, &w) != LF_OK) {
+        sleep_ms(5);
+        continue;
+      }
+      fill_pattern(w, generation);
+      uint64_t v = 0;
+      int rc = LF_E_TIMEOUT;
+      while ((rc = lf_writer_commit(w, LF_COMMIT_CHECKSUM, &v)) == LF_E_TIMEOUT ||
+             rc == LF_E_CONNECTION)
+        sleep_ms(5);  // the outcome is unknown and w is still ours: ask again
+      if (rc == LF_OK) published->fetch_add(1);
+    }
+  });
+
+  std::mt19937 rng(7);
+  int64_t slowest = 0;
+  for (int round = 0; round < 8; ++round) {
+    REQUIRE(wait_until([&] { return published->load() > 0; }, 5000) >= 0);
+    sleep_ms(20 + static_cast<int>(rng() % 80));  // somewhere in the middle of a commit
+    daemon.kill9();
+    sleep_ms(50);
+    const uint64_t before = published->load();
+    daemon.start();
+    const int64_t took = wait_until([&] { return published->load() > before; }, 3000);
+    CAPTURE(round);
+    CHECK(took >= 0);
+    CHECK(took <= 1000);
+    slowest = std::max(slowest, took);
+    // Nothing is left behind for a writer that is still alive.
+    CHECK(census(client, "cut", "abandoned") == 0);
+    CHECK(census(client, "cut", "writing") <= 1);
+  }
+  std::printf("crash: 8 daemon kills during commits; the writer published again at most %lld ms "
+              "after each restart\n", static_cast<long long>(slowest));
+  ::kill(writer, SIGKILL);
+  wait_child(writer);
+  munmap(published, sizeof(std::atomic<uint64_t>));
+  lf_client_close(client);
+}
+
+TEST_CASE("clients in another pid namespace are reclaimed when they die") {
+  const char *ns_client = std::getenv("LF_NS_CLIENT");
+  REQUIRE_MESSAGE(ns_client != nullptr, "set LF_NS_CLIENT to the lf_ns_client binary");
+  if (std::system("unshare --pid --fork --kill-child true >/dev/null 2>&1") != 0)
+    LF_SKIP("unshare --pid is not permitted here (needs root or user namespaces)");
+  // Without --mount-proc the client sees the host's /proc, where its own pid (1 inside)
+  // names init; with it, its /proc is its namespace's. Either way only the kernel's word
+  // (the socket's credentials, in the daemon's namespace) names it to the daemon.
+  for (const bool mount_proc : {false, true}) {
+    CAPTURE(mount_proc);
+    Daemon daemon(mount_proc ? "ns-proc" : "ns-host");
+    daemon.start();
+    lf_client_t *client = nullptr;
+    REQUIRE(lf_client_open(daemon.dir().c_str(), 5000, &client) == LF_OK);
+    REQUIRE(create_pattern_adapter(client, "contained", 1, 1024, 1) == LF_OK);
+    publish(client, "contained", 1);
+
+    int out[2];
+    REQUIRE(pipe2(out, O_CLOEXEC) == 0);
+    const pid_t unshare = fork();
+    REQUIRE(unshare >= 0);
+    if (unshare == 0) {
+      ::dup2(out[1], STDOUT_FILENO);
+      std::vector<const char *> args = {"unshare", "--pid", "--fork", "--kill-child"};
+      if (mount_proc) args.push_back("--mount-proc");
+      for (const char *a : {ns_client, daemon.dir().c_str(), "contained"}) args.push_back(a);
+      args.push_back(nullptr);
+      ::execvp("unshare", const_cast<char *const *>(args.data()));
+      ::_exit(127);
+    }
+    ::close(out[1]);
+    char line[64] = {0};
+    const ssize_t n = ::read(out[0], line, sizeof line - 1);  // blocks until "ready" or exit
+    ::close(out[0]);
+    REQUIRE_MESSAGE(n > 0, "the contained client did not start (see stderr)");
+    CHECK(std::string(line).rfind("ready", 0) == 0);
+    CHECK(census(client, "contained", "pinned") == 1);
+    CHECK(census(client, "contained", "writing") == 1);
+
+    ::kill(unshare, SIGKILL);  // --kill-child: the namespace's init, and so all of it, dies
+    wait_child(unshare);
+    const int64_t took = wait_until([&] {
+      return census(client, "contained", "pinned") == 0 &&
+             census(client, "contained", "writing") == 0;
+    }, 3000);
+    CHECK(took >= 0);
+    CHECK(took <= 1000);
+    std::printf("crash: a client in its own pid namespace (%s /proc) reclaimed %lld ms after "
+                "its death\n", mount_proc ? "its own" : "the host's", static_cast<long long>(took));
+    lf_client_close(client);
+  }
 }

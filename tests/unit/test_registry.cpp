@@ -65,9 +65,13 @@ CreateRequest spec(const std::string &name, uint32_t slots = 0, int32_t history 
   return q;
 }
 
+// This test process, as the daemon would name it from the socket's credentials.
+daemon::Requester self() {
+  return {static_cast<uint64_t>(::getpid()), ipc::process_start_time(::getpid())};
+}
+
 BeginRequest begin_req(const std::string &name, uint64_t lease_ms = 30000) {
-  return BeginRequest{name, lease_ms, static_cast<uint64_t>(::getpid()),
-                      ipc::process_start_time(::getpid())};
+  return BeginRequest{name, lease_ms, self()};
 }
 
 // Fills the slot of `lease` with finite values derived from `seed`.
@@ -90,7 +94,7 @@ Lease begin(Fixture &f, const std::string &name, uint64_t now = kT0) {
 uint64_t publish(Fixture &f, const std::string &name, uint64_t now = kT0) {
   const Lease lease = begin(f, name, now);
   fill(f, lease, 1.0f);
-  auto flip = f.r().commit(CommitRequest{lease.id, 0, std::nullopt}, now);
+  auto flip = f.r().commit(CommitRequest{lease.id, 0, std::nullopt, std::nullopt, self()}, now);
   REQUIRE_MESSAGE(flip.ok(), test::why(flip));
   return flip->version;
 }
@@ -225,7 +229,7 @@ TEST_CASE("commit flips the active word to (version, slot) and versions strictly
     const Lease lease = begin(f, "alpha");
     if (previous != 0) CHECK(lease.slot != ipc::active_slot(f.active("alpha")));
     fill(f, lease, static_cast<float>(i));
-    auto flip = f.r().commit(CommitRequest{lease.id, 0, std::nullopt}, kT0);
+    auto flip = f.r().commit(CommitRequest{lease.id, 0, std::nullopt, std::nullopt, self()}, kT0);
     REQUIRE_MESSAGE(flip.ok(), test::why(flip));
     CHECK(flip->version == previous + 1);
     CHECK(flip->previous == previous);
@@ -265,7 +269,7 @@ TEST_CASE("begin_write never hands out a slot that a reader pins") {
   const uint32_t idx = *f.r().find("alpha");
   const Lease first = begin(f, "alpha");
   fill(f, first, 1);
-  REQUIRE(f.r().commit({first.id, 0, std::nullopt}, kT0).ok());
+  REQUIRE(f.r().commit({first.id, 0, std::nullopt, std::nullopt, self()}, kT0).ok());
   const uint64_t v1_word = f.active("alpha");
   pin(f, 0, 3, v1_word, idx);  // a reader holds version 1
   publish(f, "alpha");         // version 2 elsewhere: version 1's slot is free but pinned
@@ -342,12 +346,12 @@ TEST_CASE("abort gives the slot back and ends the lease") {
   const uint32_t idx = *f.r().find("alpha");
   const Lease lease = begin(f, "alpha");
   CHECK(f.r().census(idx).writing == 1);
-  CHECK(f.r().abort(lease.id).ok());
+  CHECK(f.r().abort(lease.id, self()).ok());
   CHECK(f.r().census(idx).writing == 0);
   CHECK(f.r().census(idx).free == 4);
   CHECK(f.record("alpha").aborts.load() == 1);
-  CHECK(f.r().abort(lease.id).code() == LF_E_LEASE);
-  CHECK(f.r().commit({lease.id, 0, std::nullopt}, kT0).error().code == LF_E_LEASE);
+  CHECK(f.r().abort(lease.id, self()).code() == LF_E_LEASE);
+  CHECK(f.r().commit({lease.id, 0, std::nullopt, std::nullopt, self()}, kT0).error().code == LF_E_LEASE);
   CHECK(begin(f, "alpha").slot == lease.slot);
   CHECK(f.active("alpha") == 0);
 }
@@ -356,15 +360,15 @@ TEST_CASE("commit refuses an unknown lease, unknown flags and begin_write bad ar
   Fixture f;
   REQUIRE(f.r().create(spec("alpha")).ok());
   const Lease lease = begin(f, "alpha");
-  CHECK(f.r().commit({lease.id + 1000, 0, std::nullopt}, kT0).error().code == LF_E_LEASE);
-  CHECK(f.r().commit({0, 0, std::nullopt}, kT0).error().code == LF_E_LEASE);
-  CHECK(f.r().commit({lease.id, 4, std::nullopt}, kT0).error().code == LF_E_INVALID_ARGUMENT);
-  CHECK(f.r().abort(0).code() == LF_E_LEASE);
+  CHECK(f.r().commit({lease.id + 1000, 0, std::nullopt, std::nullopt, self()}, kT0).error().code == LF_E_LEASE);
+  CHECK(f.r().commit({0, 0, std::nullopt, std::nullopt, self()}, kT0).error().code == LF_E_LEASE);
+  CHECK(f.r().commit({lease.id, 4, std::nullopt, std::nullopt, self()}, kT0).error().code == LF_E_INVALID_ARGUMENT);
+  CHECK(f.r().abort(0, self()).code() == LF_E_LEASE);
   // The refused calls did not end the real lease.
-  CHECK(f.r().commit({lease.id, 0, std::nullopt}, kT0).ok());
+  CHECK(f.r().commit({lease.id, 0, std::nullopt, std::nullopt, self()}, kT0).ok());
 
   BeginRequest q = begin_req("alpha");
-  q.pid = 0;
+  q.writer.pid = 0;
   CHECK(f.r().begin_write(q, kT0).error().code == LF_E_INVALID_ARGUMENT);
   q = begin_req("alpha");
   q.lease_ms = 0;
@@ -379,7 +383,7 @@ TEST_CASE("lease ids never repeat") {
   for (int i = 0; i < 20; ++i) {
     const Lease l = begin(f, "alpha");
     CHECK(ids.insert(l.id).second);
-    REQUIRE(f.r().abort(l.id).ok());
+    REQUIRE(f.r().abort(l.id, self()).ok());
   }
 }
 
@@ -393,15 +397,15 @@ TEST_CASE("commit after the lease deadline fails with LF_E_LEASE and leaves the 
   fill(f, lease.value(), 2);
   // Exactly at the deadline is still in time; one nanosecond later is not.
   SUBCASE("late") {
-    auto late = f.r().commit({lease->id, 0, std::nullopt}, kT0 + 10 * kMs + 1);
+    auto late = f.r().commit({lease->id, 0, std::nullopt, std::nullopt, self()}, kT0 + 10 * kMs + 1);
     REQUIRE_FALSE(late.ok());
     CHECK(late.error().code == LF_E_LEASE);
     CHECK(f.active("alpha") == before);
     CHECK(f.r().census(*f.r().find("alpha")).writing == 0);
-    CHECK(f.r().commit({lease->id, 0, std::nullopt}, kT0).error().code == LF_E_LEASE);
+    CHECK(f.r().commit({lease->id, 0, std::nullopt, std::nullopt, self()}, kT0).error().code == LF_E_LEASE);
   }
   SUBCASE("on time") {
-    CHECK(f.r().commit({lease->id, 0, std::nullopt}, kT0 + 10 * kMs).ok());
+    CHECK(f.r().commit({lease->id, 0, std::nullopt, std::nullopt, self()}, kT0 + 10 * kMs).ok());
   }
 }
 
@@ -423,7 +427,7 @@ TEST_CASE("reap marks an expired lease of a live writer abandoned, never to be l
   CHECK(f.r().reap(kT0 + 8 * kMs).expired_leases == 0);  // counted once
   CHECK(f.r().census(idx).abandoned == 1);
   // The writer answers at last: told its lease ended, and the slot comes back.
-  CHECK(f.r().commit({lease->id, 0, std::nullopt}, kT0 + 9 * kMs).error().code == LF_E_LEASE);
+  CHECK(f.r().commit({lease->id, 0, std::nullopt, std::nullopt, self()}, kT0 + 9 * kMs).error().code == LF_E_LEASE);
   CHECK(f.r().census(idx).abandoned == 0);
   CHECK(f.r().census(idx).free == 1);
 }
@@ -581,7 +585,7 @@ TEST_CASE("drop during a write keeps the slot away until the writer answers") {
   REQUIRE(f.r().drop("alpha").ok());
   CHECK(f.r().census(idx).abandoned == 1);
   CHECK(f.r().reap(kT0).adapters_freed == 0);  // the writer lives and may still copy
-  auto late = f.r().commit({lease.id, 0, std::nullopt}, kT0);
+  auto late = f.r().commit({lease.id, 0, std::nullopt, std::nullopt, self()}, kT0);
   REQUIRE_FALSE(late.ok());
   CHECK(late.error().code == LF_E_LEASE);
   CHECK(late.error().message.find("dropped") != std::string::npos);
@@ -602,7 +606,7 @@ TEST_CASE("LF_COMMIT_CHECK_FINITE refuses a NaN and leaves the active version an
     fill(f, lease, 3);
     reinterpret_cast<float *>(f.arena().data_at(lease.data_offset + d[0].offset))[37] = NAN;
     // Without the check the commit would go through; with it, it is refused.
-    auto bad = f.r().commit({lease.id, LF_COMMIT_CHECK_FINITE, std::nullopt}, kT0);
+    auto bad = f.r().commit({lease.id, LF_COMMIT_CHECK_FINITE, std::nullopt, std::nullopt, self()}, kT0);
     REQUIRE_FALSE(bad.ok());
     CHECK(bad.error().code == LF_E_VALIDATION);
     CHECK(bad.error().message == "tensor 'base_model.model.layers.0.q_proj.lora_A.weight' holds "
@@ -616,14 +620,14 @@ TEST_CASE("LF_COMMIT_CHECK_FINITE refuses a NaN and leaves the active version an
     const Lease lease = begin(f, "alpha");
     fill(f, lease, 3);
     reinterpret_cast<uint16_t *>(f.arena().data_at(lease.data_offset + d[1].offset))[0] = 0x7C00;
-    CHECK(f.r().commit({lease.id, LF_COMMIT_CHECK_FINITE, std::nullopt}, kT0).error().code ==
+    CHECK(f.r().commit({lease.id, LF_COMMIT_CHECK_FINITE, std::nullopt, std::nullopt, self()}, kT0).error().code ==
           LF_E_VALIDATION);
     CHECK(f.active("alpha") == before);
   }
   SUBCASE("finite data passes, and the next version follows the last one") {
     const Lease lease = begin(f, "alpha");
     fill(f, lease, 3);
-    auto ok = f.r().commit({lease.id, LF_COMMIT_CHECK_FINITE, std::nullopt}, kT0);
+    auto ok = f.r().commit({lease.id, LF_COMMIT_CHECK_FINITE, std::nullopt, std::nullopt, self()}, kT0);
     REQUIRE(ok.ok());
     CHECK(ok->version == 2);
   }
@@ -631,7 +635,7 @@ TEST_CASE("LF_COMMIT_CHECK_FINITE refuses a NaN and leaves the active version an
     const Lease lease = begin(f, "alpha");
     fill(f, lease, 3);
     reinterpret_cast<float *>(f.arena().data_at(lease.data_offset + d[0].offset))[0] = NAN;
-    CHECK(f.r().commit({lease.id, 0, std::nullopt}, kT0).ok());
+    CHECK(f.r().commit({lease.id, 0, std::nullopt, std::nullopt, self()}, kT0).ok());
   }
 }
 
@@ -643,14 +647,14 @@ TEST_CASE("LF_COMMIT_CHECKSUM refuses a wrong writer checksum and accepts the ri
   const Lease lease = begin(f, "alpha");
   fill(f, lease, 5);
   const uint64_t sum = kernels::checksum(f.arena().data_at(lease.data_offset), lease.slot_bytes);
-  auto wrong = f.r().commit({lease.id, LF_COMMIT_CHECKSUM, sum + 1}, kT0);
+  auto wrong = f.r().commit({lease.id, LF_COMMIT_CHECKSUM, sum + 1, std::nullopt, self()}, kT0);
   REQUIRE_FALSE(wrong.ok());
   CHECK(wrong.error().code == LF_E_VALIDATION);
   CHECK(f.active("alpha") == before);
 
   const Lease again = begin(f, "alpha");
   fill(f, again, 5);
-  auto right = f.r().commit({again.id, LF_COMMIT_CHECKSUM | LF_COMMIT_CHECK_FINITE, sum}, kT0);
+  auto right = f.r().commit({again.id, LF_COMMIT_CHECKSUM | LF_COMMIT_CHECK_FINITE, sum, std::nullopt, self()}, kT0);
   REQUIRE_MESSAGE(right.ok(), test::why(right));
   CHECK(right->checksum == sum);
   CHECK(f.record("alpha").slots[again.slot].checksum == sum);
@@ -660,7 +664,7 @@ TEST_CASE("LF_COMMIT_CHECKSUM refuses a wrong writer checksum and accepts the ri
   const Lease third = begin(f, "alpha");
   fill(f, third, 6);
   const uint64_t sum3 = kernels::checksum(f.arena().data_at(third.data_offset), third.slot_bytes);
-  auto computed = f.r().commit({third.id, LF_COMMIT_CHECKSUM, std::nullopt}, kT0);
+  auto computed = f.r().commit({third.id, LF_COMMIT_CHECKSUM, std::nullopt, std::nullopt, self()}, kT0);
   REQUIRE(computed.ok());
   CHECK(computed->checksum == sum3);
 }
@@ -727,7 +731,7 @@ TEST_CASE("a device adapter's commit checks run on its first device, as a host a
   auto active = [&] { return rec.active.load(); };
   const Lease first = lease_of();
   fill_device(first, 1);
-  REQUIRE(f.r().commit({first.id, both, std::nullopt}, kT0).ok());
+  REQUIRE(f.r().commit({first.id, both, std::nullopt, std::nullopt, self()}, kT0).ok());
   const uint64_t before = active();
 
   SUBCASE("a NaN in the second tensor is refused, naming that tensor, the element and the value") {
@@ -735,7 +739,7 @@ TEST_CASE("a device adapter's commit checks run on its first device, as a host a
     fill_device(lease, 3);
     reinterpret_cast<uint16_t *>(f.slot(lease) + d[1].offset)[5] = 0x7E00;  // f16 NaN
     const uint64_t sum = kernels::checksum(f.slot(lease), lease.slot_bytes);
-    auto bad = f.r().commit({lease.id, both, sum}, kT0);
+    auto bad = f.r().commit({lease.id, both, sum, std::nullopt, self()}, kT0);
     REQUIRE_FALSE(bad.ok());
     CHECK(bad.error().code == LF_E_VALIDATION);
     CHECK(bad.error().message == "tensor 'base_model.model.layers.0.q_proj.lora_B.weight' holds "
@@ -748,7 +752,7 @@ TEST_CASE("a device adapter's commit checks run on its first device, as a host a
     const Lease lease = lease_of();
     fill_device(lease, 3);
     reinterpret_cast<float *>(f.slot(lease) + d[0].offset)[200] = -INFINITY;
-    auto bad = f.r().commit({lease.id, LF_COMMIT_CHECK_FINITE, std::nullopt}, kT0);
+    auto bad = f.r().commit({lease.id, LF_COMMIT_CHECK_FINITE, std::nullopt, std::nullopt, self()}, kT0);
     REQUIRE_FALSE(bad.ok());
     CHECK(bad.error().message.find("lora_A.weight' holds -infinity at element 200 (f32 bits "
                                    "0xff800000)") != std::string::npos);
@@ -758,7 +762,7 @@ TEST_CASE("a device adapter's commit checks run on its first device, as a host a
     const Lease lease = lease_of();
     fill_device(lease, 5);
     const uint64_t sum = kernels::checksum(f.slot(lease), lease.slot_bytes);
-    auto right = f.r().commit({lease.id, both, sum}, kT0);
+    auto right = f.r().commit({lease.id, both, sum, std::nullopt, self()}, kT0);
     REQUIRE_MESSAGE(right.ok(), test::why(right));
     CHECK(right->checksum == sum);
     CHECK(rec.slots[lease.slot].checksum == sum);
@@ -769,7 +773,7 @@ TEST_CASE("a device adapter's commit checks run on its first device, as a host a
     const Lease lease = lease_of();
     fill_device(lease, 5);
     const uint64_t sum = kernels::checksum(f.slot(lease), lease.slot_bytes);
-    auto wrong = f.r().commit({lease.id, both, sum + 1}, kT0);
+    auto wrong = f.r().commit({lease.id, both, sum + 1, std::nullopt, self()}, kT0);
     REQUIRE_FALSE(wrong.ok());
     CHECK(wrong.error().code == LF_E_VALIDATION);
     CHECK(wrong.error().message.find("checksum mismatch") != std::string::npos);
@@ -779,7 +783,7 @@ TEST_CASE("a device adapter's commit checks run on its first device, as a host a
     const Lease lease = lease_of();
     fill_device(lease, 6);
     const uint64_t sum = kernels::checksum(f.slot(lease), lease.slot_bytes);
-    auto computed = f.r().commit({lease.id, LF_COMMIT_CHECKSUM, std::nullopt}, kT0);
+    auto computed = f.r().commit({lease.id, LF_COMMIT_CHECKSUM, std::nullopt, std::nullopt, self()}, kT0);
     REQUIRE_MESSAGE(computed.ok(), test::why(computed));
     CHECK(computed->checksum == sum);
   }
@@ -787,7 +791,7 @@ TEST_CASE("a device adapter's commit checks run on its first device, as a host a
     const Lease lease = lease_of();
     fill_device(lease, 3);
     reinterpret_cast<uint16_t *>(f.slot(lease) + d[1].offset)[0] = 0x7E00;
-    CHECK(f.r().commit({lease.id, 0, std::nullopt}, kT0).ok());
+    CHECK(f.r().commit({lease.id, 0, std::nullopt, std::nullopt, self()}, kT0).ok());
   }
 }
 
@@ -810,7 +814,7 @@ TEST_CASE("Registry::open on an existing arena rebuilds the allocators and keeps
     for (const char *name : {"alpha", "alpha", "gamma"}) {
       auto lease = reg.begin_write(begin_req(name), kT0);
       REQUIRE(lease.ok());
-      REQUIRE(reg.commit({lease->id, 0, std::nullopt}, kT0).ok());
+      REQUIRE(reg.commit({lease->id, 0, std::nullopt, std::nullopt, self()}, kT0).ok());
     }
     auto pending = reg.begin_write(begin_req("gamma"), kT0);  // a write across the restart
     REQUIRE(pending.ok());
@@ -834,7 +838,7 @@ TEST_CASE("Registry::open on an existing arena rebuilds the allocators and keeps
   CHECK(reg.arena().adapter(*reg.find("gamma")).active.load() == gamma_word);
   CHECK(ipc::active_version(alpha_word) == 2);
   // The lease made before the restart still commits, numbered after the last version.
-  auto flip = reg.commit({leases, 0, std::nullopt}, kT0);
+  auto flip = reg.commit({leases, 0, std::nullopt, std::nullopt, self()}, kT0);
   REQUIRE_MESSAGE(flip.ok(), test::why(flip));
   CHECK(flip->version == 2);
   // New allocations do not land on the memory of existing adapters.

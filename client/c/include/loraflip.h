@@ -39,7 +39,7 @@ extern "C" {
 #endif
 
 /* Wire protocol version; hello fails with LF_E_PROTOCOL_VERSION when the daemon disagrees. */
-#define LF_PROTOCOL_VERSION 1
+#define LF_PROTOCOL_VERSION 2
 
 /* ---- Status codes (stable: never renumbered, never reused) ---- */
 #define LF_OK 0
@@ -144,7 +144,12 @@ LF_API int lf_spec_set_slots(lf_spec_t *spec, int slots, int history);
 LF_API int lf_spec_set_placement(lf_spec_t *spec, const char *placement);
 
 LF_API int lf_client_create_adapter(lf_client_t *client, const char *name, const lf_spec_t *spec);
-/* Drops the adapter: new acquires fail at once; its memory returns once no reader pins it. */
+/* Drops the adapter: the name is free at once (lf_reader_find and lf_client_info no longer see
+ * it) and acquires through an older reference fail with LF_E_STALE. Its memory and its record
+ * in the adapter table return once no pin and no write lease names it (the daemon's next
+ * reaper pass after that); until then the record counts against the table (--max-adapters),
+ * so a pin kept after the drop can make lf_client_create_adapter fail with LF_E_TABLE_FULL
+ * (its message counts such records). */
 LF_API int lf_client_drop_adapter(lf_client_t *client, const char *name);
 /* Makes an earlier, still-kept version active again (it keeps its version number; the next
  * commit is numbered above every version ever assigned). */
@@ -165,8 +170,12 @@ typedef struct lf_writer lf_writer_t;
                                     writer's (lf_writer_commit computes it) */
 
 /* Asks the daemon for a free slot of `name`, leased to this process for `lease_ms`
- * (<= 0: 30000). Past the lease, commit fails with LF_E_LEASE. The writer belongs to the
- * calling thread until commit or abort, which free it; it must not outlive the client. */
+ * (<= 0: 30000). Past the lease, commit fails with LF_E_LEASE. The daemon takes the process
+ * from the socket's kernel credentials: only this process may commit or abort the lease.
+ * The writer belongs to the calling thread until commit or abort, which free it; it must not
+ * outlive the client. When the reply is lost (LF_E_TIMEOUT, LF_E_CONNECTION), the next
+ * begin_write of `name` on this client asks for that same lease again, so no slot is left
+ * leased to a writer that never learned of it. */
 LF_API int lf_client_begin_write(lf_client_t *client, const char *name, int lease_ms,
                                  lf_writer_t **out);
 LF_API int lf_writer_tensor_count(const lf_writer_t *writer, size_t *out);
@@ -185,10 +194,15 @@ LF_API int lf_writer_copy_in(lf_writer_t *writer, size_t index, const void *src,
  * adapter this is a plain copy of host memory, done when the call returns. */
 LF_API int lf_writer_copy_in_async(lf_writer_t *writer, size_t index, const void *src,
                                    size_t nbytes, int src_device, void *stream);
-/* Validates (per flags), assigns the next version and flips it active. Frees the writer
- * whether it succeeds or not; *version_out (may be NULL) receives the new version. */
+/* Validates (per flags), assigns the next version and flips it active; *version_out (may be
+ * NULL) receives the new version. Frees the writer, except when the outcome is unknown:
+ * LF_E_TIMEOUT or LF_E_CONNECTION (the daemon restarting, or slow). Then the writer stays
+ * valid: call lf_writer_commit again (idempotent per lease: a repeated commit answers the
+ * version the first one made, as long as that version is kept; LF_E_LEASE once the lease
+ * ended without a version, after which begin again) or lf_writer_abort. */
 LF_API int lf_writer_commit(lf_writer_t *writer, unsigned flags, uint64_t *version_out);
-/* Gives the slot back. Frees the writer. Accepts NULL. */
+/* Gives the slot back. Frees the writer. Accepts NULL. When the daemon cannot be reached the
+ * abort is sent again before this client's next begin_write. */
 LF_API int lf_writer_abort(lf_writer_t *writer);
 
 /* ---- Reader ---- */
@@ -276,7 +290,13 @@ typedef struct lf_event {
   uint64_t missed;
   uint64_t reserved[4]; /* zero: room for later fields without another function */
 } lf_event_t;
-/* Waits up to timeout_ms (< 0: forever) for the next flip and fills *out. */
+/* Waits up to timeout_ms (< 0: forever) for the next flip and fills *out. `missed` is known
+ * only when the adapter's next event arrives: after draining a burst whose last events were
+ * dropped (a drop event included), nothing says so until the adapter flips again. To tell
+ * whether it is behind now, a subscriber compares the version of the last event it got with
+ * the adapter's active version (lf_reader_active_version, or lf_client_info): a difference, or
+ * LF_E_STALE / LF_E_NOT_FOUND for a dropped adapter, means lost events (or one still on its
+ * way: the daemon sends it just after the flip). */
 LF_API int lf_events_next_event(lf_events_t *events, int timeout_ms, lf_event_t *out);
 
 #ifdef __cplusplus

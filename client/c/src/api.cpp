@@ -4,6 +4,7 @@
 #include <cstring>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <string>
 #include <unistd.h>
 #include <unordered_map>
@@ -36,6 +37,14 @@ struct lf_client {
   std::optional<ipc::Arena> arena;  // data mapped read-write, made at the first begin_write
   client::DeviceMap devices;        // opened at the first write of a device-placed adapter
   std::optional<loraflip::device::Event> event;  // recorded after asynchronous copies
+  // Leases whose abort could not reach the daemon: sent again before the next write, so a
+  // slot never stays held for a writer that gave it up (caller holds `mutex`).
+  std::vector<uint64_t> unsent_aborts;
+  // Begins whose reply was lost, per adapter: the next begin of that adapter sends the same
+  // token, and the daemon answers the lease it made then (caller holds `mutex`).
+  std::unordered_map<std::string, uint64_t> unanswered_begins;
+  // Odd and stepped by 2: never 0 (no token), never the same twice on one client.
+  uint64_t next_token = std::random_device{}() | uint64_t{std::random_device{}()} << 32 | 1;
   std::string last_error;
   explicit lf_client(client::Connection c) : connection(std::move(c)) {}
 };
@@ -76,18 +85,22 @@ namespace {
 
 thread_local std::string t_last_error;
 
-// This process's start time, read from /proc once per process (8 us a read): begin_write needs
-// it every time. Keyed by pid so that a forked child reads its own.
-uint64_t own_start_time() {
-  static std::atomic<uint64_t> cached{0};
-  static std::atomic<pid_t> cached_pid{0};
-  const pid_t pid = ::getpid();
-  if (cached_pid.load(std::memory_order_acquire) != pid) {
-    cached.store(ipc::process_start_time(pid), std::memory_order_relaxed);
-    cached_pid.store(pid, std::memory_order_release);
+// PEFT's target modules from lf_spec_set_lora's comma-separated string.
+ipc::msg::ModuleList split_modules(const std::string &joined) {
+  ipc::msg::ModuleList list;
+  std::string_view rest(joined);
+  while (!rest.empty()) {
+    const size_t comma = rest.find(',');
+    list.names.emplace_back(rest.substr(0, comma));
+    if (comma == std::string_view::npos) break;
+    rest.remove_prefix(comma + 1);
   }
-  return cached.load(std::memory_order_relaxed);
+  return list;
 }
+
+// Whether a request's outcome is unknown: it may or may not have reached the daemon (the
+// daemon was restarting, or slow). Anything else is the daemon's answer.
+bool outcome_unknown(int status) { return status == LF_E_TIMEOUT || status == LF_E_CONNECTION; }
 
 // Runs `body` (which returns a status), turning any exception into LF_E_INTERNAL.
 template <typename F>
@@ -116,6 +129,16 @@ int invalid(std::string *last_error, const char *message) {
   return LF_E_INVALID_ARGUMENT;
 }
 
+// Sends the aborts that could not be sent before. One that still cannot waits for the next
+// write; any answer of the daemon (done, or the lease ended already) settles it.
+void flush_unsent_aborts(lf_client *c) {
+  for (size_t i = 0; i < c->unsent_aborts.size();) {
+    auto reply = c->connection.call<ipc::msg::Empty>(ipc::msg::Abort{c->unsent_aborts[i]});
+    if (!reply && outcome_unknown(reply.error().code)) return;
+    c->unsent_aborts.erase(c->unsent_aborts.begin() + static_cast<std::ptrdiff_t>(i));
+  }
+}
+
 char *dup_string(const std::string &s) {
   char *p = static_cast<char *>(std::malloc(s.size() + 1));
   if (p != nullptr) std::memcpy(p, s.c_str(), s.size() + 1);
@@ -123,8 +146,9 @@ char *dup_string(const std::string &s) {
 }
 
 // Sends a request and returns its result as JSON.
-int request_json(lf_client *c, const char *op, const ipc::Encoder &args, char **json_out) {
-  auto reply = c->connection.request(op, {args.data(), args.size()});
+template <class Q>
+int request_json(lf_client *c, const Q &args, char **json_out) {
+  auto reply = c->connection.request(Q::kOp, ipc::msg::encode_map(args));
   if (!reply) return fail(&c->last_error, reply.error());
   char *json = dup_string(ipc::to_json(client::result_of(reply.value())));
   if (json == nullptr) return fail(&c->last_error, make_error(LF_E_SYSTEM, "out of memory"));
@@ -154,6 +178,29 @@ int64_t tensor_index(const ipc::TensorDesc *tensors, uint32_t count, const char 
   return -1;
 }
 
+// A request that names an adapter and answers with a flip (drop, rollback).
+template <class Q>
+int flip_request(lf_client_t *c, const char *name, Q q) {
+  if (c == nullptr) return LF_E_INVALID_ARGUMENT;
+  std::lock_guard lock(c->mutex);
+  return guarded(&c->last_error, [&] {
+    if (name == nullptr) return invalid(&c->last_error, "name is NULL");
+    q.name = name;
+    auto reply = c->connection.call<ipc::msg::FlipResult>(q);
+    return reply ? LF_OK : fail(&c->last_error, reply.error());
+  });
+}
+
+// list and stats: a request without arguments whose result comes back as JSON.
+template <class Q>
+int request_json_no_args(lf_client_t *c, char **json_out) {
+  if (c == nullptr) return LF_E_INVALID_ARGUMENT;
+  std::lock_guard lock(c->mutex);
+  return guarded(&c->last_error, [&] {
+    if (json_out == nullptr) return invalid(&c->last_error, "json_out is NULL");
+    return request_json(c, Q{}, json_out);
+  });
+}
 }  // namespace
 
 extern "C" {
@@ -282,81 +329,51 @@ int lf_client_create_adapter(lf_client_t *c, const char *name, const lf_spec_t *
   std::lock_guard lock(c->mutex);
   return guarded(&c->last_error, [&] {
     if (name == nullptr || spec == nullptr) return invalid(&c->last_error, "name or spec is NULL");
-    ipc::Encoder e;
-    e.map(spec->rank_set ? 7 : 6).key("name").str(name);
-    e.key("placement").str(spec->placement);
-    e.key("tensors").array(static_cast<uint32_t>(spec->tensors.size()));
-    for (const ipc::TensorSpec &t : spec->tensors) {
-      e.map(3).key("name").str(t.name).key("dtype").str(ipc::dtype_name(t.dtype)).key("shape");
-      e.array(static_cast<uint32_t>(t.shape.size()));
-      for (int64_t d : t.shape) e.i64(d);
-    }
-    e.key("metadata").str(spec->metadata);
-    e.key("slots").u64(static_cast<uint64_t>(spec->slots));
-    e.key("history").i64(spec->history);
+    ipc::msg::CreateAdapter q;
+    q.name = name;
+    q.placement = spec->placement;
+    for (const ipc::TensorSpec &t : spec->tensors)
+      q.tensors.push_back({t.name, ipc::msg::DType{t.dtype}, t.shape});
+    q.metadata = spec->metadata;
+    q.slots = static_cast<uint64_t>(spec->slots);
+    q.history = spec->history;
     if (spec->rank_set) {
-      e.key("lora").map(4)
-          .key("rank").u64(static_cast<uint64_t>(spec->rank))
-          .key("alpha").f64(spec->alpha)
-          .key("target_modules").str(spec->target_modules)
-          .key("use_rslora").boolean(spec->use_rslora);
+      ipc::msg::LoraArg lora;
+      lora.rank = static_cast<uint64_t>(spec->rank);
+      lora.alpha = spec->alpha;
+      lora.use_rslora = spec->use_rslora;
+      lora.target_modules = split_modules(spec->target_modules);
+      q.lora = std::move(lora);
     }
-    auto reply = c->connection.request("create_adapter", {e.data(), e.size()});
+    auto reply = c->connection.call<ipc::msg::CreateResult>(q);
     return reply ? LF_OK : fail(&c->last_error, reply.error());
   });
 }
 
-#define LF_SIMPLE_NAME_REQUEST(op, extra_count, extra)                              \
-  if (c == nullptr) return LF_E_INVALID_ARGUMENT;                                    \
-  std::lock_guard lock(c->mutex);                                                    \
-  return guarded(&c->last_error, [&] {                                               \
-    if (name == nullptr) return invalid(&c->last_error, "name is NULL");             \
-    ipc::Encoder e;                                                                  \
-    e.map(1 + (extra_count)).key("name").str(name);                                  \
-    extra;                                                                           \
-    auto reply = c->connection.request(op, {e.data(), e.size()});                    \
-    return reply ? LF_OK : fail(&c->last_error, reply.error());                      \
-  })
 
 int lf_client_drop_adapter(lf_client_t *c, const char *name) {
-  LF_SIMPLE_NAME_REQUEST("drop_adapter", 0, (void)0);
+  return flip_request(c, name, ipc::msg::DropAdapter{});
 }
 
 int lf_client_rollback(lf_client_t *c, const char *name, uint64_t version) {
-  LF_SIMPLE_NAME_REQUEST("rollback", 1, e.key("version").u64(version));
+  return flip_request(c, name, ipc::msg::Rollback{{}, version});
 }
 
-#undef LF_SIMPLE_NAME_REQUEST
-
-namespace {
-// list and stats: a request without arguments whose result comes back as JSON.
-int request_json_no_args(lf_client_t *c, const char *op, char **json_out) {
-  if (c == nullptr) return LF_E_INVALID_ARGUMENT;
-  std::lock_guard lock(c->mutex);
-  return guarded(&c->last_error, [&] {
-    if (json_out == nullptr) return invalid(&c->last_error, "json_out is NULL");
-    ipc::Encoder e;
-    e.map(0);
-    return request_json(c, op, e, json_out);
-  });
+int lf_client_list(lf_client_t *c, char **json_out) {
+  return request_json_no_args<ipc::msg::List>(c, json_out);
 }
-}  // namespace
-
-int lf_client_list(lf_client_t *c, char **json_out) { return request_json_no_args(c, "list", json_out); }
 
 int lf_client_info(lf_client_t *c, const char *name, char **json_out) {
   if (c == nullptr) return LF_E_INVALID_ARGUMENT;
   std::lock_guard lock(c->mutex);
   return guarded(&c->last_error, [&] {
     if (name == nullptr || json_out == nullptr) return invalid(&c->last_error, "name or json_out is NULL");
-    ipc::Encoder e;
-    e.map(1).key("name").str(name);
-    return request_json(c, "info", e, json_out);
+    return request_json(c, ipc::msg::Info{name}, json_out);
   });
 }
 
 int lf_client_stats(lf_client_t *c, char **json_out) {
-  return request_json_no_args(c, "stats", json_out);
+  return request_json_no_args<ipc::msg::Stats>(c, json_out);
 }
 
 /* ---- writer ---- */
@@ -372,28 +389,20 @@ int lf_client_begin_write(lf_client_t *c, const char *name, int lease_ms, lf_wri
       if (!arena) return fail(&c->last_error, arena.error());
       c->arena.emplace(std::move(arena).value());
     }
-    ipc::Encoder e;
-    e.map(4)
-        .key("name").str(name)
-        .key("lease_ms").u64(lease_ms > 0 ? static_cast<uint64_t>(lease_ms) : 30000)
-        .key("pid").u64(static_cast<uint64_t>(::getpid()))
-        .key("start").u64(own_start_time());
-    auto reply = c->connection.request("begin_write", {e.data(), e.size()});
-    if (!reply) return fail(&c->last_error, reply.error());
-    auto r = ipc::MapView::of(client::result_of(reply.value()), "begin_write result");
-    if (!r) return fail(&c->last_error, r.error());
-    auto lease = r->uint("lease");
-    auto adapter = r->uint("adapter");
-    auto incarnation = r->uint("incarnation");
-    auto offset = r->uint("data_offset");
-    auto slot_bytes = r->uint("slot_bytes");
-    if (!lease || !adapter || !incarnation || !offset || !slot_bytes)
-      return fail(&c->last_error, make_error(LF_E_PROTOCOL, "begin_write reply lacks a field"));
+    flush_unsent_aborts(c);
+    auto unanswered = c->unanswered_begins.find(name);
+    const uint64_t token = unanswered != c->unanswered_begins.end() ? unanswered->second
+                                                                    : (c->next_token += 2);
+    auto lease = c->connection.call<ipc::msg::BeginWriteResult>(ipc::msg::BeginWrite{
+        name, lease_ms > 0 ? static_cast<uint64_t>(lease_ms) : 30000, token});
+    if (!lease && outcome_unknown(lease.error().code)) c->unanswered_begins[name] = token;
+    else c->unanswered_begins.erase(name);
+    if (!lease) return fail(&c->last_error, lease.error());
     const ipc::Arena &arena = *c->arena;
-    if (adapter.value() >= arena.max_adapters())
+    if (lease->adapter >= arena.max_adapters())
       return fail(&c->last_error, make_error(LF_E_PROTOCOL, "begin_write reply names no adapter"));
-    const ipc::AdapterRecord &rec = arena.adapter(static_cast<uint32_t>(adapter.value()));
-    if (rec.incarnation.load() != incarnation.value())
+    const ipc::AdapterRecord &rec = arena.adapter(static_cast<uint32_t>(lease->adapter));
+    if (rec.incarnation.load() != lease->incarnation)
       return fail(&c->last_error, make_error(LF_E_STALE, "the adapter was dropped during begin_write"));
     // The slot lies in the data segment, or in the arena of the adapter's first device.
     std::byte *base = nullptr;
@@ -407,11 +416,12 @@ int lf_client_begin_write(lf_client_t *c, const char *name, int lease_ms, lf_wri
     } else {
       base = arena.data_at(0);
     }
-    if (offset.value() > region_bytes || slot_bytes.value() > region_bytes - offset.value()) {
+    if (lease->data_offset > region_bytes || lease->slot_bytes > region_bytes - lease->data_offset) {
       return fail(&c->last_error, make_error(LF_E_PROTOCOL, "begin_write reply names memory outside the arena"));
     }
-    auto *w = new lf_writer{c, lease.value(), base + offset.value(), base + offset.value(),
-                            arena.tensors(rec), rec.tensor_count, slot_bytes.value()};
+    std::byte *slot = base + lease->data_offset;
+    auto *w = new lf_writer{c, lease->lease, slot, slot, arena.tensors(rec), rec.tensor_count,
+                            lease->slot_bytes};
     w->device = device;
     *out = w;
     return LF_OK;
@@ -490,9 +500,7 @@ int lf_writer_commit(lf_writer_t *w, unsigned flags, uint64_t *version_out) {
   lf_client *c = w->client;
   std::lock_guard lock(c->mutex);
   const int status = guarded(&c->last_error, [&] {
-    ipc::Encoder e;
-    const bool checksum = (flags & LF_COMMIT_CHECKSUM) != 0;
-    std::optional<loraflip::device::IpcHandle> event;
+    ipc::msg::Commit q{w->lease, flags, std::nullopt, std::nullopt};
     if (w->async_pending) {
       // The daemon waits on this event (without blocking) before it checks and flips.
       loraflip::device::Backend *b = c->devices.backend();
@@ -502,32 +510,25 @@ int lf_writer_commit(lf_writer_t *w, unsigned flags, uint64_t *version_out) {
         c->event = made.value();
       }
       if (Status st = b->record(*c->event, w->stream); !st) return fail(&c->last_error, st.error());
-      event = c->event->handle;
+      ipc::msg::Binary64 handle;
+      std::memcpy(handle.bytes.data(), c->event->handle.bytes, handle.bytes.size());
+      q.event = handle;
     }
-    uint64_t sum = 0;
-    if (checksum) {
+    if (flags & LF_COMMIT_CHECKSUM) {
       if (w->device >= 0)
         return fail(&c->last_error, make_error(LF_E_UNSUPPORTED, "LF_COMMIT_CHECKSUM covers "
                                                "host-placed adapters; device slots are checked "
                                                "with LF_COMMIT_CHECK_FINITE"));
-      sum = loraflip::kernels::checksum(w->base, w->slot_bytes);
+      q.checksum = loraflip::kernels::checksum(w->base, w->slot_bytes);
     }
-    e.map(2 + (checksum ? 1 : 0) + (event ? 1 : 0)).key("lease").u64(w->lease).key("flags").u64(flags);
-    if (checksum) e.key("checksum").u64(sum);
-    if (event) {
-      e.key("event");
-      e.pk().pack_bin(sizeof event->bytes);
-      e.pk().pack_bin_body(reinterpret_cast<const char *>(event->bytes), sizeof event->bytes);
-    }
-    auto reply = c->connection.request("commit", {e.data(), e.size()});
+    auto reply = c->connection.call<ipc::msg::FlipResult>(q);
     if (!reply) return fail(&c->last_error, reply.error());
-    auto r = ipc::MapView::of(client::result_of(reply.value()), "commit result");
-    auto version = r ? r->uint("version") : Result<uint64_t>(r.error());
-    if (!version) return fail(&c->last_error, version.error());
-    if (version_out != nullptr) *version_out = version.value();
+    if (version_out != nullptr) *version_out = reply->version;
     return LF_OK;
   });
-  delete w;
+  // The outcome is unknown: the writer stays, so that the caller can ask again (a repeated
+  // commit answers the version the first one made) or abort.
+  if (!outcome_unknown(status)) delete w;
   return status;
 }
 
@@ -536,9 +537,8 @@ int lf_writer_abort(lf_writer_t *w) {
   lf_client *c = w->client;
   std::lock_guard lock(c->mutex);
   const int status = guarded(&c->last_error, [&] {
-    ipc::Encoder e;
-    e.map(1).key("lease").u64(w->lease);
-    auto reply = c->connection.request("abort", {e.data(), e.size()});
+    auto reply = c->connection.call<ipc::msg::Empty>(ipc::msg::Abort{w->lease});
+    if (!reply && outcome_unknown(reply.error().code)) c->unsent_aborts.push_back(w->lease);
     return reply ? LF_OK : fail(&c->last_error, reply.error());
   });
   delete w;
@@ -556,7 +556,7 @@ int lf_reader_open(const char *runtime_dir, lf_reader_t **out) {
                                     ipc::Segment::Access::kReadOnly);
     if (!arena) return fail(&t_last_error, arena.error());
     auto reader = std::make_unique<lf_reader>(std::move(arena).value());
-    if (Status s = client::claim_entry(*reader); !s) return fail(&t_last_error, s.error());
+    if (Status s = client::claim_entry(*reader, connection.value()); !s) return fail(&t_last_error, s.error());
     *out = reader.release();
     return LF_OK;
   });

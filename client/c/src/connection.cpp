@@ -4,7 +4,6 @@
 #include <unistd.h>
 
 #include "ipc/paths.hpp"
-#include "ipc/proc.hpp"
 
 namespace loraflip::client {
 namespace {
@@ -45,26 +44,15 @@ Result<Connection> Connection::open(const std::string &runtime_dir, int timeout_
     // Without a live connection, fail the send instead of queueing for a daemon that is gone.
     c.socket_->set(zmq::sockopt::immediate, 1);
     c.socket_->set(zmq::sockopt::sndtimeo, c.timeout_ms_);
-    c.socket_->set(zmq::sockopt::maxmsgsize, ipc::kHardMessageBytes);
+    c.socket_->set(zmq::sockopt::maxmsgsize, ipc::kMaxReplyBytes);
     c.socket_->connect(ipc::control_endpoint(runtime_dir));
   } catch (const zmq::error_t &e) {
     return make_error(LF_E_CONNECTION, std::string("cannot connect to ") + runtime_dir + ": " + e.what());
   }
-  ipc::Encoder args;
-  args.map(3)
-      .key("protocol").u64(ipc::kProtocolVersion)
-      .key("pid").u64(static_cast<uint64_t>(::getpid()))
-      .key("start").u64(ipc::process_start_time(::getpid()));
-  auto reply = c.request("hello", {args.data(), args.size()});
-  if (!reply) return reply.error();
-  const msgpack::object &r = result_of(reply.value());
-  auto view = ipc::MapView::of(r, "hello result");
-  if (!view) return view.error();
-  auto text = [&](std::string_view key) {
-    auto s = view->str_or(key, "");
-    return s ? std::string(s.value()) : std::string();
-  };
-  c.hello_ = Hello{text("instance"), text("version"), text("control_segment"), text("data_segment")};
+  Result<ipc::msg::HelloResult> hello =
+      c.call<ipc::msg::HelloResult>(ipc::msg::Hello{ipc::kProtocolVersion});
+  if (!hello) return hello.error();
+  c.hello_ = Hello{hello->instance, hello->version, hello->control_segment, hello->data_segment};
   if (c.hello_.control_segment.empty())
     return make_error(LF_E_PROTOCOL, "the daemon's hello did not name its arena");
   return c;
@@ -73,6 +61,11 @@ Result<Connection> Connection::open(const std::string &runtime_dir, int timeout_
 Result<msgpack::object_handle> Connection::request(std::string_view op, std::string_view args) {
   const uint64_t id = next_id_++;
   const std::string message = ipc::encode_request(op, id, args);
+  if (message.size() > ipc::kMaxMessageBytes)
+    return make_error(LF_E_TOO_LARGE, "the '" + std::string(op) + "' request is " +
+                                          std::to_string(message.size()) +
+                                          " bytes, over the daemon's limit of " +
+                                          std::to_string(ipc::kMaxMessageBytes));
   try {
     // DEALER to ROUTER: an empty delimiter frame first, as a REQ socket would send.
     if (!socket_->send(zmq::message_t(), zmq::send_flags::sndmore) ||
@@ -92,14 +85,19 @@ Result<msgpack::object_handle> Connection::request(std::string_view op, std::str
       if (!socket_->recv(frame, zmq::recv_flags::dontwait)) continue;
       if (frame.size() != 0 || !frame.more()) continue;
       if (!socket_->recv(body, zmq::recv_flags::dontwait)) continue;
-      auto decoded = ipc::decode(body.data(), body.size(), ipc::kHardMessageBytes);
+      auto decoded = ipc::decode(body.data(), body.size(), ipc::kMaxReplyBytes);
       if (!decoded) return make_error(LF_E_PROTOCOL, "undecodable reply: " + decoded.error().message);
       const msgpack::object &root = decoded->get();
       const msgpack::object *reply_id = field(root, "id");
-      if (reply_id == nullptr || reply_id->type != msgpack::type::POSITIVE_INTEGER ||
-          reply_id->via.u64 != id)
-        continue;  // a late reply to a request that timed out earlier
       const msgpack::object *ok = field(root, "ok");
+      const bool is_error = ok != nullptr && ok->type == msgpack::type::BOOLEAN && !ok->via.boolean;
+      const uint64_t answered = reply_id != nullptr && reply_id->type == msgpack::type::POSITIVE_INTEGER
+                                    ? reply_id->via.u64
+                                    : 0;
+      // Id 0 on an error: the daemon could not read this request's id (it reads it whenever
+      // the bytes allow). Calls on a connection are serialized, so it answers this request.
+      if (answered != id && !(answered == 0 && is_error))
+        continue;  // a late reply to a request that timed out earlier
       if (ok != nullptr && ok->type == msgpack::type::BOOLEAN && ok->via.boolean) {
         if (field(root, "result") == nullptr) return make_error(LF_E_PROTOCOL, "reply without result");
         return std::move(decoded).value();

@@ -29,23 +29,21 @@ int fail(lf_reader &reader, int code, std::string message) {
 
 }  // namespace
 
-Status claim_entry(lf_reader &reader) {
-  const uint64_t pid = static_cast<uint64_t>(::getpid());
-  const uint64_t start = ipc::process_start_time(::getpid());
-  for (uint32_t i = 0; i < reader.arena.max_readers(); ++i) {
-    ipc::ReaderEntry &e = reader.arena.reader(i);
-    uint64_t expected = 0;
-    if (e.owner_pid.load(std::memory_order_relaxed) != 0 ||
-        !e.owner_pid.compare_exchange_strong(expected, pid, kSeqCst))
-      continue;
-    e.owner_start.store(start, kSeqCst);
-    reader.entry = &e;
-    return {};
-  }
-  return make_error(LF_E_TABLE_FULL, "the reader table is full (" +
-                                         std::to_string(reader.arena.max_readers()) +
-                                         " readers); close readers or restart the daemon with "
-                                         "a larger --max-readers");
+Status claim_entry(lf_reader &reader, Connection &connection) {
+  // The daemon claims the entry: it names this process as its own pid namespace sees it (from
+  // the socket's credentials), which is what its reaper checks. A reader in a container, whose
+  // own getpid() means nothing to the daemon, is then reclaimed like any other.
+  Result<ipc::msg::OpenReaderResult> claimed =
+      connection.call<ipc::msg::OpenReaderResult>(ipc::msg::OpenReader{});
+  if (!claimed) return claimed.error();
+  if (claimed->entry >= reader.arena.max_readers() || claimed->owner == 0)
+    return make_error(LF_E_PROTOCOL, "the daemon's open_reader reply names no reader entry");
+  ipc::ReaderEntry &e = reader.arena.reader(static_cast<uint32_t>(claimed->entry));
+  if (e.owner_pid.load(kSeqCst) != claimed->owner)
+    return make_error(LF_E_PROTOCOL, "the reader entry the daemon claimed is not this reader's");
+  reader.entry = &e;
+  reader.owner = claimed->owner;
+  return {};
 }
 
 void release_entry(lf_reader &reader) {
@@ -53,9 +51,9 @@ void release_entry(lf_reader &reader) {
   release_completed(reader, true);
   for (auto &cell : reader.entry->pins) cell.store(0, kSeqCst);
   reader.entry->owner_start.store(0, kSeqCst);
-  uint64_t pid = static_cast<uint64_t>(::getpid());
+  uint64_t owner = reader.owner;
   // A CAS, not a store: if the daemon took the entry (it believed us dead), it is not ours.
-  reader.entry->owner_pid.compare_exchange_strong(pid, 0, kSeqCst);
+  reader.entry->owner_pid.compare_exchange_strong(owner, 0, kSeqCst);
   reader.entry = nullptr;
 }
 

@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "connection.hpp"
 #include "devices.hpp"
 #include "ipc/arena.hpp"
 #include "ipc/result.hpp"
@@ -41,6 +42,7 @@ struct lf_pending_release {
 struct lf_reader {
   loraflip::ipc::Arena arena;
   loraflip::ipc::ReaderEntry *entry = nullptr;
+  uint64_t owner = 0;  // the entry's owner_pid, as the daemon stored it (its pid namespace's)
   uint32_t free_cells = (1u << LF_MAX_PINS) - 1;  // bit i set: pin cell i is unused
   lf_pin pins[LF_MAX_PINS] = {};
   std::string last_error;
@@ -57,8 +59,9 @@ struct lf_reader {
 
 namespace loraflip::client {
 
-// Claims a free entry of the reader table for this process (LF_E_TABLE_FULL when none is).
-Status claim_entry(lf_reader &reader);
+// Has the daemon claim a free entry of the reader table for this process (LF_E_TABLE_FULL
+// when none is).
+Status claim_entry(lf_reader &reader, Connection &connection);
 // Clears every pin, then frees the entry.
 void release_entry(lf_reader &reader);
 

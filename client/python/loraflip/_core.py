@@ -5,6 +5,7 @@ import collections
 import contextlib
 import ctypes
 import json
+import logging
 import math
 import os
 import re
@@ -20,8 +21,9 @@ import numpy as np
 from . import _dlpack
 from . import _lib as L
 from . import _safetensors as st
-from ._errors import (ClosedError, InvalidArgument, LoraflipError, NoFreeSlot, NotFound,
-                      ReleasedError, Stale, Timeout, error_for)
+from ._errors import (ClosedError, DaemonUnreachable, InvalidArgument, LeaseError,
+                      LoraflipError, NoFreeSlot, NotFound, ReleasedError, Stale, Timeout,
+                      error_for)
 from ._safetensors import RawTensor
 from ._views import Guard, PinnedArray, pinned_array
 
@@ -39,6 +41,10 @@ _NP = {L.LF_DTYPE_F32: np.dtype("<f4"), L.LF_DTYPE_F16: np.dtype("<f2"),
 _NP_CODES = {nd: code for code, nd in _NP.items()}  # the hot path of publish: one dict lookup
 _ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,126}$")
 _NO_FREE_SLOT_RETRY_S = 10.0
+# How long publish() keeps asking for the outcome of a commit that went unanswered (the
+# daemon restarting under systemd, or slow): a few restarts' worth.
+_COMMIT_OUTCOME_RETRY_S = 10.0
+_log = logging.getLogger("loraflip")
 # The longest single wait in C of a blocking call: the C calls cannot be interrupted, and short
 # slices keep Ctrl-C working.
 _SLICE_MS = 200
@@ -895,18 +901,23 @@ class Writer:
         self._keep = []
 
     def commit(self) -> int:
-        """Validates, versions and flips; returns the new version. Ends the write."""
+        """Validates, versions and flips; returns the new version. Ends the write, except
+        when the outcome is unknown (Timeout or DaemonUnreachable: the daemon was restarting,
+        or slow): then the write stays open, and commit() may be called again (a repeated
+        commit answers the version the first one made, or LeaseError once the daemon ended
+        the lease) or abort()."""
         self._check()
         with self._client._use():
-            h, self._handle = self._handle, None
-            self.guard.alive = False
-            self._client._writers.discard(self)
             out = ctypes.c_uint64()
             try:
-                rc = L.lf_writer_commit(h, self._flags, ctypes.byref(out))  # frees the writer
+                rc = L.lf_writer_commit(self._handle, self._flags, ctypes.byref(out))
             finally:
                 # After a successful commit the daemon has waited for the copies already.
                 self._settle()
+            if rc not in (L.LF_E_TIMEOUT, L.LF_E_CONNECTION):  # the C writer is freed
+                self._handle = None
+                self.guard.alive = False
+                self._client._writers.discard(self)
             if rc != L.LF_OK:
                 raise self._client._fail(rc)
         self.version = out.value
@@ -1189,6 +1200,23 @@ class Client:
                 f"{'...' if len(missing) > 5 else ''}, unknown {extra[:5]}{'...' if len(extra) > 5 else ''}")
         sources = [(schema[t][0], _source(t, tensors[t], (schema[t][2], schema[t][1]), cast))
                    for t in schema]
+        deadline = time.monotonic() + _COMMIT_OUTCOME_RETRY_S
+        while True:
+            w = self._write_all(name, sources, check_finite, checksum, retry_s)
+            version = self._commit_until_answered(w, deadline)
+            if version is not None:
+                return version
+            # The daemon ended the lease while the commit went unanswered (it restarted after
+            # the lease expired, or ended it some other way): nothing was published.
+            if time.monotonic() >= deadline:
+                raise LeaseError(L.LF_E_LEASE, f"publish of '{name}': every write's lease ended "
+                                 "before its commit was answered")
+            _log.warning("publish of '%s': the daemon ended the write's lease before its commit "
+                         "was answered (a restart?); writing the version again", name)
+
+    def _write_all(self, name: str, sources: list, check_finite: bool, checksum: bool,
+                   retry_s: float) -> "Writer":
+        """Begins a write of `name` and copies every source into it."""
         try:
             w = self.write(name, check_finite=check_finite, checksum=checksum, retry_s=retry_s)
         except Stale:
@@ -1204,7 +1232,33 @@ class Client:
         except BaseException:
             w.abort()
             raise
-        return w.commit()
+        return w
+
+    def _commit_until_answered(self, w: "Writer", deadline: float) -> Optional[int]:
+        """Commits `w`, asking again while the outcome is unknown (the daemon restarting or
+        slow) until `deadline`; a repeated commit is answered with the version the first one
+        made. None when the daemon ended the lease meanwhile (the write must be made again)."""
+        asked_again = False
+        while True:
+            try:
+                version = w.commit()
+            except (Timeout, DaemonUnreachable) as e:
+                if time.monotonic() >= deadline:
+                    w.abort()
+                    raise
+                if not asked_again:
+                    _log.warning("commit of '%s' unanswered (%s); asking again", w.name, e)
+                    asked_again = True
+                time.sleep(0.05)
+                continue
+            except LeaseError:
+                if not asked_again:
+                    raise  # an answer about this very commit, not a lost one
+                return None
+            if asked_again:
+                _log.warning("commit of '%s' answered after asking again: version %d",
+                             w.name, version)
+            return version
 
     def _check_rank(self, tensors: Mapping, r: int) -> None:
         for t, x in tensors.items():
