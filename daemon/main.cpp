@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 
 #include "daemon/devices.hpp"
+#include "daemon/memory.hpp"
 #include "daemon/options.hpp"
 #include "daemon/server.hpp"
 #include "ipc/arena.hpp"
@@ -32,6 +33,7 @@ int main(int argc, char **argv) {
     std::printf("removed the arena of instance '%s'\n", options->arena.instance.c_str());
     return 0;
   }
+  limit_malloc_arenas();  // before Server::start starts ZeroMQ's threads
   spdlog::set_level(spdlog::level::from_str(options->log_level));
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
   auto server = Server::start(options.value());

@@ -23,8 +23,8 @@ Arena create_arena(const ipc::ArenaConfig &config) {
 }
 
 // Opens the instance again, from the daemon side and from the client side; both must refuse
-// with LF_E_LAYOUT_MISMATCH and a message holding `words`.
-void expect_refused(const ipc::ArenaConfig &config, const std::string &words) {
+// with LF_E_LAYOUT_MISMATCH and a message holding `words`. Returns the daemon side's message.
+std::string expect_refused(const ipc::ArenaConfig &config, const std::string &words) {
   bool created = true;
   Result<Arena> again = Arena::open_or_create(config, &created);
   REQUIRE_FALSE(again.ok());
@@ -34,7 +34,8 @@ void expect_refused(const ipc::ArenaConfig &config, const std::string &words) {
       Arena::attach(ipc::control_segment_name(config.instance), ipc::Segment::Access::kReadOnly);
   REQUIRE_FALSE(client.ok());
   CHECK(client.error().code == LF_E_LAYOUT_MISMATCH);
-  CHECK_FALSE(client.error().message.empty());
+  CHECK_MESSAGE(client.error().message.find(words) != std::string::npos, client.error().message);
+  return again.error().message;
 }
 
 mode_t shm_mode(const std::string &name) {
@@ -120,8 +121,13 @@ TEST_CASE("arena refuses a data segment whose size differs from the header") {
   test::ScopedInstance inst;
   const ipc::ArenaConfig config = test::small_config(inst.name);
   Arena arena = create_arena(config);
+  const uint64_t actual = arena.header().data_bytes;
   arena.header().data_bytes += 4096;
-  expect_refused(config, "");
+  // Both sides name the data segment; the daemon's side gives both sizes, so that an operator
+  // sees which is off.
+  const std::string why = expect_refused(config, "data segment");
+  CHECK_MESSAGE(why.find(std::to_string(actual) + " bytes") != std::string::npos, why);
+  CHECK_MESSAGE(why.find("says " + std::to_string(actual + 4096)) != std::string::npos, why);
 }
 
 TEST_CASE("check_header refuses a segment smaller than a header") {
