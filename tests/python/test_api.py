@@ -593,3 +593,42 @@ def wait_for(cond, timeout=2.0):
             return True
         time.sleep(0.01)
     return cond()
+
+
+def test_publish_asks_again_when_a_commit_goes_unanswered(caplog):
+    """The daemon freezes with the commit in flight (as a restart or a stall would look to the
+    client): the commit times out, publish asks again, and the answer is the one version the
+    first commit made, with nothing published twice."""
+    import signal
+    from conftest import Daemon
+    d = Daemon("stall").start()
+    try:
+        c = loraflip.Client(d.dir, timeout_ms=300)
+        sd = peft_state()
+        assert c.publish("stall", sd, config=CONFIG) == 1
+        commit = loraflip.Writer.commit
+        calls = []
+
+        def stalled_commit(self):
+            if not calls:  # the first commit: freeze the daemon for longer than two timeouts
+                os.kill(d.proc.pid, signal.SIGSTOP)
+                threading.Timer(0.7, os.kill, (d.proc.pid, signal.SIGCONT)).start()
+            calls.append(1)
+            return commit(self)
+
+        loraflip.Writer.commit = stalled_commit
+        try:
+            with caplog.at_level("WARNING", logger="loraflip"):
+                version = c.publish("stall", peft_state(seed=5))
+        finally:
+            loraflip.Writer.commit = commit
+        assert version == 2
+        assert len(calls) >= 2  # it did time out and ask again
+        assert "asking again" in caplog.text
+        info = c.info("stall")
+        assert info["version"] == 2 and info["last_version"] == 2  # one flip, not two
+        assert info["census"]["writing"] == 0 and info["census"]["abandoned"] == 0
+        c.close()
+    finally:
+        os.kill(d.proc.pid, signal.SIGCONT)
+        d.stop()
