@@ -64,18 +64,6 @@ std::string placement_name(const ipc::AdapterRecord &r, const DeviceSet &devices
   return name;
 }
 
-msg::ModuleList split_modules(const char *joined) {
-  msg::ModuleList list;
-  std::string_view rest(joined);
-  while (!rest.empty()) {
-    const size_t comma = rest.find(',');
-    list.names.emplace_back(rest.substr(0, comma));
-    if (comma == std::string_view::npos) break;
-    rest.remove_prefix(comma + 1);
-  }
-  return list;
-}
-
 // The process behind a request, for the requests that act for one (leases, reader entries):
 // the kernel's pid, in this daemon's pid namespace, and that process's start time as this
 // daemon's /proc shows it, so a reused pid never inherits a lease or a reader entry.
@@ -319,7 +307,7 @@ std::string RequestHandler::info(const msg::Info &q, uint64_t id) {
   info.history = r.history_depth;
   info.placement = placement_name(r, registry_.devices());
   info.lora = {r.lora.rank, r.lora.alpha, r.lora.use_rslora != 0,
-               split_modules(arena.pool_string(r.lora.target_modules_offset))};
+               msg::ModuleList::split(arena.pool_string(r.lora.target_modules_offset))};
   info.metadata = arena.pool_string(r.lora.metadata_offset);
   info.counters = {r.commits.load(),        r.aborts.load(),         r.rollbacks.load(),
                    r.write_ns_total.load(), r.check_ns_total.load(), r.event_waits.load(),

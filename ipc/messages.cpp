@@ -106,13 +106,7 @@ Status read_value(const msgpack::object &o, ModuleList &v, const Path &p) {
   if (o.type == msgpack::type::STR) {  // "q_proj,v_proj"
     std::string joined;
     if (Status s = read_value(o, joined, p); !s) return s;
-    std::string_view rest(joined);
-    while (!rest.empty()) {
-      const size_t comma = rest.find(',');
-      v.names.emplace_back(rest.substr(0, comma));
-      if (comma == std::string_view::npos) break;
-      rest.remove_prefix(comma + 1);
-    }
+    v = ModuleList::split(joined);
     return {};
   }
   if (o.type != msgpack::type::ARRAY)
@@ -122,6 +116,17 @@ Status read_value(const msgpack::object &o, ModuleList &v, const Path &p) {
     if (name.find(',') != std::string::npos)
       return make_error(LF_E_INVALID_ARGUMENT, "'" + p.str() + "' holds a name with a comma");
   return {};
+}
+
+ModuleList ModuleList::split(std::string_view joined) {
+  ModuleList list;
+  while (!joined.empty()) {
+    const size_t comma = joined.find(',');
+    list.names.emplace_back(joined.substr(0, comma));
+    if (comma == std::string_view::npos) break;
+    joined.remove_prefix(comma + 1);
+  }
+  return list;
 }
 
 Status read_value(const msgpack::object &o, RawMap &v, const Path &p) {

@@ -74,6 +74,8 @@ struct DType {  // a dtype name ("bf16") on the wire; its LF_DTYPE_* number (or 
 };
 struct ModuleList {  // PEFT's target modules: an array of names (or one comma-separated string)
   std::vector<std::string> names;
+  // "q_proj,v_proj" -> {"q_proj", "v_proj"}; "" -> {} (the form the C API and the arena keep).
+  static ModuleList split(std::string_view joined);
 };
 struct RawMap {  // a map taken as it is (the envelope's args, decoded by the op's schema)
   const msgpack::object *object = nullptr;

@@ -169,12 +169,15 @@ struct Fixture {
     REQUIRE_MESSAGE(r.ok, r.message);
     return r;
   }
-  uint64_t write_and_commit(const std::string &name, uint64_t flags = LF_COMMIT_CHECK_FINITE) {
+  // Begins a write of `name` and fills its slot with zeros; returns the lease.
+  uint64_t begin_zeroed(const std::string &name) {
     Reply b = must(begin_write(name));
-    const uint64_t lease = b.result->uint("lease").value();
     std::memset(arena().data_at(b.result->uint("data_offset").value()), 0,
                 b.result->uint("slot_bytes").value());
-    return must(commit(lease, flags)).result->uint("version").value();
+    return b.result->uint("lease").value();
+  }
+  uint64_t write_and_commit(const std::string &name, uint64_t flags = LF_COMMIT_CHECK_FINITE) {
+    return must(commit(begin_zeroed(name), flags)).result->uint("version").value();
   }
   std::vector<std::byte> control() {
     const auto &seg = arena().control();
@@ -643,10 +646,7 @@ TEST_CASE("every class of bad request gets an error reply and leaves the state u
 TEST_CASE("a lease is its writer's alone: commit and abort from another process change nothing") {
   Fixture f;
   f.must(encode_create({.name = "alpha"}));
-  Reply b = f.must(begin_write("alpha"));
-  const uint64_t lease = b.result->uint("lease").value();
-  std::memset(f.arena().data_at(b.result->uint("data_offset").value()), 0,
-              b.result->uint("slot_bytes").value());
+  const uint64_t lease = f.begin_zeroed("alpha");
   const std::vector<std::byte> snapshot = f.control();
   f.peer = kInit;  // another live process, which learned the lease number somehow
   for (const std::string &request : {commit(lease), commit(lease, LF_COMMIT_CHECK_FINITE),
@@ -682,10 +682,7 @@ TEST_CASE("requests that act for a process are refused when the kernel names no 
 TEST_CASE("a commit asked again answers the version it made and flips nothing") {
   Fixture f;
   f.must(encode_create({.name = "alpha"}));
-  Reply b = f.must(begin_write("alpha"));
-  const uint64_t lease = b.result->uint("lease").value();
-  std::memset(f.arena().data_at(b.result->uint("data_offset").value()), 0,
-              b.result->uint("slot_bytes").value());
+  const uint64_t lease = f.begin_zeroed("alpha");
   Reply first = f.must(commit(lease, LF_COMMIT_CHECK_FINITE));
   CHECK(first.result->uint("version").value() == 1);
   CHECK_FALSE(first.result->find("repeated"));

@@ -85,19 +85,6 @@ namespace {
 
 thread_local std::string t_last_error;
 
-// PEFT's target modules from lf_spec_set_lora's comma-separated string.
-ipc::msg::ModuleList split_modules(const std::string &joined) {
-  ipc::msg::ModuleList list;
-  std::string_view rest(joined);
-  while (!rest.empty()) {
-    const size_t comma = rest.find(',');
-    list.names.emplace_back(rest.substr(0, comma));
-    if (comma == std::string_view::npos) break;
-    rest.remove_prefix(comma + 1);
-  }
-  return list;
-}
-
 // Whether a request's outcome is unknown: it may or may not have reached the daemon (the
 // daemon was restarting, or slow). Anything else is the daemon's answer.
 bool outcome_unknown(int status) { return status == LF_E_TIMEOUT || status == LF_E_CONNECTION; }
@@ -342,7 +329,7 @@ int lf_client_create_adapter(lf_client_t *c, const char *name, const lf_spec_t *
       lora.rank = static_cast<uint64_t>(spec->rank);
       lora.alpha = spec->alpha;
       lora.use_rslora = spec->use_rslora;
-      lora.target_modules = split_modules(spec->target_modules);
+      lora.target_modules = ipc::msg::ModuleList::split(spec->target_modules);
       q.lora = std::move(lora);
     }
     auto reply = c->connection.call<ipc::msg::CreateResult>(q);
