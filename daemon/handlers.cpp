@@ -119,6 +119,19 @@ std::string RequestHandler::handle(std::string_view request,
   return reply;
 }
 
+std::string RequestHandler::handle_frames(const std::vector<std::string_view> &frames,
+                                          const std::optional<PeerCredentials> &peer,
+                                          uint64_t now_ns, std::vector<FlipEvent> *events,
+                                          bool *deferred) {
+  if (deferred != nullptr) *deferred = false;
+  if (frames.size() != 2 || !frames[0].empty())
+    return refuse(frames.empty() ? std::string_view() : frames.back(),
+                  make_error(LF_E_PROTOCOL, "a request is one empty delimiter frame and one body "
+                                            "frame; this one had " +
+                                                std::to_string(frames.size()) + " frames"));
+  return handle(frames[1], peer, now_ns, events, deferred);
+}
+
 std::string RequestHandler::refuse(std::string_view request, const Error &error) {
   ++requests_;
   return error_reply(msg::scan_request_id(request.data(), request.size()), error);

@@ -38,6 +38,14 @@ class RequestHandler {
   std::string handle(std::string_view request, const std::optional<PeerCredentials> &peer,
                      uint64_t now_ns, std::vector<FlipEvent> *events, bool *deferred = nullptr);
 
+  // A request as the ROUTER received it, less the routing id. It must be the empty delimiter
+  // (which REQ sockets send, and DEALERs must) and one body frame; any other shape gets an
+  // LF_E_PROTOCOL reply (under the last frame's id, when it can be read) and nothing else is
+  // done. Otherwise: handle(body, ...).
+  std::string handle_frames(const std::vector<std::string_view> &frames,
+                            const std::optional<PeerCredentials> &peer, uint64_t now_ns,
+                            std::vector<FlipEvent> *events, bool *deferred = nullptr);
+
   // The error reply to a request the daemon will not serve (a peer outside the access lists,
   // a message of the wrong shape): it carries the request's id when one can be read, so the
   // client reports it instead of waiting for its reply. Nothing else of the request is used.

@@ -35,8 +35,6 @@ namespace loraflip::daemon {
 namespace {
 
 constexpr uint64_t kDeferredPollNs = 100000;
-// What a ROUTER receives for one request: the peer's routing id, the empty delimiter, the body.
-constexpr size_t kRequestFrames = 3;
 
 Error os_error(const std::string &what) {
   const int err = errno;
@@ -268,18 +266,16 @@ bool Server::serve(const std::vector<zmq::message_t> &frames) {
   const char *address = zmq_msg_gets(body.handle(), "Peer-Address");
   const std::optional<PeerCredentials> peer =
       address != nullptr ? parse_peer_address(address) : std::nullopt;
-  if (frames.size() != kRequestFrames || frames[1].size() != 0) {
-    // The routing id, the empty delimiter (which REQ sockets send, and DEALERs must), one body.
-    reply = s.handler->refuse(
-        request, make_error(LF_E_PROTOCOL, "a request is one empty delimiter frame and one body "
-                                           "frame; this one had " +
-                                               std::to_string(frames.size() - 1) + " frames"));
-  } else if (s.access.restricts() && (address == nullptr || !s.access.allows_address(address))) {
+  if (s.access.restricts() && (address == nullptr || !s.access.allows_address(address))) {
     const std::string why = s.access.refusal(address == nullptr ? "" : address);
     spdlog::warn("request refused: {}", why);
     reply = s.handler->refuse(request, make_error(LF_E_PERMISSION, why));
   } else {
-    reply = s.handler->handle(request, peer, ipc::monotonic_now_ns(), &events, &deferred);
+    // Every frame after the routing id: the handler checks the request's shape.
+    std::vector<std::string_view> rest;
+    for (size_t i = 1; i < frames.size(); ++i)
+      rest.emplace_back(static_cast<const char *>(frames[i].data()), frames[i].size());
+    reply = s.handler->handle_frames(rest, peer, ipc::monotonic_now_ns(), &events, &deferred);
   }
   if (deferred) return true;
   // The routing id and the empty delimiter back, then the reply.

@@ -116,6 +116,18 @@ std::optional<daemon::PeerCredentials> take_peer(std::string_view &request) {
   return me;
 }
 
+// The frames of one request (see kFrameTag).
+std::vector<std::string_view> take_frames(std::string_view request) {
+  if (request.find(kFrameTag) == std::string_view::npos) return {std::string_view(), request};
+  std::vector<std::string_view> frames;
+  for (;;) {
+    const size_t at = request.find(kFrameTag);
+    frames.push_back(request.substr(0, at));
+    if (at == std::string_view::npos) return frames;
+    request.remove_prefix(at + kFrameTag.size());
+  }
+}
+
 struct Harness::State {
   std::string instance;
   std::vector<std::byte> empty_control;  // the control segment of a new arena
@@ -173,7 +185,9 @@ Outcome Harness::run(std::string_view input) {
     events.clear();
     bool deferred = false;
     const std::optional<daemon::PeerCredentials> peer = take_peer(request);
-    const std::string reply = handler.handle(request, peer, now, &events, &deferred);
+    const std::vector<std::string_view> frames = take_frames(request);
+    request = frames.back();  // the body: its id is the reply's
+    const std::string reply = handler.handle_frames(frames, peer, now, &events, &deferred);
     auto fail = [&](const std::string &what) {
       out.violations.push_back("request " + std::to_string(out.requests) + ": " + what);
     };

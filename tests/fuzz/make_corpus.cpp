@@ -43,6 +43,7 @@ namespace {
 namespace ipc = loraflip::ipc;
 namespace msg = loraflip::ipc::msg;
 using ipc::Encoder;
+using loraflip::fuzz::kFrameTag;
 using loraflip::fuzz::kPeerTag;
 using loraflip::fuzz::kSeparator;
 
@@ -747,6 +748,15 @@ void err_seeds(Seeds &s) {
       .send(msg::OpenReader{}, Peer::kNone)
       .send(commit(1))
       .send(info());
+  // A request is the empty delimiter and one body frame (kFrameTag separates frames): extra
+  // frames, a missing or non-empty delimiter, and a lone delimiter are refused.
+  add("err-frames")
+      .raw(std::string("extra") + std::string(kFrameTag) + std::string(kFrameTag) +
+           msg::encode_request(1, msg::List{}))
+      .raw(std::string("not empty") + std::string(kFrameTag) + msg::encode_request(2, msg::List{}))
+      .raw(std::string(kFrameTag))
+      .raw(std::string(kFrameTag) + msg::encode_request(4, msg::List{}) + std::string(kFrameTag))
+      .raw(std::string(kFrameTag) + msg::encode_request(5, msg::List{}));  // the one right shape
   // The reader table holds 4 entries (the harness's arena).
   add("err-reader-table-full")
       .send(msg::OpenReader{}).send(msg::OpenReader{}).send(msg::OpenReader{})
