@@ -875,3 +875,22 @@ TEST_CASE("Registry::open refuses an arena whose records overlap") {
   CHECK(r.error().code == LF_E_LAYOUT_MISMATCH);
   CHECK(r.error().message.find("beta") != std::string::npos);
 }
+
+TEST_CASE("a begin asked again after its lease expired frees that slot and lends a fresh one") {
+  Fixture f;
+  REQUIRE(f.r().create(spec("alpha", 4, 0)).ok());
+  BeginRequest q = begin_req("alpha", /*lease_ms=*/1);
+  q.token = 99;
+  Result<Lease> first = f.r().begin_write(q, kT0);
+  REQUIRE(first.ok());
+  // The reply was lost and the writer asks again after the lease ran out: the process says it
+  // never learned that lease, so nothing of it writes there; the slot comes back at once.
+  Result<Lease> again = f.r().begin_write(q, kT0 + 10 * kMs);
+  REQUIRE(again.ok());
+  CHECK(again->id != first->id);
+  const uint32_t index = *f.r().find("alpha");
+  CHECK(f.r().census(index).writing == 1);
+  CHECK(f.r().census(index).abandoned == 0);
+  CHECK(f.r().commit({first->id, 0, std::nullopt, std::nullopt, self()}, kT0 + 10 * kMs).error().code ==
+        LF_E_LEASE);
+}
