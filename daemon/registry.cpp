@@ -9,7 +9,6 @@
 #include "ipc/futex.hpp"
 #include "ipc/proc.hpp"
 #include "ipc/text.hpp"
-#include "kernels/validate.hpp"
 
 namespace loraflip::daemon {
 
@@ -27,11 +26,6 @@ AdapterState state_of(const AdapterRecord &r) {
 }
 
 SlotState slot_state(const SlotRecord &s) { return ipc::slot_word_state(s.word.load(kSeqCst)); }
-
-bool is_float(int32_t dtype) {
-  return dtype == LF_DTYPE_F32 || dtype == LF_DTYPE_F16 || dtype == LF_DTYPE_BF16 ||
-         dtype == LF_DTYPE_F64;
-}
 
 // "tensor 'lora_A' holds NaN at element 37 (f32 bits 0x7fc00000)". `bits` is the element's
 // bytes read little-endian; its exponent bits are all ones (that is how it was found).
@@ -634,46 +628,32 @@ Status Registry::check_written(const AdapterRecord &r, const SlotRecord &slot,
                                const CommitRequest &q, uint64_t *checksum) {
   if (!(q.flags & (LF_COMMIT_CHECK_FINITE | LF_COMMIT_CHECKSUM))) return {};
   const ipc::TensorDesc *descs = arena_.tensors(r);
-  int64_t bad_tensor = -1, bad_element = -1;
-  uint64_t bad_bits = 0;
+  std::vector<device::TensorExtent> extents(r.tensor_count);
+  for (uint32_t t = 0; t < r.tensor_count; ++t)
+    extents[t] = {descs[t].offset, descs[t].nbytes, descs[t].dtype};
+  const unsigned checks = (q.flags & LF_COMMIT_CHECK_FINITE ? device::kCheckFinite : 0u) |
+                          (q.flags & LF_COMMIT_CHECKSUM ? device::kCheckChecksum : 0u);
+  device::SlotCheck found;
   if (r.placement == static_cast<uint32_t>(ipc::Placement::kDevices)) {
     // Checked on the first device, where the writer wrote: only the results come back to the
     // host, never the slot (tens of MiB on every commit).
-    std::vector<device::TensorExtent> extents(r.tensor_count);
-    for (uint32_t t = 0; t < r.tensor_count; ++t)
-      extents[t] = {descs[t].offset, descs[t].nbytes, descs[t].dtype};
-    const unsigned checks = (q.flags & LF_COMMIT_CHECK_FINITE ? device::kCheckFinite : 0u) |
-                            (q.flags & LF_COMMIT_CHECKSUM ? device::kCheckChecksum : 0u);
     const int primary = static_cast<int>(r.primary_device);
-    Result<device::SlotCheck> found = devices_.backend().check_slot(
+    Result<device::SlotCheck> on_device = devices_.backend().check_slot(
         devices_.ordinal(primary), devices_.base(primary) + slot.data_offset, r.slot_bytes,
         extents, checks);
-    if (!found)
-      return make_error(found.error().code, "checking the slot on device " +
-                                                std::to_string(devices_.ordinal(primary)) + ": " +
-                                                found.error().message);
-    bad_tensor = found->tensor;
-    bad_element = found->element;
-    bad_bits = found->bits;
-    *checksum = found->checksum;
+    if (!on_device)
+      return make_error(on_device.error().code, "checking the slot on device " +
+                                                    std::to_string(devices_.ordinal(primary)) +
+                                                    ": " + on_device.error().message);
+    found = on_device.value();
   } else {
-    // Host memory: the CPU reads the slot in place.
-    const std::byte *base = static_cast<const std::byte *>(arena_.data_at(slot.data_offset));
-    if (q.flags & LF_COMMIT_CHECK_FINITE) {
-      for (uint32_t t = 0; t < r.tensor_count && bad_tensor < 0; ++t) {
-        const ipc::TensorDesc &d = descs[t];
-        if (!is_float(d.dtype)) continue;
-        const size_t elem = ipc::dtype_size(d.dtype);
-        const int64_t bad = kernels::first_non_finite(base + d.offset, d.nbytes / elem, d.dtype);
-        if (bad < 0) continue;
-        bad_tensor = t;
-        bad_element = bad;
-        std::memcpy(&bad_bits, base + d.offset + static_cast<uint64_t>(bad) * elem, elem);
-      }
-    }
-    if (bad_tensor < 0 && (q.flags & LF_COMMIT_CHECKSUM))
-      *checksum = kernels::checksum(base, r.slot_bytes);
+    // Host memory: the CPU reads the slot in place (the reference the device checks match).
+    found = device::check_slot_cpu(static_cast<const std::byte *>(arena_.data_at(slot.data_offset)),
+                                   r.slot_bytes, extents, checks);
   }
+  *checksum = found.checksum;
+  const int64_t bad_tensor = found.tensor, bad_element = found.element;
+  const uint64_t bad_bits = found.bits;
   if (bad_tensor >= 0)
     return make_error(LF_E_VALIDATION,
                       non_finite_message(descs[bad_tensor], bad_element, bad_bits));

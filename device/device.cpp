@@ -2,12 +2,14 @@
 // check_slot.
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <string>
 #include <thread>
 
 #include "device/device.hpp"
 #include "device/slot_check.hpp"
 #include "ipc/dtype.hpp"
+#include "kernels/validate.hpp"
 
 namespace loraflip::device {
 
@@ -29,6 +31,26 @@ Status wait_event(Backend &backend, Event &event, int timeout_ms) {
     std::this_thread::sleep_for(std::min<Clock::duration>(pause, deadline - now));
     pause = std::min(pause * 2, std::chrono::microseconds(1000));
   }
+}
+
+SlotCheck check_slot_cpu(const std::byte *slot, uint64_t bytes,
+                         std::span<const TensorExtent> tensors, unsigned checks) {
+  SlotCheck out;
+  if (checks & kCheckFinite) {
+    for (size_t t = 0; t < tensors.size(); ++t) {
+      const TensorExtent &e = tensors[t];
+      const size_t elem = ipc::dtype_size(e.dtype);
+      const int64_t bad = kernels::first_non_finite(slot + e.offset, e.bytes / elem, e.dtype);
+      if (bad < 0) continue;
+      out.tensor = static_cast<int64_t>(t);
+      out.element = bad;
+      // Little-endian host: the element's bytes are the low bytes of the word.
+      std::memcpy(&out.bits, slot + e.offset + static_cast<uint64_t>(bad) * elem, elem);
+      break;
+    }
+  }
+  if (checks & kCheckChecksum) out.checksum = kernels::checksum(slot, bytes);
+  return out;
 }
 
 namespace detail {

@@ -70,6 +70,14 @@ struct SlotCheck {
   uint64_t checksum = 0;
 };
 
+// The commit checks of a slot in host-addressable memory, on the CPU: what Backend::check_slot
+// answers (same arguments, already checked by the caller), and the reference its CUDA kernels
+// are held to bit for bit (tests/device/slot_check_cases.hpp). The daemon's host placements and
+// the host stand-in both call it, so "first non-finite value per tensor, then checksum" is
+// written once.
+SlotCheck check_slot_cpu(const std::byte *slot, uint64_t bytes,
+                         std::span<const TensorExtent> tensors, unsigned checks);
+
 // Blocks, streams and events belong to the backend that made or opened them and must not
 // outlive it; what is left when it goes is freed with it (as with a CUDA context). Calls may
 // come from several threads. copy_peer is issued on `stream`'s device (src_device for nullptr).

@@ -529,22 +529,7 @@ class HostBackend final : public Backend {
       std::lock_guard lock(mu_);
       if (auto c = check_side(slot, bytes, true, device, "slot"); !c) return c.error();
     }
-    SlotCheck out;
-    if (checks & kCheckFinite) {
-      for (size_t t = 0; t < tensors.size(); ++t) {
-        const TensorExtent &e = tensors[t];
-        const size_t elem = ipc::dtype_size(e.dtype);
-        const int64_t bad = kernels::first_non_finite(slot + e.offset, e.bytes / elem, e.dtype);
-        if (bad < 0) continue;
-        out.tensor = static_cast<int64_t>(t);
-        out.element = bad;
-        // Little-endian host: the element's bytes are the low bytes of the word.
-        std::memcpy(&out.bits, slot + e.offset + static_cast<uint64_t>(bad) * elem, elem);
-        break;
-      }
-    }
-    if (checks & kCheckChecksum) out.checksum = kernels::checksum(slot, bytes);
-    return out;
+    return check_slot_cpu(slot, bytes, tensors, checks);
   }
 
  private:

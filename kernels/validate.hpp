@@ -1,5 +1,7 @@
 // Daemon-side checks of a committed slot: every float is finite, and a checksum of the bytes.
-// CPU implementations; the CUDA ones (for device placements) must give the same answers.
+// CPU implementations; the CUDA ones (for device placements) must give the same answers. The
+// whole check of a slot (first non-finite value per tensor, then the checksum) is
+// device::check_slot_cpu, which the daemon's host placements and the host stand-in share.
 #pragma once
 
 #include <cstddef>
