@@ -30,7 +30,7 @@ inline constexpr std::string_view kPeerTag{"\xc1P", 2};
 // Within a request (after any peer tag): a request that holds kFrameTag is the frames it
 // separates, as the socket would deliver them after the routing id (so "" kFrameTag body is a
 // well-formed request). Without it, a request is the empty delimiter and one body.
-inline constexpr std::string_view kFrameTag{"\xc1F", 2};
+inline constexpr std::string_view kFrameTag{"\xc1" "F", 2};
 
 struct Outcome {
   size_t requests = 0;
