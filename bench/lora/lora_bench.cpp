@@ -31,10 +31,10 @@ using Clock = std::chrono::steady_clock;
 bool g_quick = false;
 
 const char *dtype_name(int32_t d) {
-    return d == LF_LORA_DTYPE_F32 ? "f32" : d == LF_LORA_DTYPE_F16 ? "f16" : "bf16";
+    return d == LF_DTYPE_F32 ? "f32" : d == LF_DTYPE_F16 ? "f16" : "bf16";
 }
 
-int elem_size(int32_t d) { return d == LF_LORA_DTYPE_F32 ? 4 : 2; }
+int elem_size(int32_t d) { return d == LF_DTYPE_F32 ? 4 : 2; }
 
 // One benchmark problem with host storage. Values are random in [-1, 1] scaled so outputs stay
 // near 1 (fp16 never overflows, the naive loop and the library see the same numbers).
@@ -60,10 +60,10 @@ struct Host {
             buf.resize(static_cast<size_t>(n * elem_size(s.dtype)));
             for (int64_t i = 0; i < n; ++i) {
                 const float f = amp * u(rng);
-                if (s.dtype == LF_LORA_DTYPE_F32) {
+                if (s.dtype == LF_DTYPE_F32) {
                     std::memcpy(&buf[4 * i], &f, 4);
                 } else {
-                    const uint16_t bits = s.dtype == LF_LORA_DTYPE_F16
+                    const uint16_t bits = s.dtype == LF_DTYPE_F16
                                               ? loraflip::lora::f32_to_f16(f).bits
                                               : loraflip::lora::f32_to_bf16(f).bits;
                     std::memcpy(&buf[2 * i], &bits, 2);
@@ -158,10 +158,10 @@ template <class T> void naive_apply_typed(const Host &p, T *y) {
 
 void naive_apply(const Host &p, void *y) {
     switch (p.shape.dtype) {
-    case LF_LORA_DTYPE_F32:
+    case LF_DTYPE_F32:
         naive_apply_typed(p, static_cast<float *>(y));
         break;
-    case LF_LORA_DTYPE_F16:
+    case LF_DTYPE_F16:
         naive_apply_typed(p, static_cast<f16 *>(y));
         break;
     default:
@@ -191,15 +191,15 @@ double max_rel_diff(const Host &p, const std::vector<uint8_t> &u, const std::vec
     const int64_t n = int64_t{p.shape.n_rows} * p.shape.h;
     for (int64_t i = 0; i < n; ++i) {
         auto val = [&](const std::vector<uint8_t> &buf) -> double {
-            if (p.shape.dtype == LF_LORA_DTYPE_F32) {
+            if (p.shape.dtype == LF_DTYPE_F32) {
                 float f;
                 std::memcpy(&f, &buf[4 * i], 4);
                 return f;
             }
             uint16_t bits;
             std::memcpy(&bits, &buf[2 * i], 2);
-            return p.shape.dtype == LF_LORA_DTYPE_F16 ? loraflip::lora::f16_to_f32(f16{bits})
-                                                      : loraflip::lora::bf16_to_f32(bf16{bits});
+            return p.shape.dtype == LF_DTYPE_F16 ? loraflip::lora::f16_to_f32(f16{bits})
+                                                 : loraflip::lora::bf16_to_f32(bf16{bits});
         };
         const double a = val(u), b = val(w);
         worst = std::max(worst, std::fabs(a - b) / std::max(1.0, std::fabs(b)));
@@ -225,7 +225,7 @@ void cpu_section(const std::vector<Shape> &shapes) {
         Host p(s);
         // Correctness first: the library and the naive loop on the same y.
         std::vector<uint8_t> y_lib = p.y, y_naive = p.y;
-        if (lf_lora_apply(&p.batch, p.x.data(), y_lib.data()) != LF_LORA_OK) {
+        if (lf_lora_apply(&p.batch, p.x.data(), y_lib.data()) != LF_OK) {
             std::printf("%-34s lf_lora_apply failed\n", s.name.c_str());
             continue;
         }
@@ -325,7 +325,7 @@ void gpu_section(const std::vector<Shape> &shapes) {
         owned.push_back(ws);
 
         auto time_gpu = [&](const std::function<int()> &launch) {
-            if (launch() != LF_LORA_OK) {
+            if (launch() != LF_OK) {
                 return -1.0;
             }
             const int reps = g_quick ? 20 : 200;
@@ -382,12 +382,12 @@ int main(int argc, char **argv) {
         }
     }
     std::vector<Shape> shapes;
-    for (const int32_t d : {LF_LORA_DTYPE_BF16, LF_LORA_DTYPE_F16, LF_LORA_DTYPE_F32}) {
+    for (const int32_t d : {LF_DTYPE_BF16, LF_DTYPE_F16, LF_DTYPE_F32}) {
         shapes.push_back({"decode 64r h4096 r16 4ad per-row", d, 64, 4096, 16, 4, false});
     }
-    shapes.push_back({"prefill 2048r h4096 r16 4 segments", LF_LORA_DTYPE_BF16, 2048, 4096, 16, 4,
+    shapes.push_back({"prefill 2048r h4096 r16 4 segments", LF_DTYPE_BF16, 2048, 4096, 16, 4,
                       true});
-    shapes.push_back({"prefill 2048r h4096 r16 1 adapter", LF_LORA_DTYPE_BF16, 2048, 4096, 16, 1,
+    shapes.push_back({"prefill 2048r h4096 r16 1 adapter", LF_DTYPE_BF16, 2048, 4096, 16, 1,
                       true});
     cpu_section(shapes);
 #ifdef LF_LORA_BENCH_WITH_CUDA

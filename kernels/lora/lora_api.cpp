@@ -12,23 +12,23 @@ namespace {
 // Validates, then runs `op` unless the batch is empty; maps exceptions to statuses.
 template <class Op> int guarded(const lf_lora_batch_t *batch, const void *in, const void *out, Op op) {
     try {
-        if (const int rc = check_batch_shape(batch); rc != LF_LORA_OK) {
+        if (const int rc = check_batch_shape(batch); rc != LF_OK) {
             return rc;
         }
         if (batch->n_rows > 0 && (in == nullptr || out == nullptr)) {
-            return LF_LORA_E_INVALID_ARGUMENT;
+            return LF_E_INVALID_ARGUMENT;
         }
-        if (const int rc = check_batch_data(*batch); rc != LF_LORA_OK) {
+        if (const int rc = check_batch_data(*batch); rc != LF_OK) {
             return rc;
         }
         if (batch->n_rows > 0) {
             op(*batch);
         }
-        return LF_LORA_OK;
+        return LF_OK;
     } catch (...) {
         // bad_alloc for scratch or system_error from std::thread. Some rows may already be
         // updated; the header tells callers that y / v are unspecified after this status.
-        return LF_LORA_E_INTERNAL;
+        return LF_E_INTERNAL;
     }
 }
 
@@ -37,23 +37,26 @@ template <class Op> int guarded(const lf_lora_batch_t *batch, const void *in, co
 extern "C" {
 
 const char *lf_lora_strerror(int status) {
+    // The texts of lf_strerror (client/c/src/api.cpp) for the codes this library returns, so a
+    // program that links only libloraflip_lora reads the same words (tests/python/test_lora.py
+    // checks that the two agree).
     switch (status) {
-    case LF_LORA_OK:
-        return "ok";
-    case LF_LORA_E_INVALID_ARGUMENT:
+    case LF_OK:
+        return "success";
+    case LF_E_INVALID_ARGUMENT:
         return "invalid argument";
-    case LF_LORA_E_INTERNAL:
+    case LF_E_INTERNAL:
         return "internal error";
-    case LF_LORA_E_UNSUPPORTED:
+    case LF_E_UNSUPPORTED:
         return "unsupported";
     default:
-        return "unknown status";
+        return "unknown error";
     }
 }
 
 int lf_lora_scale(float alpha, int32_t rank, int32_t kind, float *out_scale) {
     if (out_scale == nullptr || rank < 1 || !std::isfinite(alpha)) {
-        return LF_LORA_E_INVALID_ARGUMENT;
+        return LF_E_INVALID_ARGUMENT;
     }
     // Computed in double and rounded once, so alpha / sqrt(r) is the correctly rounded float.
     double scale = 0.0;
@@ -65,18 +68,18 @@ int lf_lora_scale(float alpha, int32_t rank, int32_t kind, float *out_scale) {
         scale = static_cast<double>(alpha) / std::sqrt(static_cast<double>(rank));
         break;
     default:
-        return LF_LORA_E_INVALID_ARGUMENT;
+        return LF_E_INVALID_ARGUMENT;
     }
     *out_scale = static_cast<float>(scale);
-    return LF_LORA_OK;
+    return LF_OK;
 }
 
 int lf_lora_cpu_set_threads(int32_t n) {
     if (n < 0) {
-        return LF_LORA_E_INVALID_ARGUMENT;
+        return LF_E_INVALID_ARGUMENT;
     }
     set_cpu_threads(n);
-    return LF_LORA_OK;
+    return LF_OK;
 }
 
 int lf_lora_shrink(const lf_lora_batch_t *batch, const void *x, float *v) {

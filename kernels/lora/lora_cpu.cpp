@@ -408,13 +408,13 @@ template <class T> void apply_typed(const lf_lora_batch_t &b, const T *x, T *y) 
 // Calls fn with a null pointer of the element type of `dtype`, to pick a template instance.
 template <class Fn> void with_dtype(int32_t dtype, Fn fn) {
     switch (dtype) {
-    case LF_LORA_DTYPE_F32:
+    case LF_DTYPE_F32:
         fn(static_cast<float *>(nullptr));
         break;
-    case LF_LORA_DTYPE_F16:
+    case LF_DTYPE_F16:
         fn(static_cast<f16 *>(nullptr));
         break;
-    case LF_LORA_DTYPE_BF16:
+    case LF_DTYPE_BF16:
         fn(static_cast<bf16 *>(nullptr));
         break;
     default:
@@ -424,21 +424,21 @@ template <class Fn> void with_dtype(int32_t dtype, Fn fn) {
 
 int check_used_adapter(const lf_lora_batch_t &b, int32_t index, std::vector<char> &seen) {
     if (!adapter_index_ok(index, b.n_adapters)) {
-        return LF_LORA_E_INVALID_ARGUMENT;
+        return LF_E_INVALID_ARGUMENT;
     }
     if (index < 0 || seen[index]) {
-        return LF_LORA_OK;
+        return LF_OK;
     }
     seen[index] = 1;
     const lf_lora_adapter_t &e = b.adapters[index];
     if (e.a != nullptr && e.b != nullptr && e.rank >= 1 && e.rank <= b.max_rank &&
         e.dtype != b.dtype && dtype_size(e.dtype) != 0) {
-        return LF_LORA_E_UNSUPPORTED; // a well-formed entry of another type: mixing not supported
+        return LF_E_UNSUPPORTED; // a well-formed entry of another type: mixing not supported
     }
     if (!adapter_entry_ok(e, b.dtype, b.max_rank) || !std::isfinite(e.scale)) {
-        return LF_LORA_E_INVALID_ARGUMENT;
+        return LF_E_INVALID_ARGUMENT;
     }
-    return LF_LORA_OK;
+    return LF_OK;
 }
 
 } // namespace
@@ -450,19 +450,19 @@ int check_batch_shape(const lf_lora_batch_t *b) {
         !valid_hidden(b->h_out) || !valid_ld(b->ldx, b->h_in) || !valid_ld(b->ldy, b->h_out) ||
         b->max_rank < 1 || b->max_rank > LF_LORA_MAX_RANK || b->n_adapters < 0 ||
         (b->n_adapters > 0 && b->adapters == nullptr)) {
-        return LF_LORA_E_INVALID_ARGUMENT;
+        return LF_E_INVALID_ARGUMENT;
     }
     switch (b->select) {
     case LF_LORA_SELECT_ROWS:
-        return b->n_rows > 0 && b->row_adapter == nullptr ? LF_LORA_E_INVALID_ARGUMENT : LF_LORA_OK;
+        return b->n_rows > 0 && b->row_adapter == nullptr ? LF_E_INVALID_ARGUMENT : LF_OK;
     case LF_LORA_SELECT_SEGMENTS:
         if (b->n_segments < 0 || b->seg_offsets == nullptr ||
             (b->n_segments > 0 && b->seg_adapter == nullptr)) {
-            return LF_LORA_E_INVALID_ARGUMENT;
+            return LF_E_INVALID_ARGUMENT;
         }
-        return LF_LORA_OK;
+        return LF_OK;
     default:
-        return LF_LORA_E_INVALID_ARGUMENT;
+        return LF_E_INVALID_ARGUMENT;
     }
 }
 
@@ -470,21 +470,21 @@ int check_batch_data(const lf_lora_batch_t &b) {
     std::vector<char> seen(static_cast<size_t>(b.n_adapters), 0);
     if (b.select == LF_LORA_SELECT_ROWS) {
         for (int32_t row = 0; row < b.n_rows; ++row) {
-            if (const int rc = check_used_adapter(b, b.row_adapter[row], seen); rc != LF_LORA_OK) {
+            if (const int rc = check_used_adapter(b, b.row_adapter[row], seen); rc != LF_OK) {
                 return rc;
             }
         }
-        return LF_LORA_OK;
+        return LF_OK;
     }
     if (!segment_offsets_ok(b.seg_offsets, b.n_segments, b.n_rows)) {
-        return LF_LORA_E_INVALID_ARGUMENT;
+        return LF_E_INVALID_ARGUMENT;
     }
     for (int32_t s = 0; s < b.n_segments; ++s) {
-        if (const int rc = check_used_adapter(b, b.seg_adapter[s], seen); rc != LF_LORA_OK) {
+        if (const int rc = check_used_adapter(b, b.seg_adapter[s], seen); rc != LF_OK) {
             return rc;
         }
     }
-    return LF_LORA_OK;
+    return LF_OK;
 }
 
 void cpu_shrink(const lf_lora_batch_t &b, const void *x, float *v) {

@@ -265,21 +265,21 @@ int32_t column_blocks(int32_t h_out) { return (h_out + kThreads - 1) / kThreads;
 
 // Checks shared by the batch launchers: the host-visible fields, then the data pointers.
 int check_launch(const lf_lora_batch_t *b, const void *in, const void *out) {
-    if (const int rc = check_batch_shape(b); rc != LF_LORA_OK) {
+    if (const int rc = check_batch_shape(b); rc != LF_OK) {
         return rc;
     }
     if (b->n_rows > 0 && (in == nullptr || out == nullptr || !aligned16_host(in) ||
                           !aligned16_host(out))) {
-        return LF_LORA_E_INVALID_ARGUMENT;
+        return LF_E_INVALID_ARGUMENT;
     }
     if (column_blocks(b->h_out) > 65535) { // gridDim.y limit
-        return LF_LORA_E_UNSUPPORTED;
+        return LF_E_UNSUPPORTED;
     }
-    return LF_LORA_OK;
+    return LF_OK;
 }
 
 int launch_status() {
-    return cudaGetLastError() == cudaSuccess ? LF_LORA_OK : LF_LORA_E_INTERNAL;
+    return cudaGetLastError() == cudaSuccess ? LF_OK : LF_E_INTERNAL;
 }
 
 template <class T>
@@ -307,12 +307,12 @@ template <class T>
 int launch(Op op, const lf_lora_batch_t &b, const void *in, void *out, float *v,
            int32_t *error, cudaStream_t stream) {
     if (op != Op::expand) {
-        if (const int rc = launch_shrink<T>(b, in, v, error, stream); rc != LF_LORA_OK) {
+        if (const int rc = launch_shrink<T>(b, in, v, error, stream); rc != LF_OK) {
             return rc;
         }
     }
     if (op == Op::shrink) {
-        return LF_LORA_OK;
+        return LF_OK;
     }
     return launch_expand<T>(b, v, out, error, stream);
 }
@@ -322,14 +322,14 @@ int launch(Op op, const lf_lora_batch_t &b, const void *in, void *out, float *v,
 int launch_typed(Op op, const lf_lora_batch_t &b, const void *in, void *out, float *v,
                  int32_t *error, cudaStream_t stream) {
     switch (b.dtype) {
-    case LF_LORA_DTYPE_F32:
+    case LF_DTYPE_F32:
         return launch<float>(op, b, in, out, v, error, stream);
-    case LF_LORA_DTYPE_F16:
+    case LF_DTYPE_F16:
         return launch<__half>(op, b, in, out, v, error, stream);
-    case LF_LORA_DTYPE_BF16:
+    case LF_DTYPE_BF16:
         return launch<__nv_bfloat16>(op, b, in, out, v, error, stream);
     default:
-        return LF_LORA_E_INVALID_ARGUMENT;
+        return LF_E_INVALID_ARGUMENT;
     }
 }
 
@@ -341,9 +341,7 @@ size_t apply_workspace_bytes(const lf_lora_batch_t &b) {
 }
 
 cudaDataType_t blas_type(int32_t dtype) {
-    return dtype == LF_LORA_DTYPE_F32 ? CUDA_R_32F
-           : dtype == LF_LORA_DTYPE_F16 ? CUDA_R_16F
-                                        : CUDA_R_16BF;
+    return dtype == LF_DTYPE_F32 ? CUDA_R_32F : dtype == LF_DTYPE_F16 ? CUDA_R_16F : CUDA_R_16BF;
 }
 
 // Restores the caller's stream and pointer mode on every path out of the cuBLAS launcher.
@@ -375,19 +373,19 @@ int check_single(int32_t dtype, int32_t n_rows, int32_t h_in, int32_t h_out, int
     if (dtype_size(dtype) == 0 || n_rows < 0 || !valid_hidden(h_in) || !valid_hidden(h_out) ||
         !valid_ld(ldx, h_in) || !valid_ld(ldy, h_out) || ad == nullptr ||
         workspace_bytes == nullptr) {
-        return LF_LORA_E_INVALID_ARGUMENT;
+        return LF_E_INVALID_ARGUMENT;
     }
     if (ad->dtype != dtype && dtype_size(ad->dtype) != 0) {
-        return LF_LORA_E_UNSUPPORTED;
+        return LF_E_UNSUPPORTED;
     }
     if (!adapter_entry_ok(*ad, dtype, LF_LORA_MAX_RANK) || !std::isfinite(ad->scale) ||
         !aligned16_host(ad->a) || !aligned16_host(ad->b)) {
-        return LF_LORA_E_INVALID_ARGUMENT;
+        return LF_E_INVALID_ARGUMENT;
     }
     if (effective_ld(ldx, h_in) > INT_MAX || effective_ld(ldy, h_out) > INT_MAX) {
-        return LF_LORA_E_UNSUPPORTED; // cublasGemmEx takes 32-bit leading dimensions
+        return LF_E_UNSUPPORTED; // cublasGemmEx takes 32-bit leading dimensions
     }
-    return LF_LORA_OK;
+    return LF_OK;
 }
 
 } // namespace
@@ -400,32 +398,32 @@ extern "C" {
 int lf_lora_cuda_shrink(const lf_lora_batch_t *batch, const void *x, float *v,
                         int32_t *device_error, lf_lora_stream_t stream) {
     try {
-        if (const int rc = check_launch(batch, x, v); rc != LF_LORA_OK) {
+        if (const int rc = check_launch(batch, x, v); rc != LF_OK) {
             return rc;
         }
         if (batch->n_rows == 0) {
-            return LF_LORA_OK;
+            return LF_OK;
         }
         return launch_typed(Op::shrink, *batch, x, nullptr, v, device_error, stream);
     } catch (...) {
-        return LF_LORA_E_INTERNAL;
+        return LF_E_INTERNAL;
     }
 }
 
 int lf_lora_cuda_expand(const lf_lora_batch_t *batch, const float *v, void *y,
                         int32_t *device_error, lf_lora_stream_t stream) {
     try {
-        if (const int rc = check_launch(batch, v, y); rc != LF_LORA_OK) {
+        if (const int rc = check_launch(batch, v, y); rc != LF_OK) {
             return rc;
         }
         if (batch->n_rows == 0) {
-            return LF_LORA_OK;
+            return LF_OK;
         }
         // The expand only reads v; the shared launcher takes it non-const for the shrink.
         return launch_typed(Op::expand, *batch, nullptr, y, const_cast<float *>(v),
                             device_error, stream);
     } catch (...) {
-        return LF_LORA_E_INTERNAL;
+        return LF_E_INTERNAL;
     }
 }
 
@@ -433,30 +431,30 @@ int lf_lora_cuda_apply(const lf_lora_batch_t *batch, const void *x, void *y, voi
                        size_t *workspace_bytes, int32_t *device_error, lf_lora_stream_t stream) {
     try {
         if (workspace_bytes == nullptr) {
-            return LF_LORA_E_INVALID_ARGUMENT;
+            return LF_E_INVALID_ARGUMENT;
         }
         // The size depends on the batch shape only, so it can be asked for before x and y exist.
-        if (const int rc = check_batch_shape(batch); rc != LF_LORA_OK) {
+        if (const int rc = check_batch_shape(batch); rc != LF_OK) {
             return rc;
         }
         const size_t need = apply_workspace_bytes(*batch);
         if (workspace == nullptr) {
             *workspace_bytes = need;
-            return LF_LORA_OK;
+            return LF_OK;
         }
-        if (const int rc = check_launch(batch, x, y); rc != LF_LORA_OK) {
+        if (const int rc = check_launch(batch, x, y); rc != LF_OK) {
             return rc;
         }
         if (*workspace_bytes < need || !aligned16_host(workspace)) {
-            return LF_LORA_E_INVALID_ARGUMENT;
+            return LF_E_INVALID_ARGUMENT;
         }
         if (batch->n_rows == 0) {
-            return LF_LORA_OK;
+            return LF_OK;
         }
         return launch_typed(Op::apply, *batch, x, y, static_cast<float *>(workspace),
                             device_error, stream);
     } catch (...) {
-        return LF_LORA_E_INTERNAL;
+        return LF_E_INTERNAL;
     }
 }
 
@@ -468,7 +466,7 @@ int lf_lora_cuda_apply_single(int32_t dtype, int32_t n_rows, int32_t h_in, int32
     try {
         if (const int rc = check_single(dtype, n_rows, h_in, h_out, ldx, ldy, adapter,
                                         workspace_bytes);
-            rc != LF_LORA_OK) {
+            rc != LF_OK) {
             return rc;
         }
         const int32_t r = adapter->rank;
@@ -476,21 +474,21 @@ int lf_lora_cuda_apply_single(int32_t dtype, int32_t n_rows, int32_t h_in, int32
                                          static_cast<size_t>(dtype_size(dtype)));
         if (workspace == nullptr) {
             *workspace_bytes = need;
-            return LF_LORA_OK;
+            return LF_OK;
         }
         if (*workspace_bytes < need || cublas == nullptr) {
-            return LF_LORA_E_INVALID_ARGUMENT;
+            return LF_E_INVALID_ARGUMENT;
         }
         if (n_rows == 0) {
-            return LF_LORA_OK;
+            return LF_OK;
         }
         if (x == nullptr || y == nullptr || !aligned16_host(x) || !aligned16_host(y)) {
-            return LF_LORA_E_INVALID_ARGUMENT;
+            return LF_E_INVALID_ARGUMENT;
         }
         BlasStateGuard guard(cublas);
         if (!guard.ok() || cublasSetStream(cublas, stream) != CUBLAS_STATUS_SUCCESS ||
             cublasSetPointerMode(cublas, CUBLAS_POINTER_MODE_HOST) != CUBLAS_STATUS_SUCCESS) {
-            return LF_LORA_E_INTERNAL;
+            return LF_E_INTERNAL;
         }
         const cudaDataType_t t = blas_type(dtype);
         const int lx = static_cast<int>(effective_ld(ldx, h_in));
@@ -501,18 +499,18 @@ int lf_lora_cuda_apply_single(int32_t dtype, int32_t n_rows, int32_t h_in, int32
         if (cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, r, n_rows, h_in, &one, adapter->a, t,
                          h_in, x, t, lx, &zero, workspace, t, r, CUBLAS_COMPUTE_32F,
                          CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS) {
-            return LF_LORA_E_INTERNAL;
+            return LF_E_INTERNAL;
         }
         // GEMM 2: Y^T[h_out, n] += scale * B[h_out, r] * V^T[r, n], i.e. Y += scale V B^T.
         const float scale = adapter->scale;
         if (cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, h_out, n_rows, r, &scale, adapter->b,
                          t, r, workspace, t, r, &one, y, t, ly, CUBLAS_COMPUTE_32F,
                          CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS) {
-            return LF_LORA_E_INTERNAL;
+            return LF_E_INTERNAL;
         }
-        return LF_LORA_OK;
+        return LF_OK;
     } catch (...) {
-        return LF_LORA_E_INTERNAL;
+        return LF_E_INTERNAL;
     }
 }
 

@@ -15,11 +15,10 @@
 
 namespace loraflip::lora {
 
-// Bytes of one element of an LF_LORA_DTYPE_*, 0 for an unknown type.
+// Bytes of one element of a type the LoRA API takes (LF_DTYPE_F32/F16/BF16), 0 for every other
+// LF_DTYPE_* and unknown numbers, which the checks then refuse as invalid arguments.
 LF_LORA_HD int dtype_size(int32_t dtype) {
-    return dtype == LF_LORA_DTYPE_F32 ? 4
-           : (dtype == LF_LORA_DTYPE_F16 || dtype == LF_LORA_DTYPE_BF16) ? 2
-                                                                          : 0;
+    return dtype == LF_DTYPE_F32 ? 4 : (dtype == LF_DTYPE_F16 || dtype == LF_DTYPE_BF16) ? 2 : 0;
 }
 
 LF_LORA_HD bool valid_hidden(int64_t h) {

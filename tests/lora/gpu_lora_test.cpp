@@ -21,7 +21,7 @@ namespace {
 
 #define CUDA_OK(expr) REQUIRE((expr) == cudaSuccess)
 
-constexpr int32_t kDtypes[] = {LF_LORA_DTYPE_F32, LF_LORA_DTYPE_F16, LF_LORA_DTYPE_BF16};
+constexpr int32_t kDtypes[] = {LF_DTYPE_F32, LF_DTYPE_F16, LF_DTYPE_BF16};
 
 // Owns one device allocation.
 class DeviceBuffer {
@@ -115,17 +115,17 @@ void check_close(const Problem &p, const std::vector<uint8_t> &gpu, const std::v
 
 std::vector<uint8_t> cpu_result(const Problem &p) {
     std::vector<uint8_t> y = p.y;
-    REQUIRE(lf_lora_apply(&p.batch, p.x.data(), y.data()) == LF_LORA_OK);
+    REQUIRE(lf_lora_apply(&p.batch, p.x.data(), y.data()) == LF_OK);
     return y;
 }
 
 std::vector<uint8_t> gpu_apply(const Problem &p, DeviceProblem &d) {
     size_t bytes = 0;
     REQUIRE(lf_lora_cuda_apply(&d.batch, d.x.get(), d.y.get(), nullptr, &bytes, d.error_word(),
-                               nullptr) == LF_LORA_OK);
+                               nullptr) == LF_OK);
     DeviceBuffer ws(bytes);
     REQUIRE(lf_lora_cuda_apply(&d.batch, d.x.get(), d.y.get(), ws.get(), &bytes, d.error_word(),
-                               nullptr) == LF_LORA_OK);
+                               nullptr) == LF_OK);
     CUDA_OK(cudaDeviceSynchronize());
     CHECK(d.error.download<int32_t>(1)[0] == 0);
     return d.y.download<uint8_t>(p.y.size());
@@ -193,8 +193,8 @@ TEST_CASE("CUDA shrink then expand matches the CPU and the fused call") {
         DeviceProblem d(p);
         DeviceBuffer v(sizeof(float) * 50 * 128);
         auto *vp = static_cast<float *>(v.get());
-        REQUIRE(lf_lora_cuda_shrink(&d.batch, d.x.get(), vp, d.error_word(), nullptr) == LF_LORA_OK);
-        REQUIRE(lf_lora_cuda_expand(&d.batch, vp, d.y.get(), d.error_word(), nullptr) == LF_LORA_OK);
+        REQUIRE(lf_lora_cuda_shrink(&d.batch, d.x.get(), vp, d.error_word(), nullptr) == LF_OK);
+        REQUIRE(lf_lora_cuda_expand(&d.batch, vp, d.y.get(), d.error_word(), nullptr) == LF_OK);
         CUDA_OK(cudaDeviceSynchronize());
         CHECK(d.error.download<int32_t>(1)[0] == 0);
         const auto split = d.y.download<uint8_t>(p.y.size());
@@ -226,11 +226,11 @@ TEST_CASE("the cuBLAS single-adapter path matches the CPU") {
         size_t bytes = 0;
         REQUIRE(lf_lora_cuda_apply_single(dtype, s.n_rows, s.h_in, s.h_out, d.x.get(), 0,
                                           d.y.get(), 0, &ad, nullptr, &bytes, handle,
-                                          nullptr) == LF_LORA_OK);
+                                          nullptr) == LF_OK);
         DeviceBuffer ws(bytes);
         REQUIRE(lf_lora_cuda_apply_single(dtype, s.n_rows, s.h_in, s.h_out, d.x.get(), 0,
                                           d.y.get(), 0, &ad, ws.get(), &bytes, handle,
-                                          nullptr) == LF_LORA_OK);
+                                          nullptr) == LF_OK);
         CUDA_OK(cudaDeviceSynchronize());
         // The intermediate is rounded to the I/O type once: one more output roundoff.
         check_close(p, d.y.download<uint8_t>(p.y.size()), cpu_result(p),
@@ -241,17 +241,17 @@ TEST_CASE("the cuBLAS single-adapter path matches the CPU") {
 
 TEST_CASE("bad device-side indices are skipped and reported in the error word") {
     std::mt19937_64 rng(5);
-    Spec s = mixed_rows(LF_LORA_DTYPE_F16, rng, 16);
+    Spec s = mixed_rows(LF_DTYPE_F16, rng, 16);
     s.row_adapter[3] = 99; // past the table
     s.row_adapter[4] = -7;
     Problem p(s, rng);
     DeviceProblem d(p);
     size_t bytes = 0;
     REQUIRE(lf_lora_cuda_apply(&d.batch, d.x.get(), d.y.get(), nullptr, &bytes, d.error_word(),
-                               nullptr) == LF_LORA_OK);
+                               nullptr) == LF_OK);
     DeviceBuffer ws(bytes);
     REQUIRE(lf_lora_cuda_apply(&d.batch, d.x.get(), d.y.get(), ws.get(), &bytes, d.error_word(),
-                               nullptr) == LF_LORA_OK);
+                               nullptr) == LF_OK);
     CUDA_OK(cudaDeviceSynchronize());
     CHECK((d.error.download<int32_t>(1)[0] & LF_LORA_DEVICE_ERR_INDEX) != 0);
     const auto y = d.y.download<uint8_t>(p.y.size());
@@ -262,18 +262,18 @@ TEST_CASE("bad device-side indices are skipped and reported in the error word") 
 
 TEST_CASE("CUDA apply can be captured in a graph and replayed") {
     std::mt19937_64 rng(6);
-    Problem p(segments(LF_LORA_DTYPE_BF16), rng);
+    Problem p(segments(LF_DTYPE_BF16), rng);
     DeviceProblem d(p);
     size_t bytes = 0;
     REQUIRE(lf_lora_cuda_apply(&d.batch, d.x.get(), d.y.get(), nullptr, &bytes, d.error_word(),
-                               nullptr) == LF_LORA_OK);
+                               nullptr) == LF_OK);
     DeviceBuffer ws(bytes);
     cudaStream_t stream = nullptr;
     CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     cudaGraph_t graph = nullptr;
     CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
     REQUIRE(lf_lora_cuda_apply(&d.batch, d.x.get(), d.y.get(), ws.get(), &bytes, d.error_word(),
-                               stream) == LF_LORA_OK);
+                               stream) == LF_OK);
     CUDA_OK(cudaStreamEndCapture(stream, &graph));
     cudaGraphExec_t exec = nullptr;
     CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));

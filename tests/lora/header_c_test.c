@@ -10,14 +10,14 @@ int main(void) {
     int failures = 0;
 
     (void)adapter;
-    if (lf_lora_strerror(LF_LORA_E_INTERNAL) == NULL) {
+    if (lf_lora_strerror(LF_E_INTERNAL) == NULL) {
         ++failures;
     }
-    if (lf_lora_scale(8.0f, 4, LF_LORA_SCALE_STANDARD, &scale) != LF_LORA_OK || scale != 2.0f) {
+    if (lf_lora_scale(8.0f, 4, LF_LORA_SCALE_STANDARD, &scale) != LF_OK || scale != 2.0f) {
         ++failures;
     }
     /* A zeroed batch has h_in == 0, which is not a multiple-of-8 hidden size. */
-    if (lf_lora_apply(&batch, NULL, NULL) != LF_LORA_E_INVALID_ARGUMENT) {
+    if (lf_lora_apply(&batch, NULL, NULL) != LF_E_INVALID_ARGUMENT) {
         ++failures;
     }
     if (failures != 0) {

@@ -21,10 +21,10 @@ using loraflip::lora::f16;
 
 namespace {
 
-constexpr int32_t kDtypes[] = {LF_LORA_DTYPE_F32, LF_LORA_DTYPE_F16, LF_LORA_DTYPE_BF16};
+constexpr int32_t kDtypes[] = {LF_DTYPE_F32, LF_DTYPE_F16, LF_DTYPE_BF16};
 
 const char *dtype_name(int32_t dtype) {
-    return dtype == LF_LORA_DTYPE_F32 ? "f32" : dtype == LF_LORA_DTYPE_F16 ? "f16" : "bf16";
+    return dtype == LF_DTYPE_F32 ? "f32" : dtype == LF_DTYPE_F16 ? "f16" : "bf16";
 }
 
 // Fresh inputs on every run; the seed is printed with any failure and can be fixed with
@@ -82,13 +82,13 @@ void run_and_check(const Spec &spec, std::mt19937_64 &rng) {
     const Reference ref = reference(p);
 
     std::vector<uint8_t> y_fused = p.y;
-    REQUIRE(lf_lora_apply(&p.batch, p.x.data(), y_fused.data()) == LF_LORA_OK);
+    REQUIRE(lf_lora_apply(&p.batch, p.x.data(), y_fused.data()) == LF_OK);
     check_against_reference(p, ref, y_fused);
 
     std::vector<float> v(static_cast<size_t>(spec.n_rows) * spec.max_rank, 0.0f);
     std::vector<uint8_t> y_split = p.y;
-    REQUIRE(lf_lora_shrink(&p.batch, p.x.data(), v.data()) == LF_LORA_OK);
-    REQUIRE(lf_lora_expand(&p.batch, v.data(), y_split.data()) == LF_LORA_OK);
+    REQUIRE(lf_lora_shrink(&p.batch, p.x.data(), v.data()) == LF_OK);
+    REQUIRE(lf_lora_expand(&p.batch, v.data(), y_split.data()) == LF_OK);
     check_against_reference(p, ref, y_split, &v);
     CHECK(y_split == y_fused);
 }
@@ -338,25 +338,25 @@ TEST_CASE("results are bit-identical whatever the number of CPU threads") {
         std::vector<uint8_t> first;
         for (const int32_t threads : {1, 2, 3, 8, 0}) {
             CAPTURE(threads);
-            REQUIRE(lf_lora_cpu_set_threads(threads) == LF_LORA_OK);
+            REQUIRE(lf_lora_cpu_set_threads(threads) == LF_OK);
             std::vector<uint8_t> y = p.y;
-            REQUIRE(lf_lora_apply(&p.batch, p.x.data(), y.data()) == LF_LORA_OK);
+            REQUIRE(lf_lora_apply(&p.batch, p.x.data(), y.data()) == LF_OK);
             if (first.empty()) {
                 first = y;
             }
             CHECK(y == first);
         }
-        REQUIRE(lf_lora_cpu_set_threads(0) == LF_LORA_OK);
+        REQUIRE(lf_lora_cpu_set_threads(0) == LF_OK);
     }
 }
 
 TEST_CASE("shrink writes only the first rank entries of rows that have an adapter") {
     std::mt19937_64 rng(test_seed());
-    Problem p(row_spec(LF_LORA_DTYPE_BF16, 5, 64, 64, {4, 12}, {0, -1, 1, 0, -1}), rng);
+    Problem p(row_spec(LF_DTYPE_BF16, 5, 64, 64, {4, 12}, {0, -1, 1, 0, -1}), rng);
     p.batch.max_rank = 16; // wider than any rank: the tail of each v row is the caller's
     const float sentinel = -12345.0f;
     std::vector<float> v(5 * 16, sentinel);
-    REQUIRE(lf_lora_shrink(&p.batch, p.x.data(), v.data()) == LF_LORA_OK);
+    REQUIRE(lf_lora_shrink(&p.batch, p.x.data(), v.data()) == LF_OK);
     const int32_t ranks_of_rows[] = {4, 0, 12, 4, 0};
     for (int32_t i = 0; i < 5; ++i) {
         for (int32_t j = 0; j < 16; ++j) {
@@ -369,22 +369,22 @@ TEST_CASE("shrink writes only the first rank entries of rows that have an adapte
 
 TEST_CASE("an empty batch is accepted and touches nothing") {
     lf_lora_batch_t b{};
-    b.dtype = LF_LORA_DTYPE_F16;
+    b.dtype = LF_DTYPE_F16;
     b.h_in = b.h_out = 8;
     b.max_rank = 4;
     b.select = LF_LORA_SELECT_ROWS;
-    CHECK(lf_lora_apply(&b, nullptr, nullptr) == LF_LORA_OK);
+    CHECK(lf_lora_apply(&b, nullptr, nullptr) == LF_OK);
     const int32_t offsets[] = {0};
     b.select = LF_LORA_SELECT_SEGMENTS;
     b.seg_offsets = offsets;
-    CHECK(lf_lora_shrink(&b, nullptr, nullptr) == LF_LORA_OK);
-    CHECK(lf_lora_expand(&b, nullptr, nullptr) == LF_LORA_OK);
+    CHECK(lf_lora_shrink(&b, nullptr, nullptr) == LF_OK);
+    CHECK(lf_lora_expand(&b, nullptr, nullptr) == LF_OK);
 }
 
-TEST_CASE("bad arguments give LF_LORA_E_INVALID_ARGUMENT and write nothing") {
+TEST_CASE("bad arguments give LF_E_INVALID_ARGUMENT and write nothing") {
     std::mt19937_64 rng(test_seed());
-    Problem p(row_spec(LF_LORA_DTYPE_F16, 6, 64, 32, {4, 8}, {0, 1, -1, 1, 0, 0}), rng);
-    Problem seg(segment_spec(LF_LORA_DTYPE_F16, 64, 32, {4, 8}, {2, 3, 1}, {0, 1, 0}), rng);
+    Problem p(row_spec(LF_DTYPE_F16, 6, 64, 32, {4, 8}, {0, 1, -1, 1, 0, 0}), rng);
+    Problem seg(segment_spec(LF_DTYPE_F16, 64, 32, {4, 8}, {2, 3, 1}, {0, 1, 0}), rng);
     std::vector<float> v(6 * 8, 0.0f);
 
     // Runs all three CPU calls with one field broken and checks the status and that y and v
@@ -403,7 +403,7 @@ TEST_CASE("bad arguments give LF_LORA_E_INVALID_ARGUMENT and write nothing") {
         CHECK(v == v_before);
     };
     using Table = std::vector<lf_lora_adapter_t>;
-    const int bad = LF_LORA_E_INVALID_ARGUMENT;
+    const int bad = LF_E_INVALID_ARGUMENT;
 
     SUBCASE("rank zero") { expect_status(p, [](lf_lora_batch_t &, Table &t) { t[1].rank = 0; }, bad); }
     SUBCASE("rank above max_rank") {
@@ -431,6 +431,16 @@ TEST_CASE("bad arguments give LF_LORA_E_INVALID_ARGUMENT and write nothing") {
         expect_status(p, [](lf_lora_batch_t &b, Table &) { b.n_rows = -1; }, bad);
     }
     SUBCASE("unknown dtype") { expect_status(p, [](lf_lora_batch_t &b, Table &) { b.dtype = 9; }, bad); }
+    SUBCASE("a loraflip.h dtype the LoRA API does not compute in") {
+        for (const int32_t d : {LF_DTYPE_F64, LF_DTYPE_I8, LF_DTYPE_U8, LF_DTYPE_I32, LF_DTYPE_I64}) {
+            expect_status(p, [d](lf_lora_batch_t &b, Table &t) {
+                b.dtype = d;
+                for (lf_lora_adapter_t &e : t) {
+                    e.dtype = d;
+                }
+            }, bad);
+        }
+    }
     SUBCASE("unknown selection mode") {
         expect_status(p, [](lf_lora_batch_t &b, Table &) { b.select = 7; }, bad);
     }
@@ -479,8 +489,8 @@ TEST_CASE("bad arguments give LF_LORA_E_INVALID_ARGUMENT and write nothing") {
         expect_status(seg, [](lf_lora_batch_t &b, Table &) { b.n_segments = -1; }, bad);
     }
     SUBCASE("an adapter of another dtype is unsupported, not invalid") {
-        expect_status(p, [](lf_lora_batch_t &, Table &t) { t[1].dtype = LF_LORA_DTYPE_BF16; },
-                      LF_LORA_E_UNSUPPORTED);
+        expect_status(p, [](lf_lora_batch_t &, Table &t) { t[1].dtype = LF_DTYPE_BF16; },
+                      LF_E_UNSUPPORTED);
     }
     SUBCASE("a broken entry that no row uses is ignored") {
         static const int32_t rows[] = {0, 0, -1, 0, 0, 0};
@@ -491,7 +501,7 @@ TEST_CASE("bad arguments give LF_LORA_E_INVALID_ARGUMENT and write nothing") {
         b.adapters = table.data();
         b.row_adapter = rows;
         std::vector<uint8_t> y = p.y;
-        CHECK(lf_lora_apply(&b, p.x.data(), y.data()) == LF_LORA_OK);
+        CHECK(lf_lora_apply(&b, p.x.data(), y.data()) == LF_OK);
         CHECK(y != p.y);
     }
     SUBCASE("null batch, x or y") {
@@ -507,30 +517,30 @@ TEST_CASE("bad arguments give LF_LORA_E_INVALID_ARGUMENT and write nothing") {
 
 TEST_CASE("the scale helper gives alpha over rank and alpha over the square root of rank") {
     float s = 0.0f;
-    REQUIRE(lf_lora_scale(32.0f, 16, LF_LORA_SCALE_STANDARD, &s) == LF_LORA_OK);
+    REQUIRE(lf_lora_scale(32.0f, 16, LF_LORA_SCALE_STANDARD, &s) == LF_OK);
     CHECK(s == 2.0f);
-    REQUIRE(lf_lora_scale(32.0f, 16, LF_LORA_SCALE_RSLORA, &s) == LF_LORA_OK);
+    REQUIRE(lf_lora_scale(32.0f, 16, LF_LORA_SCALE_RSLORA, &s) == LF_OK);
     CHECK(s == 8.0f);
-    REQUIRE(lf_lora_scale(16.0f, 8, LF_LORA_SCALE_RSLORA, &s) == LF_LORA_OK);
+    REQUIRE(lf_lora_scale(16.0f, 8, LF_LORA_SCALE_RSLORA, &s) == LF_OK);
     CHECK(s == static_cast<float>(16.0 / std::sqrt(8.0)));
     s = 7.0f;
-    CHECK(lf_lora_scale(16.0f, 0, LF_LORA_SCALE_STANDARD, &s) == LF_LORA_E_INVALID_ARGUMENT);
-    CHECK(lf_lora_scale(16.0f, 8, 5, &s) == LF_LORA_E_INVALID_ARGUMENT);
-    CHECK(lf_lora_scale(INFINITY, 8, LF_LORA_SCALE_STANDARD, &s) == LF_LORA_E_INVALID_ARGUMENT);
-    CHECK(lf_lora_scale(16.0f, 8, LF_LORA_SCALE_STANDARD, nullptr) == LF_LORA_E_INVALID_ARGUMENT);
+    CHECK(lf_lora_scale(16.0f, 0, LF_LORA_SCALE_STANDARD, &s) == LF_E_INVALID_ARGUMENT);
+    CHECK(lf_lora_scale(16.0f, 8, 5, &s) == LF_E_INVALID_ARGUMENT);
+    CHECK(lf_lora_scale(INFINITY, 8, LF_LORA_SCALE_STANDARD, &s) == LF_E_INVALID_ARGUMENT);
+    CHECK(lf_lora_scale(16.0f, 8, LF_LORA_SCALE_STANDARD, nullptr) == LF_E_INVALID_ARGUMENT);
     CHECK(s == 7.0f); // untouched on failure
 }
 
 TEST_CASE("status strings exist for every code and never are null") {
-    for (const int st : {LF_LORA_OK, LF_LORA_E_INVALID_ARGUMENT, LF_LORA_E_INTERNAL,
-                         LF_LORA_E_UNSUPPORTED, 12345, -999}) {
+    for (const int st : {LF_OK, LF_E_INVALID_ARGUMENT, LF_E_INTERNAL, LF_E_UNSUPPORTED, 12345,
+                         -999}) {
         REQUIRE(lf_lora_strerror(st) != nullptr);
     }
-    CHECK(std::string(lf_lora_strerror(LF_LORA_E_UNSUPPORTED)) == "unsupported");
-    CHECK(LF_LORA_E_INVALID_ARGUMENT == -1);
-    CHECK(LF_LORA_E_INTERNAL == -17);
-    CHECK(LF_LORA_E_UNSUPPORTED == -20);
-    CHECK(lf_lora_cpu_set_threads(-1) == LF_LORA_E_INVALID_ARGUMENT);
+    CHECK(std::string(lf_lora_strerror(LF_E_UNSUPPORTED)) == "unsupported");
+    CHECK(LF_E_INVALID_ARGUMENT == -1);
+    CHECK(LF_E_INTERNAL == -17);
+    CHECK(LF_E_UNSUPPORTED == -20);
+    CHECK(lf_lora_cpu_set_threads(-1) == LF_E_INVALID_ARGUMENT);
     CHECK(sizeof(lf_lora_adapter_t) == 32);
 }
 
@@ -538,27 +548,27 @@ TEST_CASE("status strings exist for every code and never are null") {
 TEST_CASE("without CUDA built, the CUDA entry points say unsupported") {
     lf_lora_batch_t b{};
     size_t bytes = 0;
-    CHECK(lf_lora_cuda_shrink(&b, nullptr, nullptr, nullptr, nullptr) == LF_LORA_E_UNSUPPORTED);
-    CHECK(lf_lora_cuda_expand(&b, nullptr, nullptr, nullptr, nullptr) == LF_LORA_E_UNSUPPORTED);
+    CHECK(lf_lora_cuda_shrink(&b, nullptr, nullptr, nullptr, nullptr) == LF_E_UNSUPPORTED);
+    CHECK(lf_lora_cuda_expand(&b, nullptr, nullptr, nullptr, nullptr) == LF_E_UNSUPPORTED);
     CHECK(lf_lora_cuda_apply(&b, nullptr, nullptr, nullptr, &bytes, nullptr, nullptr) ==
-          LF_LORA_E_UNSUPPORTED);
+          LF_E_UNSUPPORTED);
     CHECK(lf_lora_cuda_apply_single(0, 0, 8, 8, nullptr, 0, nullptr, 0, nullptr, nullptr, &bytes,
-                                    nullptr, nullptr) == LF_LORA_E_UNSUPPORTED);
+                                    nullptr, nullptr) == LF_E_UNSUPPORTED);
 }
 #else
 TEST_CASE("with CUDA built, the CUDA entry points check host-visible arguments first") {
     size_t bytes = 0;
     CHECK(lf_lora_cuda_apply(nullptr, nullptr, nullptr, nullptr, &bytes, nullptr, nullptr) ==
-          LF_LORA_E_INVALID_ARGUMENT);
+          LF_E_INVALID_ARGUMENT);
     lf_lora_batch_t b{};
-    b.dtype = LF_LORA_DTYPE_F16;
+    b.dtype = LF_DTYPE_F16;
     b.h_in = 12; // not a multiple of 8
     b.h_out = 8;
     b.max_rank = 4;
     CHECK(lf_lora_cuda_shrink(&b, nullptr, nullptr, nullptr, nullptr) ==
-          LF_LORA_E_INVALID_ARGUMENT);
-    CHECK(lf_lora_cuda_apply_single(LF_LORA_DTYPE_F16, 4, 8, 8, nullptr, 0, nullptr, 0, nullptr,
+          LF_E_INVALID_ARGUMENT);
+    CHECK(lf_lora_cuda_apply_single(LF_DTYPE_F16, 4, 8, 8, nullptr, 0, nullptr, 0, nullptr,
                                     nullptr, &bytes, nullptr, nullptr) ==
-          LF_LORA_E_INVALID_ARGUMENT);
+          LF_E_INVALID_ARGUMENT);
 }
 #endif

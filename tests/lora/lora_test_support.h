@@ -18,16 +18,16 @@ namespace lora_test {
 using loraflip::lora::bf16;
 using loraflip::lora::f16;
 
-inline int elem_size(int32_t dtype) { return dtype == LF_LORA_DTYPE_F32 ? 4 : 2; }
+inline int elem_size(int32_t dtype) { return dtype == LF_DTYPE_F32 ? 4 : 2; }
 
 inline double load(int32_t dtype, const uint8_t *base, int64_t i) {
     switch (dtype) {
-    case LF_LORA_DTYPE_F32: {
+    case LF_DTYPE_F32: {
         float f;
         std::memcpy(&f, base + 4 * i, 4);
         return f;
     }
-    case LF_LORA_DTYPE_F16: {
+    case LF_DTYPE_F16: {
         f16 h;
         std::memcpy(&h.bits, base + 2 * i, 2);
         return loraflip::lora::f16_to_f32(h);
@@ -42,10 +42,10 @@ inline double load(int32_t dtype, const uint8_t *base, int64_t i) {
 
 inline void store(int32_t dtype, uint8_t *base, int64_t i, float v) {
     switch (dtype) {
-    case LF_LORA_DTYPE_F32:
+    case LF_DTYPE_F32:
         std::memcpy(base + 4 * i, &v, 4);
         break;
-    case LF_LORA_DTYPE_F16: {
+    case LF_DTYPE_F16: {
         const f16 h = loraflip::lora::f32_to_f16(v);
         std::memcpy(base + 2 * i, &h.bits, 2);
         break;
@@ -60,12 +60,12 @@ inline void store(int32_t dtype, uint8_t *base, int64_t i, float v) {
 
 // Unit roundoff of the output type: the one rounding of y costs at most this much relative.
 inline double output_roundoff(int32_t dtype) {
-    return dtype == LF_LORA_DTYPE_F32 ? 0x1p-24 : dtype == LF_LORA_DTYPE_F16 ? 0x1p-11 : 0x1p-8;
+    return dtype == LF_DTYPE_F32 ? 0x1p-24 : dtype == LF_DTYPE_F16 ? 0x1p-11 : 0x1p-8;
 }
 
 // What a test asks for. Ranks are per adapter; row_adapter or (seg_offsets, seg_adapter) choose.
 struct Spec {
-    int32_t dtype = LF_LORA_DTYPE_F32;
+    int32_t dtype = LF_DTYPE_F32;
     int32_t n_rows = 0;
     int32_t h_in = 64;
     int32_t h_out = 64;

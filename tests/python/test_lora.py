@@ -212,12 +212,12 @@ def test_bad_arguments_raise_and_write_nothing():
     # rank mismatch between A and B
     bad_b = rng.standard_normal((H_OUT, 5)).astype(np.float32)
     e = refused(loraflip.InvalidArgument, "rank mismatch", x, y, [(A0, bad_b, 1.0)])
-    assert e.code == lora.LF_LORA_E_INVALID_ARGUMENT
+    assert e.code == lora.LF_E_INVALID_ARGUMENT
     # hidden size not a multiple of 8: the library refuses, Python says why
     x12 = x[:, :12].copy()
     e = refused(loraflip.InvalidArgument, "h_in = 12 is not a positive multiple of 8",
                 x12, y, [(A0[:, :12].copy(), B0, s0)])
-    assert e.code == lora.LF_LORA_E_INVALID_ARGUMENT and "invalid argument" in str(e)
+    assert e.code == lora.LF_E_INVALID_ARGUMENT and "invalid argument" in str(e)
     # a row stride that is not a multiple of 8
     wide = np.zeros((5, H_IN + 4), np.float32)
     refused(loraflip.InvalidArgument, "row stride of x", wide[:, :H_IN], y, [adapters[0]])
@@ -264,19 +264,19 @@ def test_bad_arguments_raise_and_write_nothing():
 
 
 def test_cuda_entry_points_answer_unsupported_or_refuse_null():
-    """The raw bindings: without CUDA built the launchers answer LF_LORA_E_UNSUPPORTED; with it,
+    """The raw bindings: without CUDA built the launchers answer LF_E_UNSUPPORTED; with it,
     a size query works without a device pointer."""
     idx = np.zeros(4, np.int32)  # not read by a size query, but must not be NULL
-    b = lora.lf_lora_batch_t(dtype=lora.LF_LORA_DTYPE_F32, n_rows=4, h_in=8, h_out=8,
+    b = lora.lf_lora_batch_t(dtype=lora.LF_DTYPE_F32, n_rows=4, h_in=8, h_out=8,
                              max_rank=4, select=lora.LF_LORA_SELECT_ROWS,
                              row_adapter=idx.ctypes.data)
     n = lora.ctypes.c_size_t(0)
     rc = lora.lf_lora_cuda_apply(lora.ctypes.byref(b), None, None, None, lora.ctypes.byref(n),
                                  None, None)
-    assert rc in (lora.LF_LORA_OK, lora.LF_LORA_E_UNSUPPORTED)
-    assert rc == lora.LF_LORA_E_UNSUPPORTED or n.value > 0
-    assert lora.strerror(lora.LF_LORA_E_UNSUPPORTED) == "unsupported"
-    assert lora.strerror(12345) == "unknown status"
+    assert rc in (lora.LF_OK, lora.LF_E_UNSUPPORTED)
+    assert rc == lora.LF_E_UNSUPPORTED or n.value > 0
+    assert lora.strerror(lora.LF_E_UNSUPPORTED) == "unsupported"
+    assert lora.strerror(12345) == "unknown error"
 
 
 # ---- adapters read in place from a real daemon ----
@@ -361,3 +361,79 @@ def test_bf16_adapter_from_the_daemon_as_bits_and_tensor(client, name):
     out64, mag = reference(from_bf16_bits(x).astype(np.float64),
                            from_bf16_bits(y0).astype(np.float64), ref, idx)
     check_close("bf16", y_bits, out64, mag, H_IN, r)
+
+
+# ---- one dtype numbering and one status vocabulary with loraflip.h ----
+def test_lora_statuses_read_as_loraflip_statuses():
+    """The LoRA API returns loraflip.h's LF_E_* codes, and lf_lora_strerror (for programs that
+    link only libloraflip_lora) says what lf_strerror says about each."""
+    from loraflip import _lib
+    assert (lora.LF_OK, lora.LF_E_INVALID_ARGUMENT, lora.LF_E_INTERNAL, lora.LF_E_UNSUPPORTED) \
+        == (_lib.LF_OK, _lib.LF_E_INVALID_ARGUMENT, _lib.LF_E_INTERNAL, _lib.LF_E_UNSUPPORTED)
+    for code in (lora.LF_OK, lora.LF_E_INVALID_ARGUMENT, lora.LF_E_INTERNAL,
+                 lora.LF_E_UNSUPPORTED, 12345, -999):
+        assert lora.strerror(code) == _lib.lf_strerror(code).decode()
+
+
+@pytest.mark.parametrize("dtype", ["f16", "bf16"])
+def test_a_pinned_views_dtype_code_goes_straight_to_the_lora_api(client, name, dtype):
+    """lf_tensor_view.dtype, untranslated, is the dtype of lf_lora_adapter_t and lf_lora_batch_t.
+    Under the LoRA header's old numbering of its own (f32 0, f16 1, bf16 2) an f16 view (2) was
+    read as bf16 (silently wrong numbers) and a bf16 view (3) was refused."""
+    rng = np.random.default_rng(11)
+    r = 8
+    p = "base_model.model.model.layers.0.self_attn.o_proj"
+    # multiples of 1/64 below 1: exact in f16 and in bf16, so the pinned bits are these values
+    vals = {f"{p}.lora_A.weight": np.round(rng.standard_normal((r, H_IN)) * 16) / 64,
+            f"{p}.lora_B.weight": np.round(rng.standard_normal((H_OUT, r)) * 16) / 64}
+    vals = {k: np.clip(v, -0.96875, 0.96875).astype(np.float32) for k, v in vals.items()}
+    client.create(name, {k: (dtype, a.shape) for k, a in vals.items()},
+                  {"r": r, "lora_alpha": 2 * r, "target_modules": ["o_proj"]})
+    client.publish(name, vals, cast=True)
+    ka, kb = list(vals)
+    x, x64 = make(rng, dtype, (6, H_IN))
+    y0, y064 = make(rng, dtype, (6, H_OUT))
+    idx = np.array([0, -1, 0, 0, -1, 0], np.int32)
+    s = lora.scale(2 * r, r)
+    with client.acquire(name) as v:
+        va, vb = v._view(ka), v._view(kb)  # the raw lf_tensor_view of each pinned tensor
+        want = {"f16": lora.LF_DTYPE_F16, "bf16": lora.LF_DTYPE_BF16}[dtype]
+        assert va.dtype == vb.dtype == want == loraflip.dtype_code(dtype)
+        table = (lora.lf_lora_adapter_t * 1)(
+            lora.lf_lora_adapter_t(a=va.data, b=vb.data, rank=r, dtype=va.dtype, scale=s))
+        batch = lora.lf_lora_batch_t(dtype=va.dtype, n_rows=6, h_in=H_IN, h_out=H_OUT,
+                                     max_rank=r, select=lora.LF_LORA_SELECT_ROWS,
+                                     adapters=lora.ctypes.addressof(table), n_adapters=1,
+                                     row_adapter=idx.ctypes.data)
+        y = y0.copy()
+        rc = lora.lf_lora_apply(lora.ctypes.byref(batch), x.ctypes.data, y.ctypes.data)
+        assert rc == lora.LF_OK, lora.strerror(rc)
+        # the array API takes the same code as dtype=
+        y_api = y0.copy()
+        lora.apply(x, y_api, [(v.tensor(ka), v.tensor(kb), s)], indices=idx, dtype=va.dtype)
+    assert np.array_equal(y, y_api)
+    ref = [(vals[ka].astype(np.float64), vals[kb].astype(np.float64), s)]
+    out64, mag = reference(x64, y064, ref, idx)
+    check_close(dtype, y, out64, mag, H_IN, r)
+
+
+def test_lora_api_refuses_loraflip_dtypes_it_does_not_compute_in():
+    x = np.zeros((2, 8), np.float64)
+    A = np.zeros((4, 8), np.float64)
+    B = np.zeros((8, 4), np.float64)
+    table = (lora.lf_lora_adapter_t * 1)(
+        lora.lf_lora_adapter_t(a=A.ctypes.data, b=B.ctypes.data, rank=4,
+                               dtype=loraflip.dtype_code("f64"), scale=1.0))
+    idx = np.zeros(2, np.int32)
+    batch = lora.lf_lora_batch_t(dtype=loraflip.dtype_code("f64"), n_rows=2, h_in=8, h_out=8,
+                                 max_rank=4, select=lora.LF_LORA_SELECT_ROWS,
+                                 adapters=lora.ctypes.addressof(table), n_adapters=1,
+                                 row_adapter=idx.ctypes.data)
+    y = np.ones((2, 8), np.float64)
+    rc = lora.lf_lora_apply(lora.ctypes.byref(batch), x.ctypes.data, y.ctypes.data)
+    assert rc == lora.LF_E_INVALID_ARGUMENT
+    assert np.all(y == 1.0)
+    with pytest.raises(loraflip.InvalidArgument, match="f64"):
+        lora.apply(x.astype(np.float32), y.astype(np.float32),
+                   [(A.astype(np.float32), B.astype(np.float32), 1.0)],
+                   indices=[0, 0], dtype=loraflip.dtype_code("f64"))

@@ -19,6 +19,7 @@ from typing import Any, Iterator, NamedTuple, Optional
 import numpy as np
 
 from . import _dlpack
+from . import _dtypes
 from . import _lib as L
 from . import _safetensors as st
 from ._errors import (ClosedError, DaemonUnreachable, InvalidArgument, LeaseError,
@@ -27,17 +28,10 @@ from ._errors import (ClosedError, DaemonUnreachable, InvalidArgument, LeaseErro
 from ._safetensors import RawTensor
 from ._views import Guard, PinnedArray, pinned_array
 
-_NAMES = {"f32": L.LF_DTYPE_F32, "float32": L.LF_DTYPE_F32, "f16": L.LF_DTYPE_F16,
-          "float16": L.LF_DTYPE_F16, "bf16": L.LF_DTYPE_BF16, "bfloat16": L.LF_DTYPE_BF16,
-          "f64": L.LF_DTYPE_F64, "float64": L.LF_DTYPE_F64, "i8": L.LF_DTYPE_I8,
-          "int8": L.LF_DTYPE_I8, "u8": L.LF_DTYPE_U8, "uint8": L.LF_DTYPE_U8,
-          "i32": L.LF_DTYPE_I32, "int32": L.LF_DTYPE_I32, "i64": L.LF_DTYPE_I64,
-          "int64": L.LF_DTYPE_I64}
-# LF_DTYPE_* -> numpy dtype (bf16 has none: see _numpy_dtype)
-_NP = {L.LF_DTYPE_F32: np.dtype("<f4"), L.LF_DTYPE_F16: np.dtype("<f2"),
-       L.LF_DTYPE_F64: np.dtype("<f8"), L.LF_DTYPE_I8: np.dtype("i1"),
-       L.LF_DTYPE_U8: np.dtype("u1"), L.LF_DTYPE_I32: np.dtype("<i4"),
-       L.LF_DTYPE_I64: np.dtype("<i8")}
+# Views of the package's one dtype table (_dtypes.py): name -> LF_DTYPE_*, and LF_DTYPE_* ->
+# numpy dtype (bf16 has none: see _numpy_dtype).
+_NAMES = _dtypes.BY_NAME
+_NP = _dtypes.NUMPY
 _NP_CODES = {nd: code for code, nd in _NP.items()}  # the hot path of publish: one dict lookup
 _ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,126}$")
 _NO_FREE_SLOT_RETRY_S = 10.0
@@ -147,11 +141,9 @@ def _source(name: str, x, want: Optional[tuple[int, tuple]], cast: bool) -> _Sou
         # CUDA tensors stay where they are: Writer._copy copies them device to device into a
         # device-placed slot, or brings them to host memory for a host-placed one.
         d = dtype_code(t.dtype)
-        if cast and want is not None and d != want[0]:
+        if cast and want is not None and d != want[0] and _dtypes.BY_CODE[want[0]].kind == "f":
             import torch  # present: x is a torch tensor
-            t = t.to({v: k for k, v in {
-                torch.float32: L.LF_DTYPE_F32, torch.float16: L.LF_DTYPE_F16,
-                torch.bfloat16: L.LF_DTYPE_BF16, torch.float64: L.LF_DTYPE_F64}.items()}[want[0]])
+            t = t.to(getattr(torch, _dtypes.BY_CODE[want[0]].long_name))
             d = want[0]
         t = t.contiguous()
         shape, keep = tuple(t.shape), t
@@ -409,9 +401,7 @@ def loraflip_unsupported(message: str) -> LoraflipError:
 # LF_DTYPE_* -> __cuda_array_interface__ typestr. bf16 has no typestr of its own: "<V2" is what
 # torch's exporter and ml_dtypes write, but most consumers (CuPy, Numba, torch.as_tensor) read
 # it as opaque 2-byte records, not as bf16. bf16 goes through DLPack.
-_CAI_TYPESTR = {L.LF_DTYPE_F32: "<f4", L.LF_DTYPE_F16: "<f2", L.LF_DTYPE_BF16: "<V2",
-                L.LF_DTYPE_F64: "<f8", L.LF_DTYPE_I8: "|i1", L.LF_DTYPE_U8: "|u1",
-                L.LF_DTYPE_I32: "<i4", L.LF_DTYPE_I64: "<i8"}
+_CAI_TYPESTR = _dtypes.TYPESTR
 
 
 def _device_ordinal(device) -> int:

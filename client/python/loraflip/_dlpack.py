@@ -15,24 +15,15 @@ import itertools
 import threading
 from typing import Callable, Optional, Sequence
 
-from . import _lib as L
+from . import _dtypes
+from ._dtypes import kDLBfloat, kDLFloat, kDLInt, kDLUInt  # noqa: F401 (part of this module's names)
 
 kDLCPU = 1
 kDLCUDA = 2
-kDLInt, kDLUInt, kDLFloat, kDLBfloat = 0, 1, 2, 4
 DLPACK_FLAG_BITMASK_READ_ONLY = 1
 
-# LF_DTYPE_* -> (DLDataTypeCode, bits)
-DL_DTYPES = {
-    L.LF_DTYPE_F32: (kDLFloat, 32),
-    L.LF_DTYPE_F16: (kDLFloat, 16),
-    L.LF_DTYPE_BF16: (kDLBfloat, 16),
-    L.LF_DTYPE_F64: (kDLFloat, 64),
-    L.LF_DTYPE_I8: (kDLInt, 8),
-    L.LF_DTYPE_U8: (kDLUInt, 8),
-    L.LF_DTYPE_I32: (kDLInt, 32),
-    L.LF_DTYPE_I64: (kDLInt, 64),
-}
+# LF_DTYPE_* -> (DLDataTypeCode, bits), from the package's one dtype table
+DL_DTYPES = _dtypes.DLPACK
 
 
 class DLDevice(ctypes.Structure):

@@ -4,7 +4,9 @@ Two layers:
 
 * ctypes bindings of every function of kernels/lora/include/loraflip_lora.h (``lf_lora_*``),
   each with its C declaration in the comment above it and argtypes/restype set; the structs
-  ``lf_lora_adapter_t`` and ``lf_lora_batch_t``; the ``LF_LORA_*`` constants.
+  ``lf_lora_adapter_t`` and ``lf_lora_batch_t``; the ``LF_LORA_*`` constants, and the
+  ``LF_DTYPE_*`` and ``LF_OK`` / ``LF_E_*`` codes of loraflip.h that the LoRA API shares (so a
+  pinned view's dtype code is what ``lf_lora_adapter_t.dtype`` takes).
 * a small array API: ``apply``, ``shrink``, ``expand``, ``scale``, ``set_threads``.
 
     from loraflip import lora
@@ -20,8 +22,7 @@ The torch paths are written but were NOT run when this module was written (no to
 GPU on that machine); the numpy path is tested (tests/python/test_lora.py).
 
 Errors raise loraflip.LoraflipError subclasses (InvalidArgument, Unsupported, ...) carrying the
-lf_lora status as ``.code`` (the LF_LORA_E_* numbers equal the LF_E_* ones) and a message that
-names what was wrong.
+LF_E_* status as ``.code`` and a message that names what was wrong.
 
 Library search order (the first that loads wins):
   1. $LORAFLIP_LORA_LIBRARY (a file path)
@@ -40,32 +41,24 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from . import _lib
+from . import _dtypes, _lib
 from ._core import Tensor
 from ._errors import InvalidArgument, LoraflipError, ReleasedError, error_for
-from ._lib import LibraryNotFound
+from ._lib import (LF_DTYPE_BF16, LF_DTYPE_F16, LF_DTYPE_F32, LF_E_INTERNAL,
+                   LF_E_INVALID_ARGUMENT, LF_E_UNSUPPORTED, LF_OK, LibraryNotFound)
 from ._views import PinnedArray
 
 __all__ = [
     "apply", "shrink", "expand", "scale", "set_threads", "library_path", "strerror",
-    "LF_LORA_OK", "LF_LORA_E_INVALID_ARGUMENT", "LF_LORA_E_INTERNAL", "LF_LORA_E_UNSUPPORTED",
-    "LF_LORA_DTYPE_F32", "LF_LORA_DTYPE_F16", "LF_LORA_DTYPE_BF16", "LF_LORA_SELECT_ROWS",
+    "LF_OK", "LF_E_INVALID_ARGUMENT", "LF_E_INTERNAL", "LF_E_UNSUPPORTED",
+    "LF_DTYPE_F32", "LF_DTYPE_F16", "LF_DTYPE_BF16", "LF_LORA_SELECT_ROWS",
     "LF_LORA_SELECT_SEGMENTS", "LF_LORA_NO_ADAPTER", "LF_LORA_MAX_RANK",
     "LF_LORA_HIDDEN_MULTIPLE", "LF_LORA_SCALE_STANDARD", "LF_LORA_SCALE_RSLORA",
     "LF_LORA_DEVICE_ERR_INDEX", "LF_LORA_DEVICE_ERR_ADAPTER", "LF_LORA_DEVICE_ERR_SEGMENTS",
     "lf_lora_adapter_t", "lf_lora_batch_t",
 ]
 
-# ---- constants (loraflip_lora.h) ----
-LF_LORA_OK = 0
-LF_LORA_E_INVALID_ARGUMENT = -1
-LF_LORA_E_INTERNAL = -17
-LF_LORA_E_UNSUPPORTED = -20
-
-LF_LORA_DTYPE_F32 = 0
-LF_LORA_DTYPE_F16 = 1
-LF_LORA_DTYPE_BF16 = 2
-
+# ---- constants (loraflip_lora.h; its dtypes and statuses are loraflip.h's, imported above) ----
 LF_LORA_SELECT_ROWS = 0
 LF_LORA_SELECT_SEGMENTS = 1
 LF_LORA_NO_ADAPTER = -1
@@ -212,7 +205,7 @@ def _fail(code: int, message: str) -> LoraflipError:
 
 
 def _bad(message: str) -> LoraflipError:
-    return InvalidArgument(LF_LORA_E_INVALID_ARGUMENT, message)
+    return InvalidArgument(LF_E_INVALID_ARGUMENT, message)
 
 
 # ---- helpers ----
@@ -222,7 +215,7 @@ def scale(alpha: float, rank: int, rslora: bool = False) -> float:
     out = ctypes.c_float()
     kind = LF_LORA_SCALE_RSLORA if rslora else LF_LORA_SCALE_STANDARD
     rc = lf_lora_scale(float(alpha), int(rank), kind, ctypes.byref(out))
-    if rc != LF_LORA_OK:
+    if rc != LF_OK:
         raise _fail(rc, f"lf_lora_scale(alpha={alpha!r}, rank={rank!r}): needs rank >= 1 and a "
                         "finite alpha")
     return out.value
@@ -232,16 +225,17 @@ def set_threads(n: int) -> None:
     """Threads the CPU functions may use: 0 = all hardware threads (the default), 1 = the
     calling thread only. Results are bit-identical for every count. Process-wide."""
     rc = lf_lora_cpu_set_threads(int(n))
-    if rc != LF_LORA_OK:
+    if rc != LF_OK:
         raise _fail(rc, f"lf_lora_cpu_set_threads({n!r}): needs n >= 0")
 
 
 # ---- array descriptions ----
-_DTYPE_NAMES = {"f32": LF_LORA_DTYPE_F32, "float32": LF_LORA_DTYPE_F32,
-                "f16": LF_LORA_DTYPE_F16, "float16": LF_LORA_DTYPE_F16,
-                "bf16": LF_LORA_DTYPE_BF16, "bfloat16": LF_LORA_DTYPE_BF16}
-_NAME_OF = {LF_LORA_DTYPE_F32: "f32", LF_LORA_DTYPE_F16: "f16", LF_LORA_DTYPE_BF16: "bf16"}
-_ITEMSIZE = {LF_LORA_DTYPE_F32: 4, LF_LORA_DTYPE_F16: 2, LF_LORA_DTYPE_BF16: 2}
+# The LoRA subset of the package's one dtype table (_dtypes.py).
+_DTYPE_NAMES = {n: c for n, c in _dtypes.BY_NAME.items() if c in _dtypes.LORA}
+_NAME_OF = {c: d.name for c, d in _dtypes.LORA.items()}
+_ITEMSIZE = {c: d.itemsize for c, d in _dtypes.LORA.items()}
+# __cuda_array_interface__ typestr -> LF_DTYPE_*; 16-bit integers are bf16 bits only on request
+_TYPESTR_CODES = {**{d.typestr: c for c, d in _dtypes.LORA.items()}, "<u2": "u16", "<i2": "u16"}
 
 
 class _Arr:
@@ -253,7 +247,7 @@ class _Arr:
     def __init__(self, obj, ptr, dtype, shape, strides, device, writeable, what):
         self.obj = obj
         self.ptr = ptr
-        self.dtype = dtype        # LF_LORA_DTYPE_*, or "u16" (bits of a bf16 array) / "other"
+        self.dtype = dtype        # LF_DTYPE_*, or "u16" (bits of a bf16 array) / "other"
         self.shape = shape
         self.strides = strides    # in elements
         self.device = device      # "cpu" or ("cuda", ordinal)
@@ -269,11 +263,11 @@ def _np_dtype_code(d: np.dtype):
     if d.byteorder == ">":
         return "other"
     if d == np.float32:
-        return LF_LORA_DTYPE_F32
+        return LF_DTYPE_F32
     if d == np.float16:
-        return LF_LORA_DTYPE_F16
+        return LF_DTYPE_F16
     if d.name == "bfloat16":  # ml_dtypes.bfloat16
-        return LF_LORA_DTYPE_BF16
+        return LF_DTYPE_BF16
     if d == np.uint16 or d == np.int16:
         return "u16"
     return "other"
@@ -292,8 +286,8 @@ def _describe(x, what: str) -> _Arr:
                     tuple(s // item for s in x.strides), "cpu", bool(x.flags.writeable), what)
     if _is_torch(x):
         import torch
-        codes = {torch.float32: LF_LORA_DTYPE_F32, torch.float16: LF_LORA_DTYPE_F16,
-                 torch.bfloat16: LF_LORA_DTYPE_BF16, torch.int16: "u16"}
+        codes = {**{getattr(torch, d.long_name): c for c, d in _dtypes.LORA.items()},
+                 torch.int16: "u16"}
         if x.is_conj() or x.is_neg():
             raise _bad(f"{what}: a torch tensor with a lazy conjugate/negative bit; call "
                        ".resolve_conj()/.resolve_neg() first")
@@ -310,8 +304,7 @@ def _describe(x, what: str) -> _Arr:
     cai = getattr(x, "__cuda_array_interface__", None)
     if cai is not None:  # CuPy, Numba, ...: device unknown (None) until compared with the rest
         typestr = cai["typestr"]
-        code = {"<f4": LF_LORA_DTYPE_F32, "<f2": LF_LORA_DTYPE_F16, "<V2": LF_LORA_DTYPE_BF16,
-                "<u2": "u16", "<i2": "u16"}.get(typestr, "other")
+        code = _TYPESTR_CODES.get(typestr, "other")
         item = int(typestr[2:]) if typestr[2:].isdigit() else 1
         shape = tuple(int(s) for s in cai["shape"])
         strides = _dense_strides(shape) if cai.get("strides") is None else \
@@ -347,8 +340,14 @@ def _one_device(arrs: Sequence[_Arr]):
 
 def _resolve_dtype(arrs: Sequence[_Arr], dtype) -> int:
     """The batch dtype: from `dtype` if given, else from the first array; every array must
-    match (uint16/int16 bit patterns count as bf16 only with dtype='bf16')."""
-    if dtype is not None:
+    match (uint16/int16 bit patterns count as bf16 only with dtype='bf16'). `dtype` may also be
+    an LF_DTYPE_* code, such as a pinned view's."""
+    if isinstance(dtype, (int, np.integer)) and not isinstance(dtype, bool):
+        if int(dtype) not in _dtypes.LORA:
+            raise _bad(f"dtype {int(dtype)} ({_lib.lf_dtype_name(int(dtype)).decode()}): "
+                       "expected LF_DTYPE_F32, LF_DTYPE_F16 or LF_DTYPE_BF16")
+        want = int(dtype)
+    elif dtype is not None:
         key = str(dtype).replace("torch.", "")
         if key not in _DTYPE_NAMES:
             raise _bad(f"dtype {dtype!r}: expected one of 'f32', 'f16', 'bf16'")
@@ -361,7 +360,7 @@ def _resolve_dtype(arrs: Sequence[_Arr], dtype) -> int:
         if want == "other":
             raise _bad(f"{arrs[0].what}: unsupported dtype (float32, float16, bf16)")
     for a in arrs:
-        ok = a.dtype == want or (a.dtype == "u16" and want == LF_LORA_DTYPE_BF16)
+        ok = a.dtype == want or (a.dtype == "u16" and want == LF_DTYPE_BF16)
         if not ok:
             got = a.dtype if isinstance(a.dtype, str) else _NAME_OF[a.dtype]
             raise _bad(f"{a.what} is {got} but the call works on {_NAME_OF[want]} "
@@ -579,11 +578,11 @@ def _diagnose(b: _Batch, extra: Sequence[str] = ()) -> str:
 
 
 def _check_rc(rc: int, fn: str, b: _Batch, extra: Sequence[str] = ()) -> None:
-    if rc != LF_LORA_OK:
+    if rc != LF_OK:
         cuda = fn.startswith("lf_lora_cuda")
-        if rc == LF_LORA_E_INVALID_ARGUMENT:
+        if rc == LF_E_INVALID_ARGUMENT:
             why = _diagnose(b, extra)
-        elif rc == LF_LORA_E_UNSUPPORTED:
+        elif rc == LF_E_UNSUPPORTED:
             why = (f"{library_path} was built without CUDA" if cuda else
                    "an adapter of another dtype than the batch")
         else:
@@ -760,7 +759,7 @@ def expand(v, y, adapters, indices=None, segments=None, *, scales=None, dtype=No
 
 
 def _check_v(V: _Arr, n: int) -> None:
-    if V.dtype != LF_LORA_DTYPE_F32:
+    if V.dtype != LF_DTYPE_F32:
         raise _bad("v must be float32")
     if len(V.shape) != 2 or V.shape[0] != n:
         raise _bad(f"v: expected [{n}, max_rank], got {V.shape}")

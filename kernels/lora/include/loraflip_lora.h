@@ -15,8 +15,13 @@
  * Arithmetic: fp16 and bf16 tensors are converted to fp32, products are accumulated in fp32 and
  * y is rounded once (round to nearest even) after y + scale * B(Ax) is formed in fp32.
  *
- * Status: every fallible function returns 0 (LF_LORA_OK) or one of the negative LF_LORA_E_*
- * codes below; numbers are fixed and never reused. No function throws or aborts.
+ * Types and statuses are those of loraflip.h, which this header includes, so a view a reader
+ * pinned (lf_tensor_view.dtype) goes straight into lf_lora_adapter_t.dtype:
+ *   dtype: LF_DTYPE_F32, LF_DTYPE_F16 or LF_DTYPE_BF16; every other LF_DTYPE_* (and any unknown
+ *          number) is refused with LF_E_INVALID_ARGUMENT.
+ *   status: every fallible function returns LF_OK (0), LF_E_INVALID_ARGUMENT, LF_E_INTERNAL or
+ *          LF_E_UNSUPPORTED; lf_strerror (or lf_lora_strerror, for programs that link only this
+ *          library) describes them. No function throws or aborts.
  *
  * Thread-safety: every function may be called from any number of threads at once, provided calls
  * that run concurrently do not write overlapping parts of the same y or v (and, for
@@ -31,6 +36,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "loraflip.h"
+
 #if defined(_WIN32)
 #define LF_LORA_API
 #else
@@ -40,17 +47,6 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-/* Status codes. The numbers match the project-wide LF_E_* codes of the same name. */
-#define LF_LORA_OK 0
-#define LF_LORA_E_INVALID_ARGUMENT (-1)
-#define LF_LORA_E_INTERNAL (-17)
-#define LF_LORA_E_UNSUPPORTED (-20)
-
-/* Element types of x, y, A and B (one type per call). */
-#define LF_LORA_DTYPE_F32 0
-#define LF_LORA_DTYPE_F16 1
-#define LF_LORA_DTYPE_BF16 2
 
 /* How rows find their adapter (lf_lora_batch_t.select). */
 #define LF_LORA_SELECT_ROWS 0     /* row_adapter[i] per row (BGMV-style) */
@@ -82,7 +78,7 @@ typedef struct lf_lora_adapter_t {
     const void *a;    /* A, [rank, h_in], dense row-major, type dtype */
     const void *b;    /* B, [h_out, rank], dense row-major, type dtype */
     int32_t rank;     /* 1..max_rank of the batch */
-    int32_t dtype;    /* LF_LORA_DTYPE_*; must equal the batch dtype */
+    int32_t dtype;    /* LF_DTYPE_F32/F16/BF16; must equal the batch dtype */
     float scale;      /* multiplies B(Ax); see lf_lora_scale */
     int32_t reserved; /* set to 0; pads the entry to 32 bytes on 64-bit targets */
 } lf_lora_adapter_t;
@@ -91,7 +87,7 @@ typedef struct lf_lora_adapter_t {
  * arrays it points to live in host memory for the CPU functions and in device memory (or
  * device-accessible memory) for the CUDA functions. */
 typedef struct lf_lora_batch_t {
-    int32_t dtype;    /* LF_LORA_DTYPE_* of x, y and every adapter used */
+    int32_t dtype;    /* LF_DTYPE_F32/F16/BF16 of x, y and every adapter used */
     int32_t n_rows;   /* >= 0 */
     int32_t h_in;     /* columns of x and A; multiple of LF_LORA_HIDDEN_MULTIPLE */
     int32_t h_out;    /* columns of y and rows of B; multiple of LF_LORA_HIDDEN_MULTIPLE */
@@ -119,7 +115,8 @@ typedef struct lf_lora_batch_t {
 typedef struct CUstream_st *lf_lora_stream_t;
 typedef struct cublasContext *lf_lora_cublas_t;
 
-/* Never returns NULL; the string is static. */
+/* The text lf_strerror gives for status, without linking the client library. Never returns
+ * NULL; the string is static. */
 LF_LORA_API const char *lf_lora_strerror(int status);
 
 /* Scale for an adapter trained with lora_alpha = alpha: kind LF_LORA_SCALE_STANDARD gives
@@ -134,8 +131,8 @@ LF_LORA_API int lf_lora_cpu_set_threads(int32_t n);
 
 /* ---- CPU (all arrays in host memory) ----
  * Arguments are checked completely (shapes, every used index and table entry, segment offsets)
- * before anything is written; on LF_LORA_E_INVALID_ARGUMENT or LF_LORA_E_UNSUPPORTED nothing is
- * written. LF_LORA_E_INTERNAL (out of memory, or a thread that could not start) can happen after
+ * before anything is written; on LF_E_INVALID_ARGUMENT or LF_E_UNSUPPORTED nothing is
+ * written. LF_E_INTERNAL (out of memory, or a thread that could not start) can happen after
  * some rows were updated; the contents of y or v are then unspecified. */
 
 /* v[i, 0:r] = A_a x_i for every row i with an adapter a of rank r; other parts of v untouched. */
@@ -149,7 +146,7 @@ LF_LORA_API int lf_lora_expand(const lf_lora_batch_t *batch, const float *v, voi
 LF_LORA_API int lf_lora_apply(const lf_lora_batch_t *batch, const void *x, void *y);
 
 /* ---- CUDA ----
- * Built only with CUDA; otherwise every function below returns LF_LORA_E_UNSUPPORTED.
+ * Built only with CUDA; otherwise every function below returns LF_E_UNSUPPORTED.
  * x, y, v, workspace, the adapter table, row_adapter, seg_offsets and seg_adapter are device
  * pointers; x, y, v and workspace must be 16-byte aligned, and so must every A and B.
  * The launchers only queue work on `stream`: they never synchronize, allocate or copy from the
