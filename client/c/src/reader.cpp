@@ -73,30 +73,24 @@ Result<lf_adapter_ref_t> find_adapter(const lf_reader &reader, const char *name)
   return make_error(LF_E_NOT_FOUND, std::string("no adapter '") + name + "'");
 }
 
-int acquire(lf_reader &reader, lf_adapter_ref_t ref, uint64_t version, bool exact, lf_pin **out) {
-  // Pins whose GPU work has finished go back first: a generation loop that releases each
-  // step's pins after its stream has them back here, one step later at most.
-  if (reader.pending_count != 0) release_completed(reader, false);
-  const uint32_t index = ref_index(ref);
-  if (index >= reader.arena.max_adapters())
-    return fail(reader, LF_E_INVALID_ARGUMENT, "adapter reference out of range");
-  if (reader.free_cells == 0)
-    return fail(reader, LF_E_PINS_FULL, "this reader holds " + std::to_string(LF_MAX_PINS) +
-                                            " pins already; release one first");
-  const uint32_t cell = static_cast<uint32_t>(__builtin_ctz(reader.free_cells));
-  std::atomic<uint64_t> &pin_cell = reader.entry->pins[cell];
-  const ipc::AdapterRecord &r = reader.arena.adapter(index);
+namespace {
 
-  uint64_t pinned_word = 0;  // pack_active(version, slot) that the pin names
-retry:
+// The acquire handshake (design.md, "Reader pinning"), the heart of guarantee 1: publish in
+// `cell` a pin of the active version when it satisfies the request, else of the best kept
+// one, then look at the word that justified it once more; if it changed, the daemon may not
+// have seen the pin: try again. In the single total order of these seq_cst operations either
+// the daemon's scan sees the pin, or this second look sees the word the daemon retired.
+// Returns the pinned pack_active(version, slot), or 0 (cell cleared) when no active or kept
+// version satisfies the request.
+uint64_t pin_handshake(const ipc::AdapterRecord &r, uint32_t index, uint64_t version, bool exact,
+                       std::atomic<uint64_t> &cell) {
   for (;;) {
     const uint64_t active = r.active.load(kSeqCst);
     const uint64_t active_v = ipc::active_version(active);
     if (active != 0 && (exact ? active_v == version : active_v >= version)) {
-      pin_cell.store(ipc::pack_pin(active, index), kSeqCst);
-      if (r.active.load(kSeqCst) != active) continue;  // flipped meanwhile: the pin may be unseen
-      pinned_word = active;
-      break;
+      cell.store(ipc::pack_pin(active, index), kSeqCst);
+      if (r.active.load(kSeqCst) == active) return active;
+      continue;  // flipped meanwhile: the pin may be unseen
     }
     // Not the active version: look among the kept ones (possible after a rollback, or when
     // asking for an exact older version).
@@ -112,32 +106,55 @@ retry:
       }
     }
     if (best_word == 0) {
-      if (!same_adapter(r, ref))
-        return fail(reader, LF_E_STALE, "the adapter was dropped");
-      return fail(reader, LF_E_NO_VERSION,
-                  (exact ? "version " : "no version >= ") + std::to_string(version) +
-                      (exact ? " is neither active nor kept" : " is active or kept"));
+      cell.store(0, std::memory_order_release);
+      return 0;
     }
-    pin_cell.store(ipc::pack_pin(ipc::pack_active(ipc::slot_word_version(best_word), best_slot), index),
-                   kSeqCst);
-    if (r.slots[best_slot].word.load(kSeqCst) != best_word) continue;  // evicted meanwhile
-    pinned_word = ipc::pack_active(ipc::slot_word_version(best_word), best_slot);
-    break;
+    const uint64_t pinned = ipc::pack_active(ipc::slot_word_version(best_word), best_slot);
+    cell.store(ipc::pack_pin(pinned, index), kSeqCst);
+    if (r.slots[best_slot].word.load(kSeqCst) == best_word) return pinned;
+    // evicted meanwhile: try again
   }
-  // Checked after the pin is published: a drop that happened before it is seen here, and one
-  // after it keeps the memory until this pin is released.
-  if (!same_adapter(r, ref)) {
-    pin_cell.store(0, std::memory_order_release);
-    return fail(reader, LF_E_STALE, "the adapter was dropped");
-  }
-  const uint32_t slot = ipc::active_slot(pinned_word);
-  const uint64_t pinned_version = ipc::active_version(pinned_word);
+}
+
+}  // namespace
+
+int acquire(lf_reader &reader, lf_adapter_ref_t ref, uint64_t version, bool exact, lf_pin **out) {
+  // Pins whose GPU work has finished go back first: a generation loop that releases each
+  // step's pins after its stream has them back here, one step later at most.
+  if (reader.pending_count != 0) release_completed(reader, false);
+  const uint32_t index = ref_index(ref);
+  if (index >= reader.arena.max_adapters())
+    return fail(reader, LF_E_INVALID_ARGUMENT, "adapter reference out of range");
+  if (reader.free_cells == 0)
+    return fail(reader, LF_E_PINS_FULL, "this reader holds " + std::to_string(LF_MAX_PINS) +
+                                            " pins already; release one first");
+  const uint32_t cell = static_cast<uint32_t>(__builtin_ctz(reader.free_cells));
+  std::atomic<uint64_t> &pin_cell = reader.entry->pins[cell];
+  const ipc::AdapterRecord &r = reader.arena.adapter(index);
+
+  uint64_t pinned_word = 0;
   const std::byte *base = nullptr;
   int32_t device = -1;
   uint32_t copies = 0;
   int32_t copy_ordinal[ipc::kMaxDevices];
   const std::byte *copy_base[ipc::kMaxDevices];
-  if (r.placement == static_cast<uint32_t>(ipc::Placement::kDevices)) {
+  for (;;) {
+    pinned_word = pin_handshake(r, index, version, exact, pin_cell);
+    // Checked after the pin is published: a drop that happened before it is seen here, and
+    // one after it keeps the memory until this pin is released.
+    if (!same_adapter(r, ref)) {
+      pin_cell.store(0, std::memory_order_release);
+      return fail(reader, LF_E_STALE, "the adapter was dropped");
+    }
+    if (pinned_word == 0)
+      return fail(reader, LF_E_NO_VERSION,
+                  (exact ? "version " : "no version >= ") + std::to_string(version) +
+                      (exact ? " is neither active nor kept" : " is active or kept"));
+    const uint32_t slot = ipc::active_slot(pinned_word);
+    if (r.placement != static_cast<uint32_t>(ipc::Placement::kDevices)) {
+      base = reader.arena.data_at(r.slots[slot].data_offset);
+      break;
+    }
     if (Status st = reader.devices.refresh(reader.arena); !st) {
       pin_cell.store(0, std::memory_order_release);
       return fail(reader, st.code(), st.error().message);
@@ -154,8 +171,8 @@ retry:
     // Re-pointed after the pin was published? Then the slot's word changed with it (a restore
     // frees every slot but the restored one): start over.
     if (r.slots[slot].word.load(kSeqCst) !=
-        ipc::pack_slot_word(pinned_version, ipc::SlotState::kCommitted))
-      goto retry;
+        ipc::pack_slot_word(ipc::active_version(pinned_word), ipc::SlotState::kCommitted))
+      continue;
     base = reader.devices.base(r.primary_device) + r.slots[slot].data_offset;
     device = reader.devices.ordinal(r.primary_device);
     for (uint32_t d = 0; d < ipc::kMaxDevices; ++d) {
@@ -164,19 +181,18 @@ retry:
       copy_base[copies] = reader.devices.base(d) + r.device_offset[d] + uint64_t{slot} * r.slot_bytes;
       ++copies;
     }
-  } else {
-    base = reader.arena.data_at(r.slots[slot].data_offset);
+    break;
   }
   reader.free_cells &= ~(1u << cell);
   lf_pin &pin = reader.pins[cell];
   pin.owner = &reader;
   pin.cell = cell;
   pin.adapter = index;
-  pin.version = pinned_version;
+  pin.version = ipc::active_version(pinned_word);
   pin.base = base;
   pin.tensors = reader.arena.tensors(r);
   pin.tensor_count = r.tensor_count;
-  pin.slot = slot;
+  pin.slot = ipc::active_slot(pinned_word);
   pin.device = device;
   pin.record = &r;
   pin.copies = copies;
