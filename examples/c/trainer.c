@@ -44,8 +44,7 @@ static int publish_step(lf_client_t *client, const char *name, long step, uint64
   lf_writer_t *writer = NULL;
   int rc = lf_client_begin_write(client, name, 10000, &writer);
   if (rc != LF_OK) return rc;
-  size_t count = 0;
-  lf_writer_tensor_count(writer, &count);
+  const size_t count = lf_writer_tensor_count(writer);
   for (size_t t = 0; t < count; ++t) {
     lf_tensor_view_t view;
     lf_writer_tensor(writer, t, &view);

@@ -88,8 +88,7 @@ std::string snapshot(lf_client_t *client) {
 uint64_t publish_value(lf_client_t *client, const char *name, float value) {
   lf_writer_t *w = nullptr;
   REQUIRE(lf_client_begin_write(client, name, 0, &w) == LF_OK);
-  size_t n = 0;
-  lf_writer_tensor_count(w, &n);
+  const size_t n = lf_writer_tensor_count(w);
   for (size_t t = 0; t < n; ++t) {
     lf_tensor_view_t v;
     lf_writer_tensor(w, t, &v);
@@ -341,12 +340,11 @@ TEST_CASE("flip events, futex waits, rollback and drop work end to end") {
   REQUIRE(lf_reader_wait(reader, ref, 0, 5000, &v) == LF_OK);
   CHECK(v >= 1);
   CHECK(wait_child(writer) == 0);
-  char name[64];
-  uint64_t event_version = 0;
   for (uint64_t expected = 1; expected <= 3; ++expected) {
-    REQUIRE(lf_events_next(events, 2000, name, sizeof name, &event_version) == LF_OK);
-    CHECK(std::string(name) == "flow");
-    CHECK(event_version == expected);
+    lf_event_t event;
+    REQUIRE(lf_events_next_event(events, 2000, &event) == LF_OK);
+    CHECK(std::string(event.adapter) == "flow");
+    CHECK(event.version == expected);
   }
 
   // Exact versions from the history, and a rollback that keeps the version number.

@@ -152,8 +152,7 @@ int create_pattern_adapter(lf_client_t *client, const std::string &name, int ten
 }
 
 void fill_pattern(lf_writer_t *writer, uint64_t version) {
-  size_t count = 0;
-  lf_writer_tensor_count(writer, &count);
+  const size_t count = lf_writer_tensor_count(writer);
   uint64_t word = 0;
   for (size_t t = 0; t < count; ++t) {
     lf_tensor_view_t v;

@@ -122,9 +122,8 @@ TEST_CASE("a shared client, reader threads, a waiter and an event listener work 
       return;
     }
     while (!done.load()) {
-      char buf[LF_MAX_ADAPTER_NAME + 1];
-      uint64_t v = 0;
-      if (lf_events_next(ev, 50, buf, sizeof buf, &v) == LF_OK) events.fetch_add(1);
+      lf_event_t e;
+      if (lf_events_next_event(ev, 50, &e) == LF_OK) events.fetch_add(1);
     }
     lf_events_close(ev);
   });

@@ -12,6 +12,8 @@
  * Conventions (the same for every function):
  *   - Fallible calls return an int status: LF_OK (0) or a negative LF_E_* code. Codes are
  *     fixed forever and never reused. lf_strerror() never returns NULL.
+ *   - A getter that cannot fail returns its value instead of a status (lf_writer_tensor_count,
+ *     lf_pin_version, lf_pin_tensor_count); a NULL handle gives 0.
  *   - Outputs come last and are left untouched when the call fails.
  *   - lf_<x>_close() accepts NULL.
  *   - No function throws, aborts or exits the caller's process.
@@ -178,7 +180,7 @@ typedef struct lf_writer lf_writer_t;
  * leased to a writer that never learned of it. */
 LF_API int lf_client_begin_write(lf_client_t *client, const char *name, int lease_ms,
                                  lf_writer_t **out);
-LF_API int lf_writer_tensor_count(const lf_writer_t *writer, size_t *out);
+LF_API size_t lf_writer_tensor_count(const lf_writer_t *writer);
 /* Views stay valid until commit or abort. Writes go straight into the daemon's slot. */
 LF_API int lf_writer_tensor(const lf_writer_t *writer, size_t index, lf_tensor_view_t *out);
 LF_API int lf_writer_tensor_by_name(const lf_writer_t *writer, const char *name,
@@ -268,11 +270,6 @@ typedef struct lf_events lf_events_t;
 /* Subscribes to flips of `adapter` (NULL: all adapters). One thread at a time. */
 LF_API int lf_events_open(const char *runtime_dir, const char *adapter, lf_events_t **out);
 LF_API void lf_events_close(lf_events_t *events);
-/* Waits up to timeout_ms (< 0: forever) for the next flip; copies the adapter name into
- * name_buf (truncated to name_cap - 1 bytes, NUL-terminated) and its new active version.
- * lf_events_next_event gives the whole event. */
-LF_API int lf_events_next(lf_events_t *events, int timeout_ms, char *name_buf, size_t name_cap,
-                          uint64_t *version_out);
 
 #define LF_EVENT_COMMIT 1   /* a writer's commit flipped to a new version */
 #define LF_EVENT_ROLLBACK 2 /* a rollback flipped back to a kept version */

@@ -415,11 +415,7 @@ int lf_client_begin_write(lf_client_t *c, const char *name, int lease_ms, lf_wri
   });
 }
 
-int lf_writer_tensor_count(const lf_writer_t *w, size_t *out) {
-  if (w == nullptr || out == nullptr) return LF_E_INVALID_ARGUMENT;
-  *out = w->tensor_count;
-  return LF_OK;
-}
+size_t lf_writer_tensor_count(const lf_writer_t *w) { return w == nullptr ? 0 : w->tensor_count; }
 
 int lf_writer_tensor(const lf_writer_t *w, size_t index, lf_tensor_view_t *out) {
   if (w == nullptr || out == nullptr) return LF_E_INVALID_ARGUMENT;
@@ -715,20 +711,6 @@ int lf_events_next_event(lf_events_t *events, int timeout_ms, lf_event_t *out) {
       return LF_OK;
     }
   });
-}
-
-int lf_events_next(lf_events_t *events, int timeout_ms, char *name_buf, size_t name_cap,
-                   uint64_t *version_out) {
-  lf_event_t e;
-  const int rc = lf_events_next_event(events, timeout_ms, &e);
-  if (rc != LF_OK) return rc;
-  if (name_buf != nullptr && name_cap > 0) {
-    const size_t n = std::min(name_cap - 1, std::strlen(e.adapter));
-    std::memcpy(name_buf, e.adapter, n);
-    name_buf[n] = '\0';
-  }
-  if (version_out != nullptr) *version_out = e.version;
-  return LF_OK;
 }
 
 }  // extern "C"

@@ -541,9 +541,6 @@ class Version(Mapping):
             rc = L.lf_pin_tensor(self._pin.handle, entry, ctypes.byref(v))
         else:
             ordinal = _device_ordinal(device)
-            if L.lf_pin_tensor_on_device is None:
-                raise loraflip_unsupported(f"{L.path} has no lf_pin_tensor_on_device: per-device "
-                                           "views need a newer libloraflip")
             rc = L.lf_pin_tensor_on_device(self._pin.handle, entry, ordinal, ctypes.byref(v))
             if rc == L.LF_E_NOT_FOUND:
                 raise NotFound(rc, f"version {self.version} of '{self.name}' has no copy on "
@@ -626,8 +623,6 @@ class Version(Mapping):
         (a version in host memory read by GPU kernels must name it). Ends the block like
         release(); DLPack exports still alive keep the pin until they go, then the same rule
         applies. The pin is let go at a later acquire on this thread once the work is done."""
-        if L.lf_pin_release_after is None:
-            raise loraflip_unsupported(f"{L.path} has no lf_pin_release_after: it needs a newer libloraflip")
         handle = getattr(stream, "cuda_stream", stream)
         if handle is not None and not isinstance(handle, int):
             raise InvalidArgument(L.LF_E_INVALID_ARGUMENT,
@@ -701,19 +696,11 @@ class Watcher:
             raise ClosedError("the watcher is closed")
         deadline = None if timeout is None else time.monotonic() + timeout
         e = L.lf_event_t()
-        version = ctypes.c_uint64()
         while True:
-            slice_ms = _slice_ms(deadline)
-            if L.lf_events_next_event is None:  # an older libloraflip: adapter and version only
-                rc = L.lf_events_next(self._handle, slice_ms, e.adapter, len(e.adapter),
-                                      ctypes.byref(version))
-                if rc == L.LF_OK:
-                    return FlipEvent(e.adapter.decode(), version.value, "unknown")
-            else:
-                rc = L.lf_events_next_event(self._handle, slice_ms, ctypes.byref(e))
-                if rc == L.LF_OK:
-                    return FlipEvent(e.adapter.decode(), e.version, _EVENT_KINDS.get(e.kind, "unknown"),
-                                     e.previous, e.unix_ns, e.seq, e.missed)
+            rc = L.lf_events_next_event(self._handle, _slice_ms(deadline), ctypes.byref(e))
+            if rc == L.LF_OK:
+                return FlipEvent(e.adapter.decode(), e.version, _EVENT_KINDS.get(e.kind, "unknown"),
+                                 e.previous, e.unix_ns, e.seq, e.missed)
             if rc != L.LF_E_TIMEOUT:
                 raise error_for(rc, "reading flip events failed")
             if deadline is not None and time.monotonic() >= deadline:
@@ -768,9 +755,7 @@ class Writer:
         self._handle = h.value
         self.guard = Guard(f"the write of '{name}'")
         self.version: Optional[int] = None
-        n = ctypes.c_size_t()
-        L.lf_writer_tensor_count(self._handle, ctypes.byref(n))
-        self.tensor_count = n.value
+        self.tensor_count = L.lf_writer_tensor_count(self._handle)
         self._views: Optional[dict[str, tuple[int, L.lf_tensor_view_t]]] = None
         # -1: the slot is host memory; else the CUDA ordinal of the device written to.
         first = L.lf_tensor_view_t()
@@ -868,9 +853,6 @@ class Writer:
             raise error_for(rc, msg)
 
     def _copy_async(self, index: int, src: _Source) -> int:
-        if L.lf_writer_copy_in_async is None:
-            raise loraflip_unsupported(f"{L.path} has no lf_writer_copy_in_async: copying CUDA "
-                                       "tensors needs a newer libloraflip")
         import torch  # present: src.keep is a torch CUDA tensor
         stream = torch.cuda.current_stream(src.device)
         # The library makes the slot's device current for the copy; torch's own idea of the
@@ -1115,15 +1097,10 @@ class Client:
             if rc != L.LF_OK:
                 raise error_for(rc, L.lf_last_error_message().decode())
             if bplacement is not None:
-                if L.lf_spec_set_placement is not None:
-                    rc = L.lf_spec_set_placement(spec, bplacement)
-                    if rc != L.LF_OK:
-                        raise error_for(rc, f"placement {placement!r}: " +
-                                        L.lf_last_error_message().decode())
-                elif bplacement != b"host":
-                    raise loraflip_unsupported(
-                        f"{L.path} has no lf_spec_set_placement: placement {placement!r} needs "
-                        "a newer libloraflip")
+                rc = L.lf_spec_set_placement(spec, bplacement)
+                if rc != L.LF_OK:
+                    raise error_for(rc, f"placement {placement!r}: " +
+                                    L.lf_last_error_message().decode())
             with self._use() as h:
                 rc = L.lf_client_create_adapter(h, bname, spec)
                 if rc != L.LF_OK:

@@ -175,10 +175,7 @@ _c_uint64 = ctypes.c_uint64
 _P = ctypes.POINTER
 
 
-def _bind(name, restype, argtypes, optional=False):
-    # optional: functions newer than some libraries in use; None where the library lacks them.
-    if optional and not hasattr(lib, name):
-        return None
+def _bind(name, restype, argtypes):
     fn = getattr(lib, name)
     fn.restype = restype
     fn.argtypes = argtypes
@@ -217,10 +214,8 @@ lf_spec_set_lora = _bind("lf_spec_set_lora", _c_int,
 lf_spec_set_metadata = _bind("lf_spec_set_metadata", _c_int, [lf_spec_p, _c_char_p])
 # int lf_spec_set_slots(lf_spec_t *spec, int slots, int history);
 lf_spec_set_slots = _bind("lf_spec_set_slots", _c_int, [lf_spec_p, _c_int, _c_int])
-
 # int lf_spec_set_placement(lf_spec_t *spec, const char *placement);
-lf_spec_set_placement = _bind("lf_spec_set_placement", _c_int, [lf_spec_p, _c_char_p],
-                              optional=True)
+lf_spec_set_placement = _bind("lf_spec_set_placement", _c_int, [lf_spec_p, _c_char_p])
 
 # int lf_client_create_adapter(lf_client_t *client, const char *name, const lf_spec_t *spec);
 lf_client_create_adapter = _bind("lf_client_create_adapter", _c_int,
@@ -242,8 +237,8 @@ lf_free = _bind("lf_free", None, [ctypes.c_void_p])
 #                           lf_writer_t **out);
 lf_client_begin_write = _bind("lf_client_begin_write", _c_int,
                               [lf_client_p, _c_char_p, _c_int, _P(lf_writer_p)])
-# int lf_writer_tensor_count(const lf_writer_t *writer, size_t *out);
-lf_writer_tensor_count = _bind("lf_writer_tensor_count", _c_int, [lf_writer_p, _P(_c_size_t)])
+# size_t lf_writer_tensor_count(const lf_writer_t *writer);
+lf_writer_tensor_count = _bind("lf_writer_tensor_count", _c_size_t, [lf_writer_p])
 # int lf_writer_tensor(const lf_writer_t *writer, size_t index, lf_tensor_view_t *out);
 lf_writer_tensor = _bind("lf_writer_tensor", _c_int,
                          [lf_writer_p, _c_size_t, _P(lf_tensor_view_t)])
@@ -258,7 +253,7 @@ lf_writer_copy_in = _bind("lf_writer_copy_in", _c_int,
 #                             size_t nbytes, int src_device, void *stream);
 lf_writer_copy_in_async = _bind("lf_writer_copy_in_async", _c_int,
                                 [lf_writer_p, _c_size_t, ctypes.c_void_p, _c_size_t, _c_int,
-                                 ctypes.c_void_p], optional=True)
+                                 ctypes.c_void_p])
 # int lf_writer_commit(lf_writer_t *writer, unsigned flags, uint64_t *version_out);
 lf_writer_commit = _bind("lf_writer_commit", _c_int, [lf_writer_p, ctypes.c_uint, _P(_c_uint64)])
 # int lf_writer_abort(lf_writer_t *writer);
@@ -294,8 +289,7 @@ lf_pin_tensor_by_name = _bind("lf_pin_tensor_by_name", _c_int,
 # int lf_pin_tensor_on_device(const lf_pin_t *pin, size_t index, int device,
 #                             lf_tensor_view_t *out);
 lf_pin_tensor_on_device = _bind("lf_pin_tensor_on_device", _c_int,
-                                [lf_pin_p, _c_size_t, _c_int, _P(lf_tensor_view_t)],
-                                optional=True)
+                                [lf_pin_p, _c_size_t, _c_int, _P(lf_tensor_view_t)])
 # int lf_reader_active_version(lf_reader_t *reader, lf_adapter_ref_t ref, uint64_t *out);
 lf_reader_active_version = _bind("lf_reader_active_version", _c_int,
                                  [lf_reader_p, lf_adapter_ref_t, _P(_c_uint64)])
@@ -305,23 +299,17 @@ lf_reader_wait = _bind("lf_reader_wait", _c_int,
                        [lf_reader_p, lf_adapter_ref_t, _c_uint64, _c_int, _P(_c_uint64)])
 
 # int lf_pin_release_after(lf_pin_t *pin, int device, void *stream);
-lf_pin_release_after = _bind("lf_pin_release_after", _c_int, [lf_pin_p, _c_int, ctypes.c_void_p],
-                             optional=True)
+lf_pin_release_after = _bind("lf_pin_release_after", _c_int, [lf_pin_p, _c_int, ctypes.c_void_p])
 # int lf_reader_release_completed(lf_reader_t *reader, size_t *pending_out);
 lf_reader_release_completed = _bind("lf_reader_release_completed", _c_int,
-                                    [lf_reader_p, _P(_c_size_t)], optional=True)
+                                    [lf_reader_p, _P(_c_size_t)])
 
 # int lf_events_open(const char *runtime_dir, const char *adapter, lf_events_t **out);
 lf_events_open = _bind("lf_events_open", _c_int, [_c_char_p, _c_char_p, _P(lf_events_p)])
 # void lf_events_close(lf_events_t *events);
 lf_events_close = _bind("lf_events_close", None, [lf_events_p])
-# int lf_events_next(lf_events_t *events, int timeout_ms, char *name_buf, size_t name_cap,
-#                    uint64_t *version_out);
-lf_events_next = _bind("lf_events_next", _c_int,
-                       [lf_events_p, _c_int, ctypes.c_char_p, _c_size_t, _P(_c_uint64)])
 # int lf_events_next_event(lf_events_t *events, int timeout_ms, lf_event_t *out);
-lf_events_next_event = _bind("lf_events_next_event", _c_int, [lf_events_p, _c_int, _P(lf_event_t)],
-                             optional=True)
+lf_events_next_event = _bind("lf_events_next_event", _c_int, [lf_events_p, _c_int, _P(lf_event_t)])
 
 if sys.byteorder != "little":  # the arena stores tensors little-endian, as safetensors does
     raise ImportError("loraflip supports little-endian machines only")
