@@ -1,4 +1,4 @@
-"""ctypes bindings of libloraflip: one binding per function of client/c/include/loraflip.h.
+"""ctypes bindings of libloraflip: one binding per function of include/loraflip.h.
 
 Each binding carries its C declaration in the comment above it, and sets argtypes and restype,
 so that a wrong argument is a Python TypeError rather than a corrupted call. Nothing here

@@ -2,7 +2,7 @@
 
 Two layers:
 
-* ctypes bindings of every function of kernels/lora/include/loraflip_lora.h (``lf_lora_*``),
+* ctypes bindings of every function of include/loraflip_lora.h (``lf_lora_*``),
   each with its C declaration in the comment above it and argtypes/restype set; the structs
   ``lf_lora_adapter_t`` and ``lf_lora_batch_t``; the ``LF_LORA_*`` constants, and the
   ``LF_DTYPE_*`` and ``LF_OK`` / ``LF_E_*`` codes of loraflip.h that the LoRA API shares (so a
