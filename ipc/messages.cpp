@@ -188,6 +188,12 @@ struct IdScanner : msgpack::null_visitor {
     if (depth == 1 && in_value && key_is_id) found = true, id = v;
     return true;
   }
+  // msgpack's signed encodings (int 8..64) come here whatever their sign; the decoder reads a
+  // non-negative one as a positive integer, so the scanner must too.
+  bool visit_negative_integer(int64_t v) {
+    if (v >= 0) return visit_positive_integer(static_cast<uint64_t>(v));
+    return true;
+  }
 };
 
 }  // namespace

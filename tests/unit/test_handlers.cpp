@@ -801,6 +801,16 @@ TEST_CASE("a request over a decoding limit is answered under its own id") {
   CHECK_FALSE(r.ok);
   CHECK(r.code == LF_E_TOO_LARGE);
   CHECK(r.id == 4242);
+  // An id in a signed encoding (int 8: D0 2A) is the same id to the scanner and the decoder.
+  Reply signed_id = f.call([] {
+    Encoder e;
+    e.map(3).key("op").str("list").key("id");
+    e.pk().pack_fix_int8(42);
+    e.key("args");  // then nested past the decoding limit: refused before any decoding
+    return e.take() + std::string(100, '\x91') + "\xc0";
+  }());
+  CHECK(signed_id.code == LF_E_TOO_LARGE);
+  CHECK(signed_id.id == 42);
   // Nested deeper than the limit after the id, and after that garbage: the id still comes back.
   std::string deep = ipc::encode_request("list", 77, std::string(100, '\x91') + "\xc0");
   Reply d = f.call(deep);
