@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <vector>
 
 namespace loraflip::daemon {
 
@@ -31,6 +32,38 @@ class RangeAllocator {
   uint64_t align_;
   uint64_t used_ = 0;
   std::map<uint64_t, uint64_t> free_;  // offset -> length, disjoint and never adjacent
+};
+
+// Ranges taken from one or more allocators, given back when it goes out of scope unless kept:
+// a caller that takes from several (Registry::create: the pool, the data segment, each device)
+// and may fail between them returns early without unwinding by hand. The allocators outlive it.
+class RangeReservation {
+ public:
+  RangeReservation() = default;
+  RangeReservation(const RangeReservation &) = delete;
+  RangeReservation &operator=(const RangeReservation &) = delete;
+  ~RangeReservation() {
+    if (!kept_)
+      for (const Taken &t : taken_) t.from->release(t.offset, t.bytes);
+  }
+
+  // from.allocate(bytes), remembered for release.
+  std::optional<uint64_t> take(RangeAllocator &from, uint64_t bytes) {
+    std::optional<uint64_t> at = from.allocate(bytes);
+    if (at) taken_.push_back({&from, *at, bytes});
+    return at;
+  }
+  // Everything taken stays taken: its owner (an adapter record) names it now.
+  void keep() { kept_ = true; }
+
+ private:
+  struct Taken {
+    RangeAllocator *from;
+    uint64_t offset;
+    uint64_t bytes;
+  };
+  std::vector<Taken> taken_;
+  bool kept_ = false;
 };
 
 }  // namespace loraflip::daemon

@@ -1,14 +1,17 @@
+// Registry: opening, lookups and the write path (create, begin, commit, rollback, drop).
+// Reclamation is in reclaim.cpp, restart in restart.cpp: one class, three files.
 #include "daemon/registry.hpp"
 
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
-#include <unordered_map>
 
 #include "ipc/dtype.hpp"
 #include "ipc/futex.hpp"
 #include "ipc/proc.hpp"
 #include "ipc/text.hpp"
+
+#include "daemon/registry_internal.hpp"
 
 namespace loraflip::daemon {
 
@@ -16,16 +19,11 @@ using ipc::AdapterRecord;
 using ipc::AdapterState;
 using ipc::SlotRecord;
 using ipc::SlotState;
+using detail::kSeqCst;
+using detail::slot_state;
+using detail::state_of;
 
 namespace {
-
-constexpr auto kSeqCst = std::memory_order_seq_cst;
-
-AdapterState state_of(const AdapterRecord &r) {
-  return static_cast<AdapterState>(r.state.load(kSeqCst));
-}
-
-SlotState slot_state(const SlotRecord &s) { return ipc::slot_word_state(s.word.load(kSeqCst)); }
 
 // "tensor 'lora_A' holds NaN at element 37 (f32 bits 0x7fc00000)". `bits` is the element's
 // bytes read little-endian; its exponent bits are all ones (that is how it was found).
@@ -70,162 +68,6 @@ Result<Registry> Registry::open(ipc::Arena arena, DeviceSet devices) {
   registry.devices_.publish(registry.arena_.header());
   if (Status s = registry.rebuild(old_ordinals); !s) return s.error();
   return registry;
-}
-
-Status Registry::rebuild(const std::vector<int> &old_ordinals) {
-  for (uint32_t i = 0; i < arena_.max_adapters(); ++i) {
-    AdapterRecord &r = arena_.adapter(i);
-    if (state_of(r) == AdapterState::kFree) continue;
-    const std::string which = "adapter record " + std::to_string(i) + " ('" +
-                              std::string(r.name, strnlen(r.name, sizeof r.name)) + "')";
-    const bool on_devices = r.placement == static_cast<uint32_t>(ipc::Placement::kDevices);
-    if (r.slot_count == 0 || r.slot_count > ipc::kMaxSlots || r.tensor_count == 0 ||
-        (!on_devices && !data_.reserve(r.data_offset, r.slot_bytes * r.slot_count)) ||
-        (on_devices && r.restart_copy_bytes != 0 &&
-         !data_.reserve(r.restart_copy_offset, r.restart_copy_bytes)) ||
-        !pool_.reserve(r.tensors_offset, r.pool_bytes))
-      return make_error(LF_E_LAYOUT_MISMATCH, which + " does not fit the arena; the arena is "
-                                                      "damaged: remove it and restart");
-    if (on_devices && r.device_epoch != devices_.epoch()) {
-      // Its device memory belonged to the previous daemon and died with it: put the active
-      // version back from the host copy, or drop the adapter.
-      if (state_of(r) == AdapterState::kLive) {
-        const uint64_t version = ipc::active_version(r.active.load(kSeqCst));
-        if (Status restored = restore_from_copy(r, old_ordinals); restored) {
-          device_restarts_.push_back({r.name, true, version, {}});
-          continue;
-        } else {
-          device_restarts_.push_back({r.name, false, version, restored.error().message});
-        }
-        // Readers that pin it get LF_E_STALE from now on; the record is freed once their
-        // pins are gone.
-        r.state.store(static_cast<uint32_t>(AdapterState::kDropping), kSeqCst);
-        publish_flip(r, 0);
-      }
-      for (uint32_t s = 0; s < r.slot_count; ++s) end_lease(r.slots[s]);
-    }
-  }
-  return {};
-}
-
-Status Registry::restore_from_copy(AdapterRecord &r, const std::vector<int> &old_ordinals) {
-  const uint64_t version = ipc::active_version(r.active.load(kSeqCst));
-  if (version == 0) return make_error(LF_E_NO_VERSION, "it had no version yet");
-  if (devices_.empty())
-    return make_error(LF_E_UNSUPPORTED, "this daemon serves no devices (" +
-                                            devices_.unavailable_reason() + ")");
-  if (r.restart_copy_bytes == 0)
-    return make_error(LF_E_ARENA_FULL, "it had no host copy (the data arena had no room for "
-                                       "one when it was created)");
-  if (r.restart_copy_version != version || r.restart_copy_bytes != r.slot_bytes)
-    return make_error(LF_E_NO_VERSION, "its host copy held version " +
-                                           std::to_string(r.restart_copy_version) +
-                                           ", not the active version " + std::to_string(version) +
-                                           " (the daemon stopped before the copy was done)");
-  // The same ordinals, now at this daemon's indexes.
-  const uint64_t range = r.slot_bytes * r.slot_count;
-  int index_of[ipc::kMaxDevices];
-  uint64_t offsets[ipc::kMaxDevices] = {};
-  uint32_t mask = 0;
-  auto release_taken = [&] {
-    for (size_t d = 0; d < ipc::kMaxDevices; ++d)
-      if (mask & (1u << d)) devices_.allocator(d).release(offsets[d], range);
-  };
-  for (uint32_t old = 0; old < ipc::kMaxDevices; ++old) {
-    index_of[old] = -1;
-    if (!(r.device_mask & (1u << old))) continue;
-    const int ordinal = old < old_ordinals.size() ? old_ordinals[old] : -1;
-    const int now = ordinal < 0 ? -1 : devices_.index_of(ordinal);
-    std::optional<uint64_t> at = now < 0 ? std::nullopt : devices_.allocator(now).allocate(range);
-    if (!at) {
-      release_taken();
-      return make_error(now < 0 ? LF_E_NOT_FOUND : LF_E_ARENA_FULL,
-                        now < 0 ? "it was placed on device " + std::to_string(ordinal) +
-                                      ", which this daemon does not serve (see --devices)"
-                                : "device " + std::to_string(ordinal) + " has no room for it");
-    }
-    index_of[old] = now;
-    offsets[now] = *at;
-    mask |= 1u << now;
-  }
-  const int primary = r.primary_device < ipc::kMaxDevices ? index_of[r.primary_device] : -1;
-  if (primary < 0) {
-    release_taken();
-    return make_error(LF_E_LAYOUT_MISMATCH, "its record names no primary device");
-  }
-  device::Backend &b = devices_.backend();
-  std::byte *slot0 = devices_.base(primary) + offsets[primary];
-  Status copied = b.copy(slot0, arena_.data_at(r.restart_copy_offset), r.slot_bytes,
-                         device::CopyKind::kHostToDevice, devices_.ordinal(primary), nullptr);
-  if (copied) copied = b.synchronize(devices_.ordinal(primary), nullptr);
-  if (!copied) {
-    release_taken();
-    return copied.error();
-  }
-  // Re-point the record at the new memory. Readers that pinned the old memory keep their
-  // (version, slot) cells until they release; the slot check keeps those slots from writers.
-  // Readers refuse the record while its epoch is the old one (see client acquire), so the
-  // fields below change unseen; the epoch is stored last, after the flip.
-  r.device_mask = mask;
-  std::copy(std::begin(offsets), std::end(offsets), r.device_offset);
-  r.primary_device = static_cast<uint32_t>(primary);
-  for (uint32_t s = 0; s < r.slot_count; ++s) {
-    SlotRecord &slot = r.slots[s];
-    end_lease(slot);
-    slot.data_offset = offsets[primary] + uint64_t{s} * r.slot_bytes;
-    slot.checksum = s == 0 ? r.restart_copy_checksum : 0;
-    slot.committed_unix_ns = s == 0 ? r.restart_copy_committed_unix_ns : 0;
-    slot.word.store(ipc::pack_slot_word(s == 0 ? version : 0,
-                                        s == 0 ? SlotState::kCommitted : SlotState::kFree),
-                    kSeqCst);
-  }
-  if (Status st = replicate(r, 0); !st) {
-    release_taken();
-    return st.error();
-  }
-  publish_flip(r, ipc::pack_active(version, 0));
-  r.device_epoch.store(devices_.epoch(), kSeqCst);
-  return {};
-}
-
-void Registry::note_flip_for_restart_copy(uint32_t adapter) {
-  const AdapterRecord &r = arena_.adapter(adapter);
-  if (r.placement != static_cast<uint32_t>(ipc::Placement::kDevices) || r.restart_copy_bytes == 0)
-    return;
-  if (std::find(restart_copies_due_.begin(), restart_copies_due_.end(), adapter) ==
-      restart_copies_due_.end())
-    restart_copies_due_.push_back(adapter);
-}
-
-std::vector<std::string> Registry::update_restart_copies() {
-  std::vector<std::string> failures;
-  for (uint32_t index : restart_copies_due_) {
-    AdapterRecord &r = arena_.adapter(index);
-    if (state_of(r) != AdapterState::kLive || r.restart_copy_bytes == 0) continue;
-    const uint64_t active = r.active.load(kSeqCst);
-    const uint64_t version = ipc::active_version(active);
-    if (version == 0 || r.restart_copy_version == version) continue;
-    const SlotRecord &slot = r.slots[ipc::active_slot(active)];
-    // Invalid while its bytes change: a daemon killed mid-copy finds no usable copy.
-    r.restart_copy_version = 0;
-    const int primary = static_cast<int>(r.primary_device);
-    device::Backend &b = devices_.backend();
-    // The active slot is never lent to a writer, and this thread alone flips: its bytes hold
-    // still for the copy.
-    Status st = b.copy(arena_.data_at(r.restart_copy_offset), devices_.base(primary) + slot.data_offset,
-                       r.slot_bytes, device::CopyKind::kDeviceToHost, devices_.ordinal(primary),
-                       nullptr);
-    if (st) st = b.synchronize(devices_.ordinal(primary), nullptr);
-    if (!st) {
-      failures.push_back("adapter '" + std::string(r.name) + "': " + st.error().message);
-      continue;
-    }
-    r.restart_copy_checksum = slot.checksum;
-    r.restart_copy_committed_unix_ns = slot.committed_unix_ns;
-    r.restart_copy_version = version;
-  }
-  restart_copies_due_.clear();
-  return failures;
 }
 
 std::optional<uint32_t> Registry::find(std::string_view name) const {
@@ -292,42 +134,40 @@ Status Registry::create(const CreateRequest &q) {
 
   const uint64_t tensors_bytes = q.tensors.size() * sizeof(ipc::TensorDesc);
   const uint64_t pool_bytes = tensors_bytes + (q.target_modules.size() + 1) + (q.metadata.size() + 1);
-  std::optional<uint64_t> pool_offset = pool_.allocate(pool_bytes);
+  // Whatever is taken below goes back on an early return (until taken.keep()).
+  RangeReservation taken;
+  std::optional<uint64_t> pool_offset = taken.take(pool_, pool_bytes);
   if (!pool_offset)
     return make_error(LF_E_ARENA_FULL, "the descriptor pool has no room for " +
                                            std::to_string(q.tensors.size()) + " tensors");
   // Host: one range of the data segment. Devices: one range in each device arena.
-  std::optional<uint64_t> data_offset = on_devices ? std::optional<uint64_t>(0) : data_.allocate(slot_bytes * slots);
+  std::optional<uint64_t> data_offset = on_devices ? std::optional<uint64_t>(0) : taken.take(data_, slot_bytes * slots);
   uint64_t device_offset[ipc::kMaxDevices] = {};
   uint32_t device_mask = 0;
   for (size_t k = 0; k < device_list->size() && data_offset; ++k) {
     const int d = device_list.value()[k];
-    std::optional<uint64_t> at = devices_.allocator(d).allocate(slot_bytes * slots);
-    if (!at) {
-      for (size_t j = 0; j < k; ++j)
-        devices_.allocator(device_list.value()[j]).release(device_offset[device_list.value()[j]], slot_bytes * slots);
-      pool_.release(*pool_offset, pool_bytes);
+    std::optional<uint64_t> at = taken.take(devices_.allocator(d), slot_bytes * slots);
+    if (!at)
       return make_error(LF_E_ARENA_FULL, "device " + std::to_string(devices_.ordinal(d)) +
                                              " has " + std::to_string(devices_.allocator(d).largest_free()) +
                                              " contiguous bytes free; the adapter needs " +
                                              std::to_string(slot_bytes * slots));
-    }
     device_offset[d] = *at;
     device_mask |= 1u << d;
   }
-  if (!data_offset) {
-    pool_.release(*pool_offset, pool_bytes);
+  if (!data_offset)
     return make_error(LF_E_ARENA_FULL, "the data arena has " +
                                            std::to_string(data_.largest_free()) +
                                            " contiguous bytes free; the adapter needs " +
                                            std::to_string(slot_bytes * slots));
-  }
   // The first device listed is where writers write; it comes first in the slot offsets.
   const uint64_t slots_base = on_devices ? device_offset[device_list->front()] : *data_offset;
   // Device memory dies with the daemon; a host copy of the active version outlives it. Without
   // room for one the adapter is still served, but a restart drops it (info says so).
   std::optional<uint64_t> restart_copy =
       on_devices ? data_.allocate(slot_bytes) : std::optional<uint64_t>();
+  // Nothing fails from here on: the record below names all that was taken.
+  taken.keep();
 
   // Fill the record while it is kFree: no reader looks at it until the state store below.
   AdapterRecord &r = arena_.adapter(index);
@@ -424,30 +264,6 @@ Result<FlipEvent> Registry::drop(const std::string &name) {
       r.slots[s].word.store(ipc::pack_slot_word(0, SlotState::kAbandoned), kSeqCst);
   }
   return event;
-}
-
-bool Registry::slot_pinned(uint32_t adapter, uint32_t slot) const {
-  for (uint32_t i = 0; i < arena_.max_readers(); ++i) {
-    const ipc::ReaderEntry &e = arena_.reader(i);
-    if (e.owner_pid.load(kSeqCst) == 0) continue;
-    for (const auto &cell : e.pins) {
-      const uint64_t pin = cell.load(kSeqCst);
-      if (pin != 0 && ipc::pin_adapter(pin) == adapter && ipc::pin_slot(pin) == slot) return true;
-    }
-  }
-  return false;
-}
-
-bool Registry::adapter_pinned(uint32_t adapter) const {
-  for (uint32_t i = 0; i < arena_.max_readers(); ++i) {
-    const ipc::ReaderEntry &e = arena_.reader(i);
-    if (e.owner_pid.load(kSeqCst) == 0) continue;
-    for (const auto &cell : e.pins) {
-      const uint64_t pin = cell.load(kSeqCst);
-      if (pin != 0 && ipc::pin_adapter(pin) == adapter) return true;
-    }
-  }
-  return false;
 }
 
 Result<Lease> Registry::begin_write(const BeginRequest &q, uint64_t now_ns) {
@@ -604,24 +420,6 @@ Result<bool> Registry::event_done(const device::IpcHandle &handle) {
     event = &events_.back().second;
   }
   return devices_.backend().query(*event);
-}
-
-void Registry::release_memory(AdapterRecord &r) {
-  if (r.placement == static_cast<uint32_t>(ipc::Placement::kDevices)) {
-    if (r.device_epoch == devices_.epoch()) {
-      for (size_t d = 0; d < devices_.size(); ++d)
-        if (r.device_mask & (1u << d))
-          devices_.allocator(d).release(r.device_offset[d], r.slot_bytes * r.slot_count);
-    }
-    if (r.restart_copy_bytes != 0) data_.release(r.restart_copy_offset, r.restart_copy_bytes);
-    restart_copies_due_.erase(
-        std::remove_if(restart_copies_due_.begin(), restart_copies_due_.end(),
-                       [&](uint32_t i) { return &arena_.adapter(i) == &r; }),
-        restart_copies_due_.end());
-  } else {
-    data_.release(r.data_offset, r.slot_bytes * r.slot_count);
-  }
-  pool_.release(r.tensors_offset, r.pool_bytes);
 }
 
 Status Registry::check_written(const AdapterRecord &r, const SlotRecord &slot,
@@ -830,69 +628,6 @@ Result<FlipEvent> Registry::rollback(const std::string &name, uint64_t version) 
                                          "the last " + std::to_string(r.history_depth) + ")");
 }
 
-ReapReport Registry::reap(uint64_t now_ns) {
-  ReapReport report;
-  // One /proc read per pid per pass, however many entries and slots name it.
-  std::unordered_map<uint64_t, uint64_t> start_of;
-  auto alive = [&](uint64_t pid, uint64_t start) {
-    if (pid == 0 || pid > INT32_MAX) return false;
-    auto [it, fresh] = start_of.try_emplace(pid, 0);
-    // A zombie runs no code and holds nothing: dead, as process_alive() says, though /proc
-    // still gives its start time.
-    if (fresh)
-      it->second = ipc::process_alive(static_cast<pid_t>(pid), 0)
-                       ? ipc::process_start_time(static_cast<pid_t>(pid))
-                       : 0;
-    return it->second != 0 && (start == 0 || it->second == start);
-  };
-
-  note_pin_ages(now_ns);
-  for (uint32_t i = 0; i < arena_.max_readers(); ++i) {
-    ipc::ReaderEntry &e = arena_.reader(i);
-    uint64_t pid = e.owner_pid.load(kSeqCst);
-    if (pid == 0 || alive(pid, e.owner_start.load(kSeqCst))) continue;
-    // Take the entry before touching its pins: had the owner closed it and another reader
-    // claimed it since the load above, clearing would drop that live reader's pins.
-    if (!e.owner_pid.compare_exchange_strong(pid, ipc::kReaderReaping, kSeqCst)) continue;
-    for (auto &cell : e.pins) {
-      if (cell.exchange(0, kSeqCst) != 0) ++report.pins_cleared;
-    }
-    e.owner_start.store(0, kSeqCst);
-    e.owner_pid.store(0, kSeqCst);
-    ++report.dead_readers;
-  }
-
-  for (uint32_t i = 0; i < arena_.max_adapters(); ++i) {
-    AdapterRecord &r = arena_.adapter(i);
-    const AdapterState state = state_of(r);
-    if (state == AdapterState::kFree) continue;
-    bool writes_pending = false;
-    for (uint32_t s = 0; s < r.slot_count; ++s) {
-      SlotRecord &slot = r.slots[s];
-      const SlotState st = slot_state(slot);
-      if (st != SlotState::kWriting && st != SlotState::kAbandoned) continue;
-      if (!alive(slot.writer_pid, slot.writer_start)) {
-        end_lease(slot);
-        r.aborts.fetch_add(1, std::memory_order_relaxed);
-        ++report.dead_writers;
-        continue;
-      }
-      writes_pending = true;
-      if (st == SlotState::kWriting && now_ns > slot.lease_deadline_ns) {
-        slot.word.store(ipc::pack_slot_word(0, SlotState::kAbandoned), kSeqCst);
-        ++report.expired_leases;
-      }
-    }
-    if (state == AdapterState::kDropping && !writes_pending && !adapter_pinned(i)) {
-      release_memory(r);
-      r.state.store(static_cast<uint32_t>(AdapterState::kFree), kSeqCst);
-      ++report.adapters_freed;
-    }
-  }
-  reclaimed_total_ += report;
-  return report;
-}
-
 SlotCensus Registry::census(uint32_t adapter) const {
   SlotCensus c;
   const AdapterRecord &r = arena_.adapter(adapter);
@@ -906,41 +641,6 @@ SlotCensus Registry::census(uint32_t adapter) const {
     if (slot_pinned(adapter, s)) ++c.pinned;
   }
   return c;
-}
-
-uint32_t Registry::live_readers() const {
-  uint32_t n = 0;
-  for (uint32_t i = 0; i < arena_.max_readers(); ++i)
-    if (arena_.reader(i).owner_pid.load(kSeqCst) != 0) ++n;
-  return n;
-}
-
-void Registry::note_pin_ages(uint64_t now_ns) {
-  const size_t cells = size_t{arena_.max_readers()} * ipc::kPinCells;
-  if (pin_seen_.size() != cells) pin_seen_.assign(cells, PinSeen{});
-  for (uint32_t i = 0; i < arena_.max_readers(); ++i) {
-    const ipc::ReaderEntry &e = arena_.reader(i);
-    for (uint32_t c = 0; c < ipc::kPinCells; ++c) {
-      PinSeen &seen = pin_seen_[size_t{i} * ipc::kPinCells + c];
-      const uint64_t pin = e.pins[c].load(std::memory_order_relaxed);
-      if (pin != seen.pin) seen = PinSeen{pin, now_ns};
-    }
-  }
-}
-
-uint64_t Registry::oldest_pin_age_ns(uint64_t now_ns) const {
-  uint64_t oldest = 0;
-  for (const PinSeen &seen : pin_seen_)
-    if (seen.pin != 0) oldest = std::max(oldest, now_ns - std::min(now_ns, seen.since_ns));
-  return oldest;
-}
-
-uint32_t Registry::pins_held() const {
-  uint32_t n = 0;
-  for (uint32_t i = 0; i < arena_.max_readers(); ++i)
-    for (const auto &cell : arena_.reader(i).pins)
-      if (cell.load(kSeqCst) != 0) ++n;
-  return n;
 }
 
 }  // namespace loraflip::daemon

@@ -1,4 +1,5 @@
-// RangeAllocator: first fit, alignment, coalescing, reserve() and used() accounting.
+// RangeAllocator: first fit, alignment, coalescing, reserve() and used() accounting;
+// RangeReservation: ranges given back unless kept.
 #include <doctest/doctest.h>
 
 #include <cstdint>
@@ -9,6 +10,7 @@
 #include "daemon/allocator.hpp"
 
 using loraflip::daemon::RangeAllocator;
+using loraflip::daemon::RangeReservation;
 
 namespace {
 constexpr uint64_t kPage = 4096;
@@ -143,4 +145,24 @@ TEST_CASE("allocator keeps used() equal to the bytes handed out over random traf
   for (const auto &[off, bytes] : live) a.release(off, bytes);
   CHECK(a.used() == 0);
   CHECK(a.largest_free() == kSize);
+}
+
+TEST_CASE("a reservation gives back what it took from each allocator unless it is kept") {
+  RangeAllocator a(8 * kPage, kPage), b(8 * kPage, kPage);
+  {
+    RangeReservation taken;
+    CHECK(taken.take(a, kPage) == 0);
+    CHECK(taken.take(b, 2 * kPage) == 0);
+    CHECK_FALSE(taken.take(b, 8 * kPage).has_value());  // a failed take holds nothing
+    CHECK(a.used() == kPage);
+    CHECK(b.used() == 2 * kPage);
+  }
+  CHECK(a.used() == 0);
+  CHECK(b.used() == 0);
+  {
+    RangeReservation taken;
+    CHECK(taken.take(a, 3 * kPage) == 0);
+    taken.keep();
+  }
+  CHECK(a.used() == 3 * kPage);
 }
