@@ -10,14 +10,6 @@
 
 namespace loraflip::daemon {
 
-using ipc::AdapterRecord;
-using ipc::AdapterState;
-using ipc::SlotRecord;
-using ipc::SlotState;
-using detail::kSeqCst;
-using detail::slot_state;
-using detail::state_of;
-
 bool Registry::slot_pinned(uint32_t adapter, uint32_t slot) const {
   for (uint32_t i = 0; i < arena_.max_readers(); ++i) {
     const ipc::ReaderEntry &e = arena_.reader(i);

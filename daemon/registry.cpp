@@ -15,14 +15,6 @@
 
 namespace loraflip::daemon {
 
-using ipc::AdapterRecord;
-using ipc::AdapterState;
-using ipc::SlotRecord;
-using ipc::SlotState;
-using detail::kSeqCst;
-using detail::slot_state;
-using detail::state_of;
-
 namespace {
 
 // "tensor 'lora_A' holds NaN at element 37 (f32 bits 0x7fc00000)". `bits` is the element's

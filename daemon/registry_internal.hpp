@@ -20,3 +20,14 @@ inline ipc::SlotState slot_state(const ipc::SlotRecord &s) {
 }
 
 }  // namespace loraflip::daemon::detail
+
+// The names the three registry files use unqualified (this header is theirs alone).
+namespace loraflip::daemon {
+using ipc::AdapterRecord;
+using ipc::AdapterState;
+using ipc::SlotRecord;
+using ipc::SlotState;
+using detail::kSeqCst;
+using detail::slot_state;
+using detail::state_of;
+}  // namespace loraflip::daemon

@@ -9,14 +9,6 @@
 
 namespace loraflip::daemon {
 
-using ipc::AdapterRecord;
-using ipc::AdapterState;
-using ipc::SlotRecord;
-using ipc::SlotState;
-using detail::kSeqCst;
-using detail::slot_state;
-using detail::state_of;
-
 Status Registry::rebuild(const std::vector<int> &old_ordinals) {
   for (uint32_t i = 0; i < arena_.max_adapters(); ++i) {
     AdapterRecord &r = arena_.adapter(i);
