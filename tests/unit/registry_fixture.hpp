@@ -34,12 +34,7 @@ struct Fixture {
     ipc::ArenaConfig config = test::small_config(instance.name);
     config.max_adapters = max_adapters;
     config.data_bytes = data_bytes;
-    bool created = false;
-    Result<ipc::Arena> arena = ipc::Arena::open_or_create(config, &created);
-    REQUIRE_MESSAGE(arena.ok(), test::why(arena));
-    Result<Registry> r = Registry::open(std::move(arena).value());
-    REQUIRE_MESSAGE(r.ok(), test::why(r));
-    reg.emplace(std::move(r).value());
+    reg.emplace(test::open_registry(config));
   }
   Registry &r() { return *reg; }
   const ipc::Arena &arena() { return reg->arena(); }

@@ -8,6 +8,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <doctest/doctest.h>
+
+#include "daemon/registry.hpp"
 #include "ipc/arena.hpp"
 #include "ipc/proc.hpp"
 
@@ -84,6 +87,16 @@ inline pid_t zombie_child(uint64_t *start) {
   siginfo_t info{};
   ::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOWAIT);
   return pid;
+}
+
+// A Registry over a new arena made from `config` (fails the test case when either fails).
+inline daemon::Registry open_registry(const ipc::ArenaConfig &config) {
+  bool created = false;
+  Result<ipc::Arena> arena = ipc::Arena::open_or_create(config, &created);
+  REQUIRE_MESSAGE(arena.ok(), why(arena));
+  Result<daemon::Registry> r = daemon::Registry::open(std::move(arena).value());
+  REQUIRE_MESSAGE(r.ok(), why(r));
+  return std::move(r).value();
 }
 
 }  // namespace loraflip::test

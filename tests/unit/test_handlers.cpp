@@ -148,12 +148,7 @@ struct Fixture {
   explicit Fixture(uint32_t max_adapters = 4) {
     ipc::ArenaConfig config = test::small_config(instance.name);
     config.max_adapters = max_adapters;
-    bool created = false;
-    Result<ipc::Arena> arena = ipc::Arena::open_or_create(config, &created);
-    REQUIRE_MESSAGE(arena.ok(), test::why(arena));
-    Result<Registry> r = Registry::open(std::move(arena).value());
-    REQUIRE_MESSAGE(r.ok(), test::why(r));
-    reg.emplace(std::move(r).value());
+    reg.emplace(test::open_registry(config));
     handler.emplace(*reg, daemon::DaemonIdentity{instance.name, "/tmp/unit", "0.1.0-test",
                                                  ipc::unix_now_ns()});
   }
