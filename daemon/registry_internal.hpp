@@ -1,6 +1,6 @@
-// Internal to the registry's sources (registry.cpp, reclaim.cpp, restart.cpp), which together
-// implement the one Registry class: helpers that more than one of them needs. Nothing else
-// includes this header.
+// Internal to the registry's sources (registry.cpp, commit.cpp, reclaim.cpp, restart.cpp), which
+// together implement the one Registry class: helpers that more than one of them needs. Nothing
+// else includes this header.
 #pragma once
 
 #include <atomic>
@@ -21,7 +21,7 @@ inline ipc::SlotState slot_state(const ipc::SlotRecord &s) {
 
 }  // namespace loraflip::daemon::detail
 
-// The names the three registry files use unqualified (this header is theirs alone).
+// The names the four registry files use unqualified (this header is theirs alone).
 namespace loraflip::daemon {
 using ipc::AdapterRecord;
 using ipc::AdapterState;

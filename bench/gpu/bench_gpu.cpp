@@ -77,46 +77,14 @@ int probe_devices(std::string &why) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The adapter: 32 layers x q/k/v/o_proj x lora_A [16, 4096] and lora_B [4096, 16], f16.
+// The adapter (testbed::peft_attention_lora): 32 layers x q/k/v/o_proj x lora_A [16, 4096] and
+// lora_B [4096, 16], f16.
 
 constexpr int kLayers = 32;
 constexpr int kRank = 16;
 constexpr int64_t kHidden = 4096;
 
-struct TensorShape {
-  std::string name;
-  int64_t shape[2];
-  uint64_t nbytes;
-};
-
-std::vector<TensorShape> peft_tensors() {
-  std::vector<TensorShape> out;
-  for (int l = 0; l < kLayers; ++l)
-    for (const char *m : {"q_proj", "k_proj", "v_proj", "o_proj"})
-      for (const char *ab : {"A", "B"}) {
-        TensorShape t;
-        t.name = "base_model.model.model.layers." + std::to_string(l) + ".self_attn." + m +
-                 ".lora_" + ab + ".weight";
-        t.shape[0] = *ab == 'A' ? kRank : kHidden;
-        t.shape[1] = *ab == 'A' ? kHidden : kRank;
-        t.nbytes = uint64_t(kRank) * kHidden * 2;
-        out.push_back(t);
-      }
-  return out;
-}
-
-void create_adapter(lf_client_t *c, const std::string &name, const std::vector<TensorShape> &ts,
-                    const std::string &placement) {
-  lf_spec_t *spec = nullptr;
-  check(lf_spec_new(&spec), "lf_spec_new");
-  for (const auto &t : ts)
-    check(lf_spec_add_tensor(spec, t.name.c_str(), LF_DTYPE_F16, 2, t.shape), "add tensor");
-  check(lf_spec_set_lora(spec, kRank, 2.0 * kRank, "q_proj,k_proj,v_proj,o_proj", 0), "set lora");
-  check(lf_spec_set_placement(spec, placement.c_str()), "set placement");
-  const int rc = lf_client_create_adapter(c, name.c_str(), spec);
-  lf_spec_free(spec);
-  check(rc, "create adapter " + name + " on " + placement, c);
-}
+using loraflip::testbed::TensorShape;
 
 // ---------------------------------------------------------------------------------------------
 // The observing reader: another process, blocked in lf_reader_wait on the adapter it is told
@@ -214,7 +182,8 @@ int run(const Options &opt) {
     return 0;
   }
   const bool replicate = gpus >= 2;
-  const std::vector<TensorShape> tensors = peft_tensors();
+  const std::vector<TensorShape> tensors =
+      loraflip::testbed::peft_attention_lora(kLayers, kRank, kHidden);
   uint64_t total = 0;
   for (const auto &t : tensors) total += t.nbytes;
 
@@ -231,7 +200,7 @@ int run(const Options &opt) {
   if (replicate) adapters.push_back({"gpu-replicated", "cuda:0,1"});
   std::vector<std::string> names;
   for (const auto &[name, placement] : adapters) {
-    create_adapter(client, name, tensors, placement);
+    create_lora_adapter(client, name, tensors, kRank, placement);
     names.push_back(name);
   }
 

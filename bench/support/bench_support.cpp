@@ -44,6 +44,18 @@ Stats stats_of(std::vector<double> v) {
   return s;
 }
 
+void create_lora_adapter(lf_client_t *client, const std::string &name,
+                         std::vector<loraflip::testbed::TensorShape> tensors, int rank,
+                         const std::string &placement) {
+  loraflip::testbed::AdapterSpec spec;
+  spec.tensors = std::move(tensors);
+  spec.lora_rank = rank;
+  spec.lora_alpha = 2.0 * rank;
+  spec.placement = placement;
+  check(loraflip::testbed::create_adapter(client, name, spec),
+        "create adapter " + name + (placement == "host" ? "" : " on " + placement), client);
+}
+
 void *shared_map(size_t bytes) {
   void *p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) fail(std::string("mmap: ") + std::strerror(errno));
@@ -52,31 +64,9 @@ void *shared_map(size_t bytes) {
 }
 
 pid_t spawn(const std::function<int()> &body, const char *label) {
-  std::fflush(nullptr);
-  const pid_t pid = ::fork();
+  const pid_t pid = loraflip::testbed::spawn(body, label, 1);
   if (pid < 0) fail(std::string("fork: ") + std::strerror(errno));
-  if (pid == 0) {
-    std::signal(SIGINT, SIG_DFL);
-    std::signal(SIGTERM, SIG_DFL);
-    int rc = 1;
-    try {
-      rc = body();
-    } catch (const std::exception &e) {
-      std::fprintf(stderr, "%s child %d: %s\n", label, int(::getpid()), e.what());
-    }
-    std::fflush(nullptr);
-    ::_exit(rc);
-  }
   return pid;
-}
-
-int wait_child(pid_t pid) {
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return -1;
 }
 
 namespace {
@@ -140,42 +130,20 @@ void BenchDaemon::start() {
   g_remove_argv.push_back(nullptr);
   remove_arena_now();  // a leftover of a killed run with the same pid, if any
 
-  std::vector<std::string> args = {path_, "--instance", instance_, "--runtime-dir", dir_};
-  args.insert(args.end(), extra_.begin(), extra_.end());
   const std::string log = log_path();
-  std::fflush(nullptr);
-  pid_ = ::fork();
+  pid_ = loraflip::testbed::start_daemon(path_, instance_, dir_, extra_, log,
+                                         loraflip::testbed::DaemonLog::truncate);
   if (pid_ < 0) fail(std::string("fork: ") + std::strerror(errno));
-  if (pid_ == 0) {
-    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd >= 0) {
-      ::dup2(fd, 1);
-      ::dup2(fd, 2);
-    }
-    std::vector<char *> argv;
-    for (auto &a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    ::execv(path_.c_str(), argv.data());
-    ::_exit(127);
-  }
   g_daemon = pid_;
-  // Up once its control socket answers a hello.
-  const uint64_t deadline = now_ns() + uint64_t(start_timeout_s_) * 1'000'000'000ULL;
-  for (;;) {
-    lf_client_t *c = nullptr;
-    if (lf_client_open(dir_.c_str(), 200, &c) == LF_OK) {
-      lf_client_close(c);
-      break;
-    }
-    int status = 0;
-    if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-      pid_ = g_daemon = -1;
+  switch (loraflip::testbed::wait_until_answering(dir_, pid_, start_timeout_s_ * 1000)) {
+    case loraflip::testbed::DaemonStart::answered:
+      return;
+    case loraflip::testbed::DaemonStart::exited:
+      pid_ = g_daemon = -1;  // reaped already
       fail("loraflipd exited at start; its log (" + log + "):\n" + read_log());
-    }
-    if (now_ns() > deadline)
+    case loraflip::testbed::DaemonStart::timed_out:
       fail("loraflipd did not answer within " + std::to_string(start_timeout_s_) + " s; log:\n" +
            read_log());
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
 }
 

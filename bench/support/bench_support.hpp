@@ -1,4 +1,5 @@
-// Helpers the benchmarks share: clocks, statistics, forking reader processes, error checks.
+// Helpers the benchmarks share: clocks, statistics, LoRA adapters, child processes and a daemon
+// that Ctrl-C cleans up after, error checks; built on testbed/, which the tests use too.
 #pragma once
 
 #include <cstddef>
@@ -9,6 +10,8 @@
 #include <vector>
 
 #include "loraflip.h"
+#include "testbed/adapters.hpp"
+#include "testbed/processes.hpp"
 
 namespace lfbench {
 
@@ -27,16 +30,23 @@ struct Stats {
 // Median (mean of the two middle values for an even count) and p90 (nearest rank).
 Stats stats_of(std::vector<double> v);
 
+// Creates an f16 LoRA adapter of `tensors` with the config PEFT would write for them (alpha =
+// 2 x rank on q/k/v/o_proj) and the daemon's default history (2, so four slots in its ring), on
+// `placement`; fails (throws) with the client's message.
+void create_lora_adapter(lf_client_t *client, const std::string &name,
+                         std::vector<loraflip::testbed::TensorShape> tensors, int rank,
+                         const std::string &placement = "host");
+
 // Maps `bytes` of zeroed memory shared with every process forked afterwards.
 void *shared_map(size_t bytes);
 
-// Forks; the child runs `body` and leaves with _exit, never returning into the parent's
-// cleanup (it must not touch the parent's ZeroMQ context, daemon handle, buffers or GPU
-// context). Ctrl-C reaches the whole process group, so children restore the default handlers
-// and only the parent cleans up. `label` prefixes a child's error message.
+// testbed::spawn that fails (throws) when fork does; a child that throws exits 1. The child
+// must not touch the parent's ZeroMQ context, daemon handle, buffers or GPU context. Ctrl-C
+// reaches the whole process group, and the child has the default handlers back, so only the
+// parent cleans up. `label` prefixes a child's error message.
 pid_t spawn(const std::function<int()> &body, const char *label = "lf-bench");
 // Waits for a child: its exit code, or 128 + the signal that ended it.
-int wait_child(pid_t pid);
+using loraflip::testbed::wait_child;
 
 // Child processes (readers, echo servers) that Ctrl-C must kill too; -1 for an empty place.
 inline pid_t g_children[4] = {-1, -1, -1, -1};

@@ -1,5 +1,5 @@
 // The CUDA implementation of the device interface, with the scenarios of
-// tests/device/test_device_host.cpp: blocks and events shared between processes, copies of
+// tests/device/test_device_host*.cpp: blocks and events shared between processes, copies of
 // every kind, peer copies, a writer killed while its stream is stuck, and the slot checks
 // (tests/device/slot_check_cases.hpp, the same cases as the host implementation's).
 //

@@ -1,105 +1,30 @@
 // The daemon as clients meet it: over its real sockets, with hostile input, beside another
-// instance, under another user, and under systemd's notification protocol.
+// instance, under systemd's notification protocol, and its memory under load. Its access
+// control is tested in daemon_access_test.cpp, flips, events and the reader table end to end in
+// daemon_flow_test.cpp (one executable, test_daemon).
 #include <doctest/doctest.h>
 
 #include <csignal>
-#include <functional>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
-#include <grp.h>
-#include <pwd.h>
+#include <string>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include <vector>
 
 #include <zmq.hpp>
 
 #include "ipc/paths.hpp"
 #include "ipc/protocol.hpp"
 #include "support.hpp"
+#include "tests/process/daemon_fixture.hpp"
 #include "tests/skip.hpp"
 
 using namespace lftest;
+using namespace daemon_fixture;
 namespace ipc = loraflip::ipc;
-
-namespace {
-
-// A raw DEALER, to send what no well-behaved client would.
-struct RawPeer {
-  zmq::context_t context{1};
-  zmq::socket_t socket{context, zmq::socket_type::dealer};
-  explicit RawPeer(const std::string &dir) {
-    socket.set(zmq::sockopt::linger, 0);
-    socket.connect(ipc::control_endpoint(dir));
-  }
-  // Sends one body; returns the reply body, or "" when none came within timeout_ms.
-  std::string exchange(const std::string &body, int timeout_ms = 2000) {
-    return exchange_frames({body}, timeout_ms);
-  }
-  // Sends the empty delimiter, then `frames` as one multi-frame message.
-  std::string exchange_frames(const std::vector<std::string> &frames, int timeout_ms = 2000) {
-    socket.send(zmq::message_t(), zmq::send_flags::sndmore);
-    for (size_t i = 0; i < frames.size(); ++i)
-      socket.send(zmq::buffer(frames[i]),
-                  i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
-    zmq::pollitem_t item{socket.handle(), 0, ZMQ_POLLIN, 0};
-    if (zmq::poll(&item, 1, std::chrono::milliseconds(timeout_ms)) == 0) return "";
-    zmq::message_t delimiter, reply;
-    REQUIRE(socket.recv(delimiter));
-    REQUIRE(socket.recv(reply));
-    return reply.to_string();
-  }
-};
-
-// The error code of a reply, or 0 for success.
-int reply_code(const std::string &reply) {
-  auto decoded = ipc::decode(reply.data(), reply.size());
-  REQUIRE(decoded);
-  auto root = ipc::MapView::of(decoded->get(), "reply");
-  REQUIRE(root);
-  if (root->boolean("ok").value()) return 0;
-  return static_cast<int>(root->map("error").value().integer("code").value());
-}
-
-// The id of a reply.
-uint64_t reply_id(const std::string &reply) {
-  auto decoded = ipc::decode(reply.data(), reply.size());
-  REQUIRE(decoded);
-  return ipc::MapView::of(decoded->get(), "reply").value().uint("id").value();
-}
-
-std::string request(std::string_view op, const ipc::Encoder &args) {
-  return ipc::encode_request(op, 7, {args.data(), args.size()});
-}
-
-std::string snapshot(lf_client_t *client) {
-  char *json = nullptr;
-  REQUIRE(lf_client_list(client, &json) == LF_OK);
-  std::string s(json);
-  lf_free(json);
-  char *info = nullptr;
-  REQUIRE(lf_client_info(client, "steady", &info) == LF_OK);
-  s += info;
-  lf_free(info);
-  return s;
-}
-
-uint64_t publish_value(lf_client_t *client, const char *name, float value) {
-  lf_writer_t *w = nullptr;
-  REQUIRE(lf_client_begin_write(client, name, 0, &w) == LF_OK);
-  const size_t n = lf_writer_tensor_count(w);
-  for (size_t t = 0; t < n; ++t) {
-    lf_tensor_view_t v;
-    lf_writer_tensor(w, t, &v);
-    for (uint64_t i = 0; i < v.nbytes / 4; ++i) static_cast<float *>(v.data)[i] = value;
-  }
-  uint64_t version = 0;
-  REQUIRE(lf_writer_commit(w, LF_COMMIT_CHECK_FINITE | LF_COMMIT_CHECKSUM, &version) == LF_OK);
-  return version;
-}
-
-}  // namespace
 
 TEST_CASE("hostile control messages get error replies and change nothing") {
   Daemon daemon("hostile");
@@ -222,259 +147,6 @@ TEST_CASE("two daemons with different instance names do not interfere") {
   CHECK(WEXITSTATUS(std::system(cmd.c_str())) == 1);
   lf_client_close(ca);
   lf_client_close(cb);
-}
-
-TEST_CASE("the sockets and the arena have modes for the owning user and group only") {
-  Daemon daemon("perm");
-  daemon.start();
-  struct stat st{};
-  REQUIRE(stat(daemon.dir().c_str(), &st) == 0);
-  CHECK((st.st_mode & 0777) == 0770);
-  for (const char *f : {"/control", "/events"}) {
-    REQUIRE(stat((daemon.dir() + f).c_str(), &st) == 0);
-    CHECK((st.st_mode & 0007) == 0);  // nothing for others, even for an instant (umask at bind)
-  }
-  for (const char *seg : {".control", ".data"}) {
-    REQUIRE(stat(("/dev/shm/loraflip." + daemon.instance() + seg).c_str(), &st) == 0);
-    CHECK((st.st_mode & 0777) == 0660);
-  }
-}
-
-TEST_CASE("another user reaches neither the sockets nor the arena") {
-  if (geteuid() != 0) LF_SKIP("needs root to become another user");
-  Daemon daemon("other");
-  daemon.start();
-  const passwd *nobody = getpwnam("nobody");
-  REQUIRE(nobody != nullptr);
-  const pid_t other = spawn([&] {
-    if (setgroups(0, nullptr) != 0 || setgid(nobody->pw_gid) != 0 || setuid(nobody->pw_uid) != 0)
-      return 10;
-    lf_client_t *c = nullptr;
-    if (lf_client_open(daemon.dir().c_str(), 500, &c) == LF_OK) return 11;
-    lf_reader_t *r = nullptr;
-    if (lf_reader_open(daemon.dir().c_str(), &r) == LF_OK) return 12;
-    // Straight at the shared memory, bypassing the socket: refused too.
-    const std::string shm = "/dev/shm/loraflip." + daemon.instance() + ".control";
-    if (fopen(shm.c_str(), "r") != nullptr) return 13;
-    return 0;
-  });
-  CHECK(wait_child(other) == 0);
-}
-
-TEST_CASE("--allow-user and --allow-group refuse other users' requests and change nothing") {
-  if (geteuid() != 0) LF_SKIP("needs root to become another user");
-  const passwd *nobody = getpwnam("nobody");
-  const group *nogroup = getgrnam("nogroup");
-  REQUIRE(nobody != nullptr);
-  REQUIRE(nogroup != nullptr);
-  // The socket's group lets 'nobody' open it; only the access list can keep it out.
-  constexpr gid_t kTrainers = 42424;  // a group id nobody belongs to unless given it below
-  Daemon daemon("allow", {"--group", "nogroup", "--allow-group", std::to_string(kTrainers)});
-  daemon.start();
-  auto as_nobody = [&](std::vector<gid_t> groups, const std::function<int()> &body) {
-    return wait_child(spawn([&] {
-      if (setgroups(groups.size(), groups.data()) != 0 || setgid(nogroup->gr_gid) != 0 ||
-          setuid(nobody->pw_uid) != 0)
-        return 10;
-      return body();
-    }));
-  };
-  // Outside the list: hello is refused with a clear error, and so is a create sent raw.
-  CHECK(as_nobody({}, [&] {
-          lf_client_t *c = nullptr;
-          if (lf_client_open(daemon.dir().c_str(), 2000, &c) != LF_E_PERMISSION) return 20;
-          const std::string why = lf_last_error_message();
-          if (why.find("uid " + std::to_string(nobody->pw_uid)) == std::string::npos) return 21;
-          RawPeer raw(daemon.dir());
-          ipc::Encoder args;
-          args.map(1).key("name").str("intruder");
-          if (reply_code(raw.exchange(request("create_adapter", args))) != LF_E_PERMISSION)
-            return 22;
-          return 0;
-        }) == 0);
-  // A supplementary group on the list is enough.
-  CHECK(as_nobody({kTrainers}, [&] {
-          lf_client_t *c = nullptr;
-          if (lf_client_open(daemon.dir().c_str(), 2000, &c) != LF_OK) return 30;
-          char *json = nullptr;
-          const int rc = lf_client_list(c, &json);
-          lf_free(json);
-          lf_client_close(c);
-          return rc == LF_OK ? 0 : 31;
-        }) == 0);
-  // Root (and the daemon's own user) always get through; the refused create left no trace.
-  lf_client_t *c = nullptr;
-  REQUIRE(lf_client_open(daemon.dir().c_str(), 2000, &c) == LF_OK);
-  char *json = nullptr;
-  REQUIRE(lf_client_list(c, &json) == LF_OK);
-  CHECK(std::string(json).find("intruder") == std::string::npos);
-  lf_free(json);
-  lf_client_close(c);
-  CHECK(daemon.log().find("request refused") != std::string::npos);
-}
-
-TEST_CASE("flip events, futex waits, rollback and drop work end to end") {
-  Daemon daemon("flow");
-  daemon.start();
-  lf_client_t *client = nullptr;
-  REQUIRE(lf_client_open(daemon.dir().c_str(), 5000, &client) == LF_OK);
-  REQUIRE(create_pattern_adapter(client, "flow", 2, 1024, 2) == LF_OK);
-  lf_events_t *events = nullptr;
-  REQUIRE(lf_events_open(daemon.dir().c_str(), "flow", &events) == LF_OK);
-  lf_reader_t *reader = nullptr;
-  REQUIRE(lf_reader_open(daemon.dir().c_str(), &reader) == LF_OK);
-  lf_adapter_ref_t ref = 0;
-  REQUIRE(lf_reader_find(reader, "flow", &ref) == LF_OK);
-  uint64_t v = 99;
-  CHECK(lf_reader_wait(reader, ref, 0, 50, &v) == LF_E_TIMEOUT);
-  sleep_ms(200);  // a SUB socket only hears what is published after it connected
-
-  // A thread-free wait: the writer runs in a child and the futex wakes us.
-  const pid_t writer = spawn([&] {
-    lf_client_t *c = nullptr;
-    if (lf_client_open(daemon.dir().c_str(), 5000, &c) != LF_OK) return 2;
-    sleep_ms(100);
-    for (float x : {1.0f, 2.0f, 3.0f}) publish_value(c, "flow", x);
-    return 0;
-  });
-  REQUIRE(lf_reader_wait(reader, ref, 0, 5000, &v) == LF_OK);
-  CHECK(v >= 1);
-  CHECK(wait_child(writer) == 0);
-  for (uint64_t expected = 1; expected <= 3; ++expected) {
-    lf_event_t event;
-    REQUIRE(lf_events_next_event(events, 2000, &event) == LF_OK);
-    CHECK(std::string(event.adapter) == "flow");
-    CHECK(event.version == expected);
-  }
-
-  // Exact versions from the history, and a rollback that keeps the version number.
-  lf_pin_t *pin = nullptr;
-  REQUIRE(lf_reader_acquire_version(reader, ref, 2, &pin) == LF_OK);
-  lf_tensor_view_t view;
-  lf_pin_tensor(pin, 0, &view);
-  CHECK(static_cast<float *>(view.data)[0] == 2.0f);
-  lf_pin_release(pin);
-  REQUIRE(lf_client_rollback(client, "flow", 1) == LF_OK);
-  REQUIRE(lf_reader_acquire(reader, ref, 0, &pin) == LF_OK);
-  CHECK(lf_pin_version(pin) == 1);
-  lf_pin_release(pin);
-  REQUIRE(lf_reader_acquire(reader, ref, 2, &pin) == LF_OK);  // newest kept >= 2
-  CHECK(lf_pin_version(pin) == 3);
-  lf_pin_release(pin);
-  CHECK(publish_value(client, "flow", 4.0f) == 4);  // numbered above every version so far
-  char *info = nullptr;
-  REQUIRE(lf_client_info(client, "flow", &info) == LF_OK);
-  CHECK(json_number(info, "write_ns_total") > 0);  // commit latency is measured
-  CHECK(json_number(info, "check_ns_total") > 0);
-  lf_free(info);
-  // The whole event: kind, both versions, the daemon's clock, and this adapter's numbering.
-  lf_event_t event;
-  REQUIRE(lf_events_next_event(events, 2000, &event) == LF_OK);
-  CHECK(std::string(event.adapter) == "flow");
-  CHECK(event.kind == LF_EVENT_ROLLBACK);
-  CHECK(event.version == 1);
-  CHECK(event.previous == 3);
-  CHECK(event.seq == 4);  // after three commits
-  CHECK(event.missed == 0);
-  CHECK(event.unix_ns > 1700000000ull * 1000000000ull);
-  REQUIRE(lf_events_next_event(events, 2000, &event) == LF_OK);
-  CHECK(event.kind == LF_EVENT_COMMIT);
-  CHECK(event.version == 4);
-  CHECK(event.previous == 1);
-  CHECK(event.seq == 5);
-
-  // A pinned adapter that is dropped: new acquires fail at once, the pinned bytes stay.
-  REQUIRE(lf_reader_acquire(reader, ref, 0, &pin) == LF_OK);
-  REQUIRE(lf_client_drop_adapter(client, "flow") == LF_OK);
-  lf_pin_t *again = nullptr;
-  CHECK(lf_reader_acquire(reader, ref, 0, &again) == LF_E_STALE);
-  lf_pin_tensor(pin, 0, &view);
-  CHECK(static_cast<float *>(view.data)[0] == 4.0f);
-  char *stats = nullptr;
-  REQUIRE(lf_client_stats(client, &stats) == LF_OK);
-  const int64_t used_while_pinned = json_number(stats, "data_used");
-  lf_free(stats);
-  CHECK(used_while_pinned > 0);
-  // The reaper samples pins: this one, held across several passes, shows its age.
-  sleep_ms(400);
-  REQUIRE(lf_client_stats(client, &stats) == LF_OK);
-  const std::string stats_text(stats);
-  lf_free(stats);
-  const size_t age_at = stats_text.find("\"oldest_pin_age_s\":");
-  REQUIRE(age_at != std::string::npos);
-  CHECK(std::strtod(stats_text.c_str() + age_at + 19, nullptr) >= 0.2);
-  lf_pin_release(pin);
-  REQUIRE(lf_events_next_event(events, 2000, &event) == LF_OK);
-  CHECK(event.kind == LF_EVENT_DROP);
-  CHECK(event.version == 0);
-  CHECK(event.previous == 4);
-  const int64_t freed = wait_until(
-      [&] {
-        char *s = nullptr;
-        if (lf_client_stats(client, &s) != LF_OK) return false;
-        const bool zero = json_number(s, "data_used") == 0;
-        lf_free(s);
-        return zero;
-      },
-      2000);
-  CHECK(freed >= 0);
-  lf_events_close(events);
-  lf_reader_close(reader);
-  lf_client_close(client);
-}
-
-TEST_CASE("a subscriber that falls behind is told how many events it missed") {
-  Daemon daemon("missed");
-  daemon.start();
-  lf_client_t *client = nullptr;
-  REQUIRE(lf_client_open(daemon.dir().c_str(), 5000, &client) == LF_OK);
-  REQUIRE(create_pattern_adapter(client, "busy", 1, 16, 0) == LF_OK);
-  lf_events_t *events = nullptr;
-  REQUIRE(lf_events_open(daemon.dir().c_str(), "busy", &events) == LF_OK);
-  sleep_ms(200);  // subscribed before the first publish
-  // Far more flips than the sockets' queues (1000 messages each side by default) hold, with
-  // nobody reading: the PUB socket drops the newest ones for this subscriber.
-  constexpr uint64_t kFlips = 12000;
-  for (uint64_t i = 0; i < kFlips; ++i) publish_value(client, "busy", static_cast<float>(i));
-  uint64_t received = 0, missed = 0, last_seq = 0;
-  lf_event_t e;
-  auto drain = [&] {
-    while (lf_events_next_event(events, 500, &e) == LF_OK) {
-      ++received;
-      missed += e.missed;
-      CHECK(e.seq > last_seq);
-      last_seq = e.seq;
-    }
-  };
-  drain();
-  CHECK(last_seq < kFlips);  // the queue filled up: some were dropped
-  // A gap shows at the next event that gets through: one more flip, once the queue is empty.
-  publish_value(client, "busy", -1.0f);
-  drain();
-  MESSAGE(received << " events received, " << missed << " reported missed");
-  CHECK(last_seq == kFlips + 1);
-  CHECK(missed > 0);
-  CHECK(received + missed == kFlips + 1);  // every event either arrived or was counted
-  char *stats = nullptr;
-  REQUIRE(lf_client_stats(client, &stats) == LF_OK);
-  CHECK(json_number(stats, "events") == static_cast<int64_t>(kFlips + 1));
-  lf_free(stats);
-  lf_events_close(events);
-  lf_client_close(client);
-}
-
-TEST_CASE("a full reader table gives a clear error and frees up when a reader closes") {
-  Daemon daemon("table", {"--max-readers", "3"});
-  daemon.start();
-  std::vector<lf_reader_t *> readers(3);
-  for (auto &r : readers) REQUIRE(lf_reader_open(daemon.dir().c_str(), &r) == LF_OK);
-  lf_reader_t *extra = nullptr;
-  CHECK(lf_reader_open(daemon.dir().c_str(), &extra) == LF_E_TABLE_FULL);
-  CHECK(std::string(lf_last_error_message()).find("--max-readers") != std::string::npos);
-  lf_reader_close(readers[0]);
-  CHECK(lf_reader_open(daemon.dir().c_str(), &extra) == LF_OK);
-  lf_reader_close(extra);
-  for (size_t i = 1; i < readers.size(); ++i) lf_reader_close(readers[i]);
 }
 
 TEST_CASE("the daemon tells systemd it is ready and stops cleanly on SIGTERM") {

@@ -1,11 +1,12 @@
 #include "support.hpp"
 
+#include "testbed/adapters.hpp"
+
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fcntl.h>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -65,33 +66,22 @@ std::string Daemon::log() const {
 }
 
 void Daemon::start() {
-  const std::string path = daemon_path();
-  std::vector<std::string> args = {path, "--instance", instance_, "--runtime-dir", dir_,
-                                   "--arena-size", "256M", "--log-level", "info"};
+  namespace tb = loraflip::testbed;
+  std::vector<std::string> args = {"--arena-size", "256M", "--log-level", "info"};
   args.insert(args.end(), extra_.begin(), extra_.end());
-  const std::string log_path = dir_ + ".log";
-  pid_ = ::fork();
-  if (pid_ == 0) {
-    int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    if (fd >= 0) {
-      ::dup2(fd, 1);
-      ::dup2(fd, 2);
-    }
-    std::vector<char *> argv;
-    for (auto &a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    ::execv(path.c_str(), argv.data());
-    std::_Exit(127);
+  pid_ = tb::start_daemon(daemon_path(), instance_, dir_, args, dir_ + ".log",
+                          tb::DaemonLog::append);
+  if (pid_ < 0) throw std::runtime_error(std::string("fork: ") + std::strerror(errno));
+  switch (tb::wait_until_answering(dir_, pid_, 10000)) {
+    case tb::DaemonStart::answered:
+      return;
+    case tb::DaemonStart::exited:
+      pid_ = -1;  // reaped already
+      throw std::runtime_error("loraflipd did not start (it exited): " + log());
+    case tb::DaemonStart::timed_out:
+      break;
   }
-  const int64_t waited = wait_until(
-      [&] {
-        lf_client_t *c = nullptr;
-        if (lf_client_open(dir_.c_str(), 200, &c) != LF_OK) return false;
-        lf_client_close(c);
-        return true;
-      },
-      10000);
-  if (waited < 0) throw std::runtime_error("loraflipd did not start: " + log());
+  throw std::runtime_error("loraflipd did not start: " + log());
 }
 
 void Daemon::kill9() {
@@ -110,45 +100,28 @@ int Daemon::stop() {
 }
 
 pid_t spawn(const std::function<int()> &body) {
-  std::fflush(nullptr);
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    int rc = 1;
-    try {
-      rc = body();
-    } catch (...) {
-      rc = 99;
-    }
-    std::fflush(nullptr);
-    std::_Exit(rc);
-  }
-  return pid;
-}
-
-int wait_child(pid_t pid) {
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return -1;
+  // 99: out of the way of the small codes the test bodies return, so that a child that threw
+  // is told from one that failed a check.
+  return loraflip::testbed::spawn(body, "lftest", 99);
 }
 
 int create_pattern_adapter(lf_client_t *client, const std::string &name, int tensors,
                            int64_t elements, int history, const std::string &placement) {
-  lf_spec_t *spec = nullptr;
-  int rc = lf_spec_new(&spec);
-  for (int t = 0; t < tensors && rc == LF_OK; ++t) {
-    const std::string tensor = "base_model.model.model.layers." + std::to_string(t) +
-                               ".self_attn.q_proj.lora_" + (t % 2 ? "B" : "A") + ".weight";
-    const int64_t shape[2] = {elements / 16, 16};
-    rc = lf_spec_add_tensor(spec, tensor.c_str(), LF_DTYPE_F32, 2, shape);
+  loraflip::testbed::AdapterSpec spec;
+  for (int t = 0; t < tensors; ++t) {
+    // PEFT's names, so that the daemon sees what a trainer would send; the shapes are whatever
+    // holds `elements` f32 values.
+    loraflip::testbed::TensorShape shape;
+    shape.name = loraflip::testbed::peft_lora_name(t, "q_proj", t % 2 != 0);
+    shape.shape[0] = elements / 16;
+    shape.shape[1] = 16;
+    shape.nbytes = uint64_t(elements / 16) * 16 * 4;
+    shape.dtype = LF_DTYPE_F32;
+    spec.tensors.push_back(shape);
   }
-  if (rc == LF_OK) rc = lf_spec_set_slots(spec, 0, history);
-  if (rc == LF_OK && placement != "host") rc = lf_spec_set_placement(spec, placement.c_str());
-  if (rc == LF_OK) rc = lf_client_create_adapter(client, name.c_str(), spec);
-  lf_spec_free(spec);
-  return rc;
+  spec.history = history;
+  spec.placement = placement;
+  return loraflip::testbed::create_adapter(client, name, spec);
 }
 
 void fill_pattern(lf_writer_t *writer, uint64_t version) {

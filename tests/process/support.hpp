@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "loraflip.h"
+#include "testbed/processes.hpp"
 
 namespace lftest {
 
@@ -43,10 +44,11 @@ class Daemon {
 std::string daemon_path();
 
 // Runs `body` in a forked child; returns its pid. The child exits with body's return value
-// and never returns into the test framework.
+// and never returns into the test framework; an exception out of `body` is printed and the
+// child exits 99 (testbed::spawn).
 pid_t spawn(const std::function<int()> &body);
 // Waits for a child; returns its exit code, or 128 + signal.
-int wait_child(pid_t pid);
+using loraflip::testbed::wait_child;
 
 // Creates an adapter of `tensors` f32 tensors of `elements` each, history `history`, placed
 // on `placement` ("host" or "cuda:N[,M]").

@@ -17,15 +17,18 @@ import threading
 from typing import Optional
 
 from . import _lib
-from ._core import (Client, FlipEvent, Tensor, Version, Watcher, Writer, dtype_code,
-                    dtype_name)
+from ._client import Client
+from ._dtypes import dtype_code, dtype_name
 from ._errors import (ArenaFull, ClosedError, DaemonUnreachable, Exists, InvalidArgument,
                       LayoutMismatch, LeaseError, LoraflipError, NoFreeSlot, NotFound,
                       NoVersion, PermissionDenied, PinsFull, ProtocolError, ReleasedError,
                       Stale, TableFull, Timeout, TooLarge, Unsupported, ValidationError)
+from ._events import FlipEvent, Watcher
 from ._lib import LibraryNotFound
+from ._reading import Tensor, Version
 from ._safetensors import RawTensor
 from ._views import PinnedArray
+from ._writer import Writer
 
 __version__ = "0.1.0"
 library_path = _lib.path

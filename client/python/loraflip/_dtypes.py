@@ -2,9 +2,10 @@
 spelling the package needs (names, numpy, DLPack, __cuda_array_interface__, torch).
 
 loraflip_lora.h takes the same LF_DTYPE_* numbers (F32, F16 and BF16 only), so a pinned view's
-dtype code goes straight to the LoRA API; _core, _dlpack and lora all read this table instead of
-keeping tables of their own that could drift apart (the LoRA header once numbered f32, f16 and
-bf16 0, 1, 2 of its own, so an f16 view's 2 was read there as bf16).
+dtype code goes straight to the LoRA API; the rest of the package (sources, reads, writes,
+_dlpack, _safetensors, lora) reads this table instead of keeping tables of their own that could
+drift apart (the LoRA header once numbered f32, f16 and bf16 0, 1, 2 of its own, so an f16
+view's 2 was read there as bf16).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from . import _lib as L
+from ._errors import InvalidArgument
 
 # DLDataTypeCode of dlpack.h.
 kDLInt, kDLUInt, kDLFloat, kDLBfloat = 0, 1, 2, 4
@@ -51,3 +53,48 @@ DLPACK = {d.code: d.dlpack for d in DTYPES}
 TYPESTR = {d.code: d.typestr for d in DTYPES}
 # The subset loraflip_lora.h accepts; the library refuses every other code (LF_E_INVALID_ARGUMENT).
 LORA = {d.code: d for d in DTYPES if d.lora}
+# numpy dtype -> code: the hot path of publish (_sources.py) is one dict lookup
+NUMPY_CODES = {nd: code for code, nd in NUMPY.items()}
+
+
+def dtype_code(dtype) -> int:
+    """LF_DTYPE_* for a name ("f32", "bfloat16", ...), a numpy dtype or a torch dtype."""
+    if isinstance(dtype, int):
+        return dtype
+    s = str(dtype).replace("torch.", "")
+    if s in BY_NAME:
+        return BY_NAME[s]
+    try:
+        d = np.dtype(dtype)
+    except TypeError:
+        raise InvalidArgument(L.LF_E_INVALID_ARGUMENT, f"unsupported dtype {dtype!r}") from None
+    for code, nd in NUMPY.items():
+        if d == nd:
+            return code
+    raise InvalidArgument(L.LF_E_INVALID_ARGUMENT,
+                          f"unsupported dtype {dtype!r} (loraflip: {', '.join(sorted(set(BY_NAME)))})")
+
+
+def dtype_name(code: int) -> str:
+    return L.lf_dtype_name(code).decode()
+
+
+def numpy_dtype(code: int):
+    """The numpy dtype of a code; None for bf16 unless ml_dtypes is installed."""
+    if code in NUMPY:
+        return NUMPY[code]
+    try:  # bf16 as a numpy dtype, where the optional ml_dtypes package provides one
+        import ml_dtypes  # type: ignore[import-not-found]
+        return np.dtype(ml_dtypes.bfloat16)
+    except ImportError:
+        return None
+
+
+def code_of_numpy(d: np.dtype) -> int:
+    """The code of a numpy dtype (ml_dtypes' bfloat16 included); TypeError for any other."""
+    for code, nd in NUMPY.items():
+        if d == nd:
+            return code
+    if d.name == "bfloat16":
+        return L.LF_DTYPE_BF16
+    raise TypeError(f"no loraflip dtype for {d}")

@@ -2,7 +2,7 @@
 
 Each binding carries its C declaration in the comment above it, and sets argtypes and restype,
 so that a wrong argument is a Python TypeError rather than a corrupted call. Nothing here
-raises LoraflipError; the callers in _core.py turn statuses into exceptions.
+raises LoraflipError; its callers (_client.py, _reading.py, ...) turn statuses into exceptions.
 
 Library search order (the first that loads wins):
   1. $LORAFLIP_LIBRARY (a file path)

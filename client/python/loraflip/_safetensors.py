@@ -8,11 +8,12 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import Iterable
 
 import numpy as np
 
 from . import _lib as L
+from ._dtypes import dtype_code
 
 # safetensors dtype name <-> LF_DTYPE_*
 ST_TO_LF = {"F32": L.LF_DTYPE_F32, "F16": L.LF_DTYPE_F16, "BF16": L.LF_DTYPE_BF16,
@@ -30,7 +31,6 @@ class RawTensor:
 
     def __init__(self, dtype: int | str, shape, data):
         if isinstance(dtype, str):
-            from ._core import dtype_code
             dtype = dtype_code(dtype)
         self.dtype = int(dtype)
         self.shape = tuple(int(d) for d in shape)

@@ -34,18 +34,26 @@ Library search order (the first that loads wins):
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import os
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from . import _dtypes, _lib
-from ._core import Tensor
+from . import _dtypes, _lib, _lora_lib
 from ._errors import InvalidArgument, LoraflipError, ReleasedError, error_for
 from ._lib import (LF_DTYPE_BF16, LF_DTYPE_F16, LF_DTYPE_F32, LF_E_INTERNAL,
                    LF_E_INVALID_ARGUMENT, LF_E_UNSUPPORTED, LF_OK, LibraryNotFound)
+from ._lora_lib import (LF_LORA_DEVICE_ERR_ADAPTER, LF_LORA_DEVICE_ERR_INDEX,
+                        LF_LORA_DEVICE_ERR_SEGMENTS, LF_LORA_HIDDEN_MULTIPLE, LF_LORA_MAX_RANK,
+                        LF_LORA_NO_ADAPTER, LF_LORA_SCALE_RSLORA, LF_LORA_SCALE_STANDARD,
+                        LF_LORA_SELECT_ROWS, LF_LORA_SELECT_SEGMENTS, lf_lora_adapter_t,
+                        lf_lora_apply, lf_lora_batch_t, lf_lora_cpu_set_threads,
+                        lf_lora_cuda_apply, lf_lora_cuda_expand, lf_lora_cuda_shrink,
+                        lf_lora_expand, lf_lora_scale, lf_lora_shrink, lf_lora_strerror,
+                        library_path)
+# The bindings not called here are this module's names too (the docstring's first layer).
+from ._lora_lib import (lf_lora_cublas_t, lf_lora_cuda_apply_single,  # noqa: F401
+                        lf_lora_stream_t, lib)
+from ._reading import Tensor
 from ._views import PinnedArray
 
 __all__ = [
@@ -58,150 +66,9 @@ __all__ = [
     "lf_lora_adapter_t", "lf_lora_batch_t",
 ]
 
-# ---- constants (loraflip_lora.h; its dtypes and statuses are loraflip.h's, imported above) ----
-LF_LORA_SELECT_ROWS = 0
-LF_LORA_SELECT_SEGMENTS = 1
-LF_LORA_NO_ADAPTER = -1
-LF_LORA_MAX_RANK = 128
-LF_LORA_HIDDEN_MULTIPLE = 8
-
-LF_LORA_SCALE_STANDARD = 0
-LF_LORA_SCALE_RSLORA = 1
-
-LF_LORA_DEVICE_ERR_INDEX = 1
-LF_LORA_DEVICE_ERR_ADAPTER = 2
-LF_LORA_DEVICE_ERR_SEGMENTS = 4
-
-# ---- finding and loading libloraflip_lora ----
-_SONAMES = ("libloraflip_lora.so", "libloraflip_lora.so.0")
-
-
-def _next_to_libloraflip() -> list[tuple[str, str]]:
-    """Where the package found libloraflip: both libraries are installed to the same libdir,
-    and in a build folder this one is <build>/kernels/lora next to <build>/client/c."""
-    out: list[tuple[str, str]] = []
-    if os.sep in _lib.path:
-        client_dir = Path(os.path.abspath(_lib.path)).parent
-        for so in _SONAMES:
-            out.append(("next to libloraflip", str(client_dir / so)))
-        if client_dir.name == "c" and client_dir.parent.name == "client":
-            for so in _SONAMES:
-                out.append(("build folder of libloraflip",
-                            str(client_dir.parent.parent / "kernels" / "lora" / so)))
-    return out
-
-
-lib, library_path = _lib.load_first(
-    "libloraflip_lora", "LORAFLIP_LORA_LIBRARY",
-    _lib.candidates("LORAFLIP_LORA_LIBRARY", _SONAMES, "kernels/lora", "loraflip_lora",
-                    after_env=_next_to_libloraflip()))
-
-
-# ---- structs ----
-class lf_lora_adapter_t(ctypes.Structure):
-    # typedef struct lf_lora_adapter_t { const void *a; const void *b; int32_t rank;
-    #   int32_t dtype; float scale; int32_t reserved; } lf_lora_adapter_t;
-    _fields_ = [
-        ("a", ctypes.c_void_p),
-        ("b", ctypes.c_void_p),
-        ("rank", ctypes.c_int32),
-        ("dtype", ctypes.c_int32),
-        ("scale", ctypes.c_float),
-        ("reserved", ctypes.c_int32),
-    ]
-
-
-class lf_lora_batch_t(ctypes.Structure):
-    # typedef struct lf_lora_batch_t { int32_t dtype; int32_t n_rows; int32_t h_in;
-    #   int32_t h_out; int64_t ldx; int64_t ldy; int32_t max_rank; int32_t select;
-    #   const lf_lora_adapter_t *adapters; int32_t n_adapters; const int32_t *row_adapter;
-    #   int32_t n_segments; const int32_t *seg_offsets; const int32_t *seg_adapter;
-    # } lf_lora_batch_t;
-    # The pointers are c_void_p so that device addresses (CUDA) fit as well as host ones.
-    _fields_ = [
-        ("dtype", ctypes.c_int32),
-        ("n_rows", ctypes.c_int32),
-        ("h_in", ctypes.c_int32),
-        ("h_out", ctypes.c_int32),
-        ("ldx", ctypes.c_int64),
-        ("ldy", ctypes.c_int64),
-        ("max_rank", ctypes.c_int32),
-        ("select", ctypes.c_int32),
-        ("adapters", ctypes.c_void_p),
-        ("n_adapters", ctypes.c_int32),
-        ("row_adapter", ctypes.c_void_p),
-        ("n_segments", ctypes.c_int32),
-        ("seg_offsets", ctypes.c_void_p),
-        ("seg_adapter", ctypes.c_void_p),
-    ]
-
-
-if ctypes.sizeof(ctypes.c_void_p) == 8:  # the sizes the header documents for 64-bit targets
-    assert ctypes.sizeof(lf_lora_adapter_t) == 32 and ctypes.sizeof(lf_lora_batch_t) == 88
-
-# typedef struct CUstream_st *lf_lora_stream_t;  typedef struct cublasContext *lf_lora_cublas_t;
-lf_lora_stream_t = ctypes.c_void_p
-lf_lora_cublas_t = ctypes.c_void_p
-
-_P = ctypes.POINTER
-_c_int = ctypes.c_int
-_c_int32 = ctypes.c_int32
-_c_int64 = ctypes.c_int64
-_c_void_p = ctypes.c_void_p
-_batch_p = _P(lf_lora_batch_t)
-
-
-def _bind(name, restype, argtypes):
-    fn = getattr(lib, name)
-    fn.restype = restype
-    fn.argtypes = argtypes
-    return fn
-
-
-# ---- functions (pointers to data are c_void_p: callers pass addresses as ints) ----
-# const char *lf_lora_strerror(int status);
-lf_lora_strerror = _bind("lf_lora_strerror", ctypes.c_char_p, [_c_int])
-# int lf_lora_scale(float alpha, int32_t rank, int32_t kind, float *out_scale);
-lf_lora_scale = _bind("lf_lora_scale", _c_int,
-                      [ctypes.c_float, _c_int32, _c_int32, _P(ctypes.c_float)])
-# int lf_lora_cpu_set_threads(int32_t n);
-lf_lora_cpu_set_threads = _bind("lf_lora_cpu_set_threads", _c_int, [_c_int32])
-# int lf_lora_shrink(const lf_lora_batch_t *batch, const void *x, float *v);
-lf_lora_shrink = _bind("lf_lora_shrink", _c_int, [_batch_p, _c_void_p, _c_void_p])
-# int lf_lora_expand(const lf_lora_batch_t *batch, const float *v, void *y);
-lf_lora_expand = _bind("lf_lora_expand", _c_int, [_batch_p, _c_void_p, _c_void_p])
-# int lf_lora_apply(const lf_lora_batch_t *batch, const void *x, void *y);
-lf_lora_apply = _bind("lf_lora_apply", _c_int, [_batch_p, _c_void_p, _c_void_p])
-# int lf_lora_cuda_shrink(const lf_lora_batch_t *batch, const void *x, float *v,
-#                         int32_t *device_error, lf_lora_stream_t stream);
-lf_lora_cuda_shrink = _bind("lf_lora_cuda_shrink", _c_int,
-                            [_batch_p, _c_void_p, _c_void_p, _c_void_p, lf_lora_stream_t])
-# int lf_lora_cuda_expand(const lf_lora_batch_t *batch, const float *v, void *y,
-#                         int32_t *device_error, lf_lora_stream_t stream);
-lf_lora_cuda_expand = _bind("lf_lora_cuda_expand", _c_int,
-                            [_batch_p, _c_void_p, _c_void_p, _c_void_p, lf_lora_stream_t])
-# int lf_lora_cuda_apply(const lf_lora_batch_t *batch, const void *x, void *y, void *workspace,
-#                        size_t *workspace_bytes, int32_t *device_error, lf_lora_stream_t stream);
-lf_lora_cuda_apply = _bind("lf_lora_cuda_apply", _c_int,
-                           [_batch_p, _c_void_p, _c_void_p, _c_void_p, _P(ctypes.c_size_t),
-                            _c_void_p, lf_lora_stream_t])
-# int lf_lora_cuda_apply_single(int32_t dtype, int32_t n_rows, int32_t h_in, int32_t h_out,
-#                               const void *x, int64_t ldx, void *y, int64_t ldy,
-#                               const lf_lora_adapter_t *adapter, void *workspace,
-#                               size_t *workspace_bytes, lf_lora_cublas_t cublas,
-#                               lf_lora_stream_t stream);
-lf_lora_cuda_apply_single = _bind("lf_lora_cuda_apply_single", _c_int,
-                                  [_c_int32, _c_int32, _c_int32, _c_int32, _c_void_p, _c_int64,
-                                   _c_void_p, _c_int64, _P(lf_lora_adapter_t), _c_void_p,
-                                   _P(ctypes.c_size_t), lf_lora_cublas_t, lf_lora_stream_t])
-
 
 def strerror(status: int) -> str:
     return lf_lora_strerror(status).decode()
-
-
-def _fail(code: int, message: str) -> LoraflipError:
-    return error_for(code, message)
 
 
 def _bad(message: str) -> LoraflipError:
@@ -216,7 +83,7 @@ def scale(alpha: float, rank: int, rslora: bool = False) -> float:
     kind = LF_LORA_SCALE_RSLORA if rslora else LF_LORA_SCALE_STANDARD
     rc = lf_lora_scale(float(alpha), int(rank), kind, ctypes.byref(out))
     if rc != LF_OK:
-        raise _fail(rc, f"lf_lora_scale(alpha={alpha!r}, rank={rank!r}): needs rank >= 1 and a "
+        raise error_for(rc, f"lf_lora_scale(alpha={alpha!r}, rank={rank!r}): needs rank >= 1 and a "
                         "finite alpha")
     return out.value
 
@@ -226,7 +93,7 @@ def set_threads(n: int) -> None:
     calling thread only. Results are bit-identical for every count. Process-wide."""
     rc = lf_lora_cpu_set_threads(int(n))
     if rc != LF_OK:
-        raise _fail(rc, f"lf_lora_cpu_set_threads({n!r}): needs n >= 0")
+        raise error_for(rc, f"lf_lora_cpu_set_threads({n!r}): needs n >= 0")
 
 
 # ---- array descriptions ----
@@ -579,16 +446,7 @@ def _diagnose(b: _Batch, extra: Sequence[str] = ()) -> str:
 
 def _check_rc(rc: int, fn: str, b: _Batch, extra: Sequence[str] = ()) -> None:
     if rc != LF_OK:
-        cuda = fn.startswith("lf_lora_cuda")
-        if rc == LF_E_INVALID_ARGUMENT:
-            why = _diagnose(b, extra)
-        elif rc == LF_E_UNSUPPORTED:
-            why = (f"{library_path} was built without CUDA" if cuda else
-                   "an adapter of another dtype than the batch")
-        else:
-            why = ("a CUDA error (no usable device, launch failure, ...)" if cuda else
-                   "out of memory, or a thread could not start; y / v are unspecified")
-        raise _fail(rc, f"{fn}: {why}")
+        raise _lora_lib.call_failed(rc, fn, lambda: _diagnose(b, extra))
 
 
 # ---- CUDA (torch) ----

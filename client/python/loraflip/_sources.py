@@ -1,0 +1,94 @@
+"""Sources: what publish(), create() and Writer.copy_in() accept as a tensor (numpy arrays and
+anything numpy.asarray takes, torch tensors, RawTensors such as safetensors files give, and
+loraflip's own views), each reduced to an address, a dtype and a shape to copy from."""
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import numpy as np
+
+from . import _dtypes
+from . import _lib as L
+from ._dtypes import NUMPY, NUMPY_CODES, dtype_code, dtype_name
+from ._errors import InvalidArgument
+from ._safetensors import RawTensor
+from ._views import PinnedArray
+
+
+class Source(NamedTuple):
+    dtype: int
+    shape: tuple
+    address: int
+    nbytes: int
+    keep: Any  # keeps the memory alive while it is copied
+    device: int = -1  # -1: host memory; else the CUDA ordinal of a torch tensor's memory
+
+
+def _is_torch(x) -> bool:
+    return type(x).__module__.startswith("torch") and hasattr(x, "data_ptr")
+
+
+def _bf16_bits(a: np.ndarray) -> np.ndarray:
+    """float32 -> bf16 bit patterns, rounding to nearest even (NaN stays NaN)."""
+    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+    rounded = ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+    out = rounded.astype(np.uint16)
+    nan = np.isnan(a)
+    if nan.any():
+        out[nan] = 0x7FC0
+    return out
+
+
+def source(name: str, x, want: Optional[tuple[int, tuple]], cast: bool) -> Source:
+    """Normalizes one tensor; checks it against the slot's (dtype, shape) when known."""
+    if type(x) is np.ndarray and x.dtype in NUMPY_CODES and x.flags.c_contiguous and (
+            want is None or (NUMPY_CODES[x.dtype] == want[0] and x.shape == tuple(want[1]))):
+        # The common case, kept cheap: publish runs it for every tensor of every version.
+        return Source(NUMPY_CODES[x.dtype], x.shape, x.__array_interface__["data"][0], x.nbytes, x)
+    if isinstance(x, RawTensor):
+        d, shape, keep = x.dtype, x.shape, np.ascontiguousarray(x.data)
+        address, nbytes, device = keep.ctypes.data, keep.nbytes, -1
+    elif _is_torch(x):
+        t = x.detach()
+        if t.device.type not in ("cpu", "cuda"):
+            t = t.cpu()
+        # CUDA tensors stay where they are: Writer._copy copies them device to device into a
+        # device-placed slot, or brings them to host memory for a host-placed one.
+        d = dtype_code(t.dtype)
+        if cast and want is not None and d != want[0] and _dtypes.BY_CODE[want[0]].kind == "f":
+            import torch  # present: x is a torch tensor
+            t = t.to(getattr(torch, _dtypes.BY_CODE[want[0]].long_name))
+            d = want[0]
+        t = t.contiguous()
+        shape, keep = tuple(t.shape), t
+        address, nbytes = t.data_ptr(), t.numel() * t.element_size()
+        device = t.get_device() if t.device.type == "cuda" else -1
+    else:
+        device = -1
+        if isinstance(x, PinnedArray) and x._lf_guard is not None:
+            x._lf_guard.check()  # np.asarray below would bypass the guard
+        a = np.asarray(x)
+        if a.dtype.kind not in "fiu" or (a.dtype.byteorder == ">"):
+            raise InvalidArgument(L.LF_E_INVALID_ARGUMENT,
+                                  f"tensor '{name}': unsupported dtype {a.dtype}")
+        d = dtype_code("bf16") if a.dtype.name == "bfloat16" else dtype_code(a.dtype)
+        if cast and want is not None and d != want[0]:
+            if want[0] == L.LF_DTYPE_BF16:
+                a, d = _bf16_bits(a), want[0]
+            elif want[0] in NUMPY and a.dtype.kind == "f" and NUMPY[want[0]].kind == "f":
+                a, d = a.astype(NUMPY[want[0]]), want[0]
+        a = np.ascontiguousarray(a)
+        shape, keep = tuple(a.shape), a
+        address, nbytes = a.ctypes.data, a.nbytes
+    if want is not None:
+        wd, ws = want
+        if d != wd:
+            raise InvalidArgument(
+                L.LF_E_INVALID_ARGUMENT,
+                f"tensor '{name}' is {dtype_name(d)} but the adapter holds {dtype_name(wd)} "
+                "(pass cast=True to convert floats)")
+        if tuple(shape) != tuple(ws):
+            raise InvalidArgument(L.LF_E_INVALID_ARGUMENT,
+                                  f"tensor '{name}' has shape {tuple(shape)} but the adapter "
+                                  f"holds {tuple(ws)}")
+    return Source(d, tuple(shape), address, nbytes, keep, device)

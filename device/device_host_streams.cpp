@@ -1,0 +1,103 @@
+// The host implementation's streams: a worker thread per stream runs its copies and event
+// records in order, as a GPU stream does; a paused stream (a test hook) queues and runs nothing,
+// as a stream stuck behind long kernels would. Shared declarations: device_host_internal.hpp.
+#include "device/device_host_internal.hpp"
+
+namespace loraflip::device::host_detail {
+
+HostStream::~HostStream() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+    paused_ = false;  // what was queued still runs, as on a destroyed CUDA stream
+  }
+  work_cv_.notify_all();
+  worker_.join();
+}
+
+void HostStream::enqueue(std::function<void()> op) {
+  {
+    std::lock_guard lock(mu_);
+    queue_.push_back(std::move(op));
+  }
+  work_cv_.notify_one();
+}
+
+void HostStream::wait_idle() {
+  std::unique_lock lock(mu_);
+  idle_cv_.wait(lock, [&] { return queue_.empty() && !running_; });
+}
+
+void HostStream::set_paused(bool paused) {
+  {
+    std::lock_guard lock(mu_);
+    paused_ = paused;
+  }
+  work_cv_.notify_all();
+}
+
+void HostStream::run() {
+  std::unique_lock lock(mu_);
+  for (;;) {
+    work_cv_.wait(lock, [&] { return (!paused_ && !queue_.empty()) || (stop_ && queue_.empty()); });
+    if (queue_.empty()) return;  // stopping, and nothing left
+    auto op = std::move(queue_.front());
+    queue_.pop_front();
+    running_ = true;
+    lock.unlock();
+    op();
+    lock.lock();
+    running_ = false;
+    if (queue_.empty()) idle_cv_.notify_all();
+  }
+}
+
+Result<HostStream *> HostBackend::stream_of(Stream stream) const {
+  if (stream == nullptr) return static_cast<HostStream *>(nullptr);
+  auto *s = static_cast<HostStream *>(stream);
+  if (s->magic != kStreamMagic) return invalid("not a host stream (destroyed?)");
+  return s;
+}
+
+Result<Stream> HostBackend::create_stream(int device) {
+  if (auto s = check_device(device); !s) return s.error();
+  auto stream = std::make_unique<HostStream>(device);
+  HostStream *raw = stream.get();
+  std::lock_guard lock(mu_);
+  streams_.emplace(raw, std::move(stream));
+  return static_cast<Stream>(raw);
+}
+
+void HostBackend::destroy_stream(int /*device*/, Stream stream) {
+  std::unique_ptr<HostStream> owned;
+  {
+    std::lock_guard lock(mu_);
+    auto it = streams_.find(static_cast<HostStream *>(stream));
+    if (it == streams_.end()) return;
+    owned = std::move(it->second);
+    streams_.erase(it);
+  }
+  owned.reset();  // outside the lock: joining runs what is queued, which may take the lock
+}
+
+Status HostBackend::synchronize(int device, Stream stream) {
+  if (auto s = check_device(device); !s) return s;
+  auto s = stream_of(stream);
+  if (!s) return s.error();
+  // Work on the null stream ran when it was issued.
+  if (s.value() != nullptr) s.value()->wait_idle();
+  return {};
+}
+
+}  // namespace loraflip::device::host_detail
+
+namespace loraflip::device {
+
+void host_pause_stream(Stream stream, bool paused) {
+  if (stream == nullptr) return;
+  auto *s = static_cast<host_detail::HostStream *>(stream);
+  if (s->magic != host_detail::kStreamMagic) return;
+  s->set_paused(paused);
+}
+
+}  // namespace loraflip::device
