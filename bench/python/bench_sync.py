@@ -6,16 +6,19 @@ The adapter: a 7B model's q/k/v/o (hidden 4096, 32 layers) at r=16 in bf16: 256 
 32 MiB. Both models are PEFT models over a skeleton of that shape (base weights allocated but
 never touched: only the adapters matter here).
 
-  loraflip:  trainer side Client.publish(name, get_peft_model_state_dict(model)) (torch
-             tensors in); generation side loraflip.peft.LiveModel.step(): the model's
-             lora_A/lora_B now read the new version's tensors in place.
+  loraflip:  trainer side what loraflip.trainer.PublishCallback does: the adapter's tensors
+             (loraflip.peft.AdapterTensors, get_peft_model_state_dict without its walk of the
+             model) published with Client.publish; generation side
+             loraflip.peft.LiveModel.step(): the model's lora_A/lora_B now read the new
+             version's tensors in place.
   /dev/shm:  trainer side PeftModel.save_pretrained to /dev/shm (adapter_model.safetensors
              and its config); generation side loads the folder's safetensors and
              set_peft_model_state_dict copies them into the model, as an engine loads a
              LoRA adapter from a path.
 
-Each row times the whole sync, repetition by repetition interleaved so that load changes hit
-both alike; the loraflip rows also time each side alone.
+Each row times the whole sync, from the training model's weights to the generation model's,
+repetition by repetition interleaved so that load changes hit both alike; the loraflip rows
+also time each side alone.
 
 usage: bench_sync.py [--runtime-dir DIR] [--repeat N] [--layers N]   (starts its own loraflipd
        otherwise)
@@ -96,6 +99,7 @@ def main() -> int:
     torch.set_num_threads(1)
     trainer_model = peft_skeleton(args.layers, seed=1)
     config = trainer_model.peft_config["default"]
+    adapter_tensors = loraflip.peft.AdapterTensors(trainer_model)
     state = get_peft_model_state_dict(trainer_model)
     nbytes = sum(t.numel() * t.element_size() for t in state.values())
     print(f"adapter: {len(state)} tensors, {nbytes / 2**20:.1f} MiB bf16 "
@@ -127,10 +131,9 @@ def main() -> int:
             for p in trainer_model.parameters():  # a training step changed the weights
                 if p.dtype == torch.bfloat16:
                     p.data[0, 0] = float(i)
-            state = get_peft_model_state_dict(trainer_model)
             for label, name in names.items():
                 t0 = time.perf_counter()
-                version = client.publish(name, state, **flags[label])
+                version = client.publish(name, adapter_tensors(), **flags[label])
                 t1 = time.perf_counter()
                 with lives[label].step() as used:
                     t2 = time.perf_counter()
@@ -143,6 +146,14 @@ def main() -> int:
             loaded = load_file(os.path.join(shm_dir, "adapter_model.safetensors"))
             set_peft_model_state_dict(generation_model, loaded)
             shm.append(time.perf_counter() - t0)
+        # Correctness, outside the timing: each generation model now holds the trainer's weights.
+        want = get_peft_model_state_dict(trainer_model)
+        for live in lives.values():
+            with live.step():
+                got = get_peft_model_state_dict(live.model)
+                assert all(torch.equal(got[k], w) for k, w in want.items())
+        got = get_peft_model_state_dict(generation_model)
+        assert all(torch.equal(got[k], w) for k, w in want.items())
         client.close()
     finally:
         shutil.rmtree(shm_dir, ignore_errors=True)

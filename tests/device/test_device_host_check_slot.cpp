@@ -80,3 +80,30 @@ TEST_CASE("check_slot reads a block opened in another process") {
         }) == 0);
   owner->free_block(block.value());
 }
+
+TEST_CASE("check_slot_cpu scans a large slot on several threads and still names the first "
+          "non-finite tensor") {
+  // 24 MiB in 96 tensors of 256 KiB (bf16): above the size where the scan is split into runs of
+  // tensors, one per thread. Whichever runs hold planted values, the answer is the lowest
+  // tensor's first one, as one scan in order gives.
+  constexpr size_t kTensors = 96, kElems = 128 * 1024;
+  std::vector<uint16_t> slot(kTensors * kElems, 0x3F80);  // bf16 1.0
+  std::vector<dev::TensorExtent> tensors;
+  for (size_t t = 0; t < kTensors; ++t)
+    tensors.push_back({t * kElems * 2, kElems * 2, LF_DTYPE_BF16});
+  const auto *bytes = reinterpret_cast<const std::byte *>(slot.data());
+  const uint64_t size = slot.size() * 2;
+  auto check = [&] { return dev::check_slot_cpu(bytes, size, tensors, dev::kCheckFinite); };
+  CHECK(check().tensor == -1);
+  const struct { size_t tensor, element; uint16_t bits; } plants[] = {
+      {95, kElems - 1, 0x7F80}, {70, 3, 0xFFC1}, {50, 0, 0xFF80}, {49, kElems - 1, 0x7FC0},
+      {2, 1000, 0x7F81}};
+  for (const auto &p : plants) {  // each plant is earlier than the ones before it
+    CAPTURE(p.tensor);
+    slot[p.tensor * kElems + p.element] = p.bits;
+    const dev::SlotCheck found = check();
+    CHECK(found.tensor == static_cast<int64_t>(p.tensor));
+    CHECK(found.element == static_cast<int64_t>(p.element));
+    CHECK(found.bits == p.bits);
+  }
+}

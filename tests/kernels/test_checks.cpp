@@ -129,6 +129,35 @@ TEST_CASE("first_non_finite agrees with std::isfinite on random data of every fl
   }
 }
 
+TEST_CASE("first_non_finite finds the first of a few values planted anywhere in long buffers") {
+  // The scan reads blocks of 512 bytes and rescans a block that holds a non-finite lane: one or
+  // two planted values, in any block, at either edge of a block, or in the tail after the last
+  // whole block, must come out exactly where they are.
+  std::mt19937_64 rng(11);
+  for (int dtype : {LF_DTYPE_F32, LF_DTYPE_F64, LF_DTYPE_F16, LF_DTYPE_BF16}) {
+    CAPTURE(dtype);
+    const size_t es = elem_size(dtype);
+    const uint64_t per_block = 512 / es;
+    for (int round = 0; round < 300; ++round) {
+      const uint64_t count = 1 + rng() % (5 * per_block + 7);
+      std::vector<unsigned char> buf(count * es);
+      // Finite everywhere: random mantissas and signs, exponent top bit cleared.
+      for (auto &b : buf) b = static_cast<unsigned char>(rng());
+      for (uint64_t i = 0; i < count; ++i) buf[i * es + es - 1] &= 0xBF;
+      const uint64_t edge = (rng() % 5) * per_block + (rng() % 2 ? 0 : per_block - 1);
+      const uint64_t planted[] = {round % 3 == 0 ? edge % count : rng() % count, rng() % count};
+      for (uint64_t at : planted) {
+        if (round % 2 == 0 && at == planted[1]) continue;  // half the rounds plant one value
+        buf[at * es + es - 1] |= 0x7F;  // exponent all ones (with the next line): inf or NaN
+        buf[at * es + es - 2] |= static_cast<unsigned char>(dtype == LF_DTYPE_F16 ? 0x00 : 0xF0);
+        if (dtype == LF_DTYPE_F16) buf[at * es + 1] |= 0x7C;
+      }
+      REQUIRE(first_non_finite(buf.data(), count, dtype) ==
+              reference_first_non_finite(buf.data(), count, dtype));
+    }
+  }
+}
+
 TEST_CASE("first_non_finite classifies every fp16 and bf16 pattern like std::isfinite") {
   for (int dtype : {LF_DTYPE_F16, LF_DTYPE_BF16}) {
     for (uint32_t h = 0; h <= 0xFFFFu; ++h) {

@@ -167,3 +167,46 @@ def test_a_compiled_model_gets_each_version_copied_into_fixed_weights(client):
         with torch.no_grad():
             torch.testing.assert_close(logits, ref(input_ids=ids).logits, rtol=0, atol=1e-5)
     live.close()
+
+
+def test_adapter_tensors_follow_training_and_a_reloaded_adapter():
+    """AdapterTensors gives what get_peft_model_state_dict gives, after in-place updates and
+    after the adapter's parameters are made anew."""
+    from peft import get_peft_model_state_dict
+    model = tm.peft_model()
+    tensors = loraflip.peft.AdapterTensors(model)
+
+    def same():
+        want = get_peft_model_state_dict(model)
+        got = tensors()
+        return set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+
+    assert same()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(1.0)  # an optimizer step: in place
+    assert same()
+    set_peft_model_state_dict(model, tm.version_weights(9, model))  # copies in place
+    assert same()
+    q_proj = model.base_model.model.model.layers[0].self_attn.q_proj
+    for ab in (q_proj.lora_A, q_proj.lora_B):  # new parameter objects, as a reload makes
+        ab["default"].weight = torch.nn.Parameter(ab["default"].weight.detach() * 2)
+    assert same()
+
+
+def test_version_torch_tensors_are_the_pinned_bytes_in_place(client):
+    """One export sliced into views: every tensor in place, of one dtype or of several."""
+    one = {"a.lora_A.weight": torch.randn(8, 64).to(torch.bfloat16),
+           "a.lora_B.weight": torch.randn(64, 8).to(torch.bfloat16)}
+    mixed = {"b.lora_A.weight": torch.randn(8, 5), "b.lora_B.weight": torch.randn(7, 8).half(),
+             "c.lora_A.weight": torch.randn(8, 6).to(torch.bfloat16)}
+    for name, tensors in (("torch-one-dtype", one), ("torch-mixed", mixed)):
+        client.publish(name, tensors, config={"r": 8})
+        with client.acquire(name) as v:
+            got = v.torch_tensors()
+            assert set(got) == set(tensors)
+            for k, want in tensors.items():
+                assert got[k].dtype == want.dtype and torch.equal(got[k], want)
+                assert got[k].data_ptr() == v.tensor(k).data_ptr
+        del got

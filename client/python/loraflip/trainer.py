@@ -23,11 +23,11 @@ import logging
 import time
 from typing import Optional
 
-from peft import get_peft_model_state_dict
 from transformers import TrainerCallback
 
 from . import _lib as L
 from ._errors import DaemonUnreachable, LeaseError, NoFreeSlot, Timeout, Unsupported
+from .peft import AdapterTensors
 
 __all__ = ["PublishCallback"]
 
@@ -71,6 +71,7 @@ class PublishCallback(TrainerCallback):
         self.published_step = -1  # the global step that version holds
         self.failures = 0  # publishes given up on (tried again at the next step)
         self._due = False
+        self._tensors: Optional[AdapterTensors] = None
 
     # ---- TrainerCallback ----
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -97,7 +98,10 @@ class PublishCallback(TrainerCallback):
     # ---- publishing ----
     def _publish(self, model, step: int) -> None:
         adapter = self.adapter_name or _active_adapter(model)
-        tensors = get_peft_model_state_dict(model, adapter_name=adapter)
+        if self._tensors is None or self._tensors.model is not model or \
+                self._tensors.adapter_name != adapter:
+            self._tensors = AdapterTensors(model, adapter)
+        tensors = self._tensors()  # get_peft_model_state_dict(model), without its walk
         config = model.peft_config[adapter]
         started = time.monotonic()
         try:
