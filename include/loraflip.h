@@ -187,6 +187,12 @@ LF_API int lf_writer_tensor_by_name(const lf_writer_t *writer, const char *name,
                                     lf_tensor_view_t *out);
 /* Copies `nbytes` (must equal the tensor's size) from `src` into tensor `index`. */
 LF_API int lf_writer_copy_in(lf_writer_t *writer, size_t index, const void *src, size_t nbytes);
+/* Copies every tensor in one call: srcs[i] and nbytes[i] (the tensor's size) for tensor i, for
+ * i < lf_writer_tensor_count(writer); a NULL srcs[i] leaves tensor i as it is. Every size is
+ * checked before any byte is copied (LF_E_INVALID_ARGUMENT names nothing copied). For a
+ * language binding, one call instead of one per tensor (hundreds for an adapter). */
+LF_API int lf_writer_copy_in_all(lf_writer_t *writer, const void *const *srcs,
+                                 const size_t *nbytes);
 /* Copies `nbytes` from `src` into tensor `index` on `stream` (a cudaStream_t; NULL: the
  * default stream) and returns without waiting. `src_device` is the device ordinal of `src`, or
  * -1 for host memory. All of one write's asynchronous copies go on one stream (changing

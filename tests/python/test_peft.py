@@ -210,3 +210,33 @@ def test_version_torch_tensors_are_the_pinned_bytes_in_place(client):
                 assert got[k].dtype == want.dtype and torch.equal(got[k], want)
                 assert got[k].data_ptr() == v.tensor(k).data_ptr
         del got
+
+
+def test_a_model_on_a_gpu_reads_a_device_placed_version_in_place():
+    """On a GPU (skipped without one): bf16 adapter placed on cuda:0, model on cuda:0, the step's
+    weights are the daemon's device tensors, the output equals a reference model's, and the pin
+    is released after the stream's work."""
+    if not torch.cuda.is_available():
+        pytest.skip("torch sees no CUDA device (scripts/gpu-check runs this on a GPU)")
+    from conftest import Daemon
+    d = Daemon("peft-cuda", extra=["--devices", "0", "--device-arena-size", "64M"]).start()
+    try:
+        client = loraflip.Client(d.dir)
+        model = tm.peft_model(dtype=torch.bfloat16).cuda()
+        client.publish("live-cuda", tm.version_weights(4, model, torch.bfloat16),
+                       config=tm.lora_config(), placement="cuda:0")
+        live = loraflip.peft.LiveModel(model, "live-cuda", client=client)
+        weight = model.base_model.model.model.layers[0].self_attn.q_proj.lora_A["default"].weight
+        with live.step() as version:
+            with client.acquire("live-cuda") as pinned:
+                assert weight.data_ptr() == pinned.tensor(Q_A).data_ptr
+            ids = torch.tensor(tm.PROMPT, device="cuda")
+            logits = model(input_ids=ids).logits
+        ref = tm.peft_model(dtype=torch.bfloat16).cuda()
+        set_peft_model_state_dict(ref, tm.version_weights(4, ref, torch.bfloat16))
+        assert version == 1 and torch.equal(logits, ref(input_ids=ids).logits)
+        torch.cuda.synchronize()
+        live.close()
+        client.close()
+    finally:
+        d.stop()

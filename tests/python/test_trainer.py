@@ -155,3 +155,26 @@ def test_the_demo_loop_trains_generates_and_never_reads_a_torn_version(daemon):
     assert "versions published: 6" in r.stdout
     assert "torn reads:         0" in r.stdout
     assert int(re.search(r"versions seen:\s+(\d+)", r.stdout).group(1)) >= 1
+
+
+def test_only_process_zero_publishes_and_sharded_training_is_refused(client):
+    """Under distributed training the other ranks never publish; FSDP and ZeRO-3, which shard
+    the adapter, are refused when training begins (before any step)."""
+    import types
+    from transformers import TrainerControl, TrainerState
+    name = "trainer-ranks"
+    model = tm.peft_model()
+    publisher = PublishCallback(name, client=client)
+    other_rank = TrainerState(is_world_process_zero=False)
+    other_rank.global_step = 1
+    publisher.on_step_end(None, other_rank, TrainerControl(), model=model)
+    publisher.on_train_end(None, other_rank, TrainerControl(), model=model)
+    with pytest.raises(loraflip.NotFound):
+        client.info(name)  # nothing was published, not even the adapter created
+    zero = TrainerState(is_world_process_zero=True)
+    zero.global_step = 1
+    publisher.on_step_end(None, zero, TrainerControl(), model=model)
+    assert client.active_version(name) == 1
+    with pytest.raises(loraflip.Unsupported, match="FSDP"):
+        publisher.on_train_begin(types.SimpleNamespace(fsdp="full_shard"), zero, TrainerControl(),
+                                 model=model)

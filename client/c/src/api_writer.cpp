@@ -11,6 +11,7 @@
 #include "devices.hpp"
 #include "ipc/arena.hpp"
 #include "ipc/messages.hpp"
+#include "ipc/stream_copy.hpp"
 #include "kernels/validate.hpp"
 #include "loraflip.h"
 
@@ -114,7 +115,7 @@ int lf_writer_copy_in(lf_writer_t *w, size_t index, const void *src, size_t nbyt
   const ipc::TensorDesc &d = w->tensors[index];
   if (nbytes != d.nbytes) return LF_E_INVALID_ARGUMENT;
   if (w->device < 0) {
-    std::memcpy(w->writable + d.offset, src, nbytes);
+    ipc::stream_copy(w->writable + d.offset, src, nbytes);  // the slot is read next elsewhere
     return LF_OK;
   }
   return guarded(&w->client->last_error, [&] {
@@ -122,6 +123,29 @@ int lf_writer_copy_in(lf_writer_t *w, size_t index, const void *src, size_t nbyt
     Status st = b->copy(w->writable + d.offset, src, nbytes, loraflip::device::CopyKind::kHostToDevice,
                         w->device, nullptr);
     if (st) st = b->synchronize(w->device, nullptr);
+    return st ? LF_OK : fail(&w->client->last_error, st.error());
+  });
+}
+
+int lf_writer_copy_in_all(lf_writer_t *w, const void *const *srcs, const size_t *nbytes) {
+  if (w == nullptr || srcs == nullptr || nbytes == nullptr) return LF_E_INVALID_ARGUMENT;
+  for (size_t i = 0; i < w->tensor_count; ++i)
+    if (srcs[i] != nullptr && nbytes[i] != w->tensors[i].nbytes) return LF_E_INVALID_ARGUMENT;
+  if (w->device < 0) {
+    for (size_t i = 0; i < w->tensor_count; ++i)
+      if (srcs[i] != nullptr)
+        ipc::stream_copy(w->writable + w->tensors[i].offset, srcs[i], nbytes[i]);
+    return LF_OK;
+  }
+  return guarded(&w->client->last_error, [&] {
+    loraflip::device::Backend *b = w->client->devices.backend();
+    for (size_t i = 0; i < w->tensor_count; ++i) {
+      if (srcs[i] == nullptr) continue;
+      Status st = b->copy(w->writable + w->tensors[i].offset, srcs[i], nbytes[i],
+                          loraflip::device::CopyKind::kHostToDevice, w->device, nullptr);
+      if (!st) return fail(&w->client->last_error, st.error());
+    }
+    Status st = b->synchronize(w->device, nullptr);  // the sources may go once this returns
     return st ? LF_OK : fail(&w->client->last_error, st.error());
   });
 }
@@ -134,7 +158,7 @@ int lf_writer_copy_in_async(lf_writer_t *w, size_t index, const void *src, size_
   if (nbytes != d.nbytes) return LF_E_INVALID_ARGUMENT;
   if (w->device < 0) {
     if (src_device >= 0) return invalid(&w->client->last_error, "host-placed adapters take host memory");
-    std::memcpy(w->writable + d.offset, src, nbytes);
+    ipc::stream_copy(w->writable + d.offset, src, nbytes);  // the slot is read next elsewhere
     return LF_OK;
   }
   return guarded(&w->client->last_error, [&] {

@@ -308,8 +308,7 @@ class Client:
                 # The adapter was dropped and re-created with another schema meanwhile.
                 self._schemas.pop(name, None)
                 raise Stale(L.LF_E_STALE, f"adapter '{name}' changed its schema; publish again")
-            for index, src in sources:
-                w._copy(index, src)  # the C side checks each size against the slot's
+            w._copy_all(sources)  # the C side checks each size against the slot's
         except BaseException:
             w.abort()
             raise

@@ -249,6 +249,10 @@ lf_writer_tensor_by_name = _bind("lf_writer_tensor_by_name", _c_int,
 # int lf_writer_copy_in(lf_writer_t *writer, size_t index, const void *src, size_t nbytes);
 lf_writer_copy_in = _bind("lf_writer_copy_in", _c_int,
                           [lf_writer_p, _c_size_t, ctypes.c_void_p, _c_size_t])
+# int lf_writer_copy_in_all(lf_writer_t *writer, const void *const *srcs, const size_t *nbytes);
+lf_writer_copy_in_all = _bind("lf_writer_copy_in_all", _c_int,
+                              [lf_writer_p, ctypes.POINTER(ctypes.c_void_p),
+                               ctypes.POINTER(_c_size_t)])
 # int lf_writer_copy_in_async(lf_writer_t *writer, size_t index, const void *src,
 #                             size_t nbytes, int src_device, void *stream);
 lf_writer_copy_in_async = _bind("lf_writer_copy_in_async", _c_int,

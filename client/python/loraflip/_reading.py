@@ -362,32 +362,32 @@ class Version(Mapping):
         that binds a few hundred tensors pays one export, not one each. `device` as in
         tensor(). The pin lasts while any of the tensors lives (as for any DLPack export)."""
         import torch  # the caller has it: it asks for torch tensors
-        views = {t: self._view(t, device) for t in self._pin.schema}
-        if not views or any(not v.data for v in views.values()):
-            return {t: torch.from_dlpack(self.tensor(t, device)) for t in views}  # empty tensors
-        start = min(v.data for v in views.values())
-        end = max(v.data + v.nbytes for v in views.values())
-        device = int(next(iter(views.values())).device)
+        # (name, address, bytes, dtype code, shape) of each tensor, read from ctypes once.
+        parts = []
+        for t in self._pin.schema:
+            v = self._view(t, device)
+            parts.append((t, v.data or 0, v.nbytes, v.dtype, tuple(v.shape[:v.ndim]), v.device))
+        if not parts or any(p[1] == 0 for p in parts):
+            return {t: torch.from_dlpack(self.tensor(t, device)) for t, *_ in parts}  # empty ones
+        parts.sort(key=lambda p: p[1])
+        start, end = parts[0][1], max(p[1] + p[2] for p in parts)
         span = torch.from_dlpack(self._pin.capsule(start, L.LF_DTYPE_U8, (end - start,), None,
-                                                   None, device=device))
-        dtypes = {v.dtype for v in views.values()}
-        only = _dtypes.BY_CODE[dtypes.pop()] if len(dtypes) == 1 else None
-        if only is not None and all((v.data - start) % only.itemsize == 0 for v in views.values()):
+                                                   None, device=int(parts[0][5])))
+        codes = {p[3] for p in parts}
+        only = _dtypes.BY_CODE[codes.pop()] if len(codes) == 1 else None
+        if only is not None and all((p[1] - start) % only.itemsize == 0 for p in parts):
             # The usual case, one dtype: the span viewed as it and split once (one call, where
             # slicing and viewing each tensor costs three).
-            order = sorted(views, key=lambda t: views[t].data)
             sizes, at = [], start
-            for t in order:
-                v = views[t]
-                sizes += [(v.data - at) // only.itemsize, v.nbytes // only.itemsize]
-                at = v.data + v.nbytes
-            parts = span.view(getattr(torch, only.long_name)).split_with_sizes(sizes)
-            return {t: parts[2 * i + 1].view(_shape(views[t])) for i, t in enumerate(order)}
+            for _, address, nbytes, _, _, _ in parts:
+                sizes += [(address - at) // only.itemsize, nbytes // only.itemsize]
+                at = address + nbytes
+            pieces = span.view(getattr(torch, only.long_name)).split_with_sizes(sizes)
+            return {p[0]: pieces[2 * i + 1].view(p[4]) for i, p in enumerate(parts)}
         out = {}
-        for t, v in views.items():
-            dtype = getattr(torch, _dtypes.BY_CODE[v.dtype].long_name)
-            part = span[v.data - start:v.data - start + v.nbytes]
-            out[t] = part.view(dtype).view(_shape(v))
+        for t, address, nbytes, code, shape, _ in parts:
+            piece = span[address - start:address - start + nbytes]
+            out[t] = piece.view(getattr(torch, _dtypes.BY_CODE[code].long_name)).view(shape)
         return out
 
     def copy(self) -> dict[str, np.ndarray]:
@@ -442,6 +442,3 @@ class Acquire:
         self._version.release()
         return False
 
-
-def _shape(view: L.lf_tensor_view_t) -> tuple:
-    return tuple(view.shape[i] for i in range(view.ndim))

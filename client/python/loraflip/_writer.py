@@ -137,6 +137,27 @@ class Writer:
                 msg += ": " + L.lf_client_last_error(h).decode(errors="replace")
             raise error_for(rc, msg)
 
+    def _copy_all(self, sources: list[tuple[int, Source]]) -> None:
+        """Copies (tensor index, source) pairs: host sources all in one call
+        (lf_writer_copy_in_all), any torch CUDA source one by one (_copy)."""
+        if any(src.device >= 0 for _, src in sources):
+            for index, src in sources:
+                self._copy(index, src)
+            return
+        count = self.tensor_count
+        addresses = (ctypes.c_void_p * count)()
+        sizes = (ctypes.c_size_t * count)()
+        for index, src in sources:
+            addresses[index] = src.address or None
+            sizes[index] = src.nbytes
+        rc = L.lf_writer_copy_in_all(self._handle, addresses, sizes)
+        if rc != L.LF_OK:
+            msg = f"copying the tensors into the write of '{self.name}' failed"
+            h = self._client._handle
+            if self.device >= 0 and h:  # device copies say why in the client's last error
+                msg += ": " + L.lf_client_last_error(h).decode(errors="replace")
+            raise error_for(rc, msg)
+
     def _copy_async(self, index: int, src: Source) -> int:
         import torch  # present: src.keep is a torch CUDA tensor
         stream = torch.cuda.current_stream(src.device)
