@@ -1,5 +1,5 @@
-// What both implementations share: the bounded wait on an event, the argument checks of
-// check_slot.
+// What both implementations share: the switch of the current device, the bounded wait on an
+// event, the argument checks of check_slot.
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -14,6 +14,24 @@
 #include "kernels/validate.hpp"
 
 namespace loraflip::device {
+
+Status CurrentDevice::use(int device) {
+  if (saved_ < 0) {
+    Result<int> current = backend_.current_device();
+    if (!current) return current.error();
+    saved_ = now_ = current.value();
+  }
+  if (device == now_) return {};
+  Status switched = backend_.set_current_device(device);
+  // After a failure the thread's device is not known (cudaSetDevice may have switched before
+  // it failed): the next use() switches again, and the destructor puts the caller's back.
+  now_ = switched ? device : -1;
+  return switched;
+}
+
+CurrentDevice::~CurrentDevice() {
+  if (saved_ >= 0 && now_ != saved_) (void)backend_.set_current_device(saved_);
+}
 
 Status wait_event(Backend &backend, Event &event, int timeout_ms) {
   using Clock = std::chrono::steady_clock;

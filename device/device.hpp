@@ -83,6 +83,14 @@ SlotCheck check_slot_cpu(const std::byte *slot, uint64_t bytes,
 // come from several threads. copy_peer is issued on `stream`'s device (src_device for nullptr).
 // The cuda implementation cannot check open_block's `bytes`; the host one checks it, and that
 // every device pointer of a copy lies, with the whole copy, in a block of the named device.
+//
+// The current device. Like the CUDA runtime, a backend has one current device per thread of
+// the process (whichever backend object set it), on which work that names no device runs: an
+// allocation, the null stream, a new stream or event, an opened handle. Every call below that
+// names a device makes it current through a CurrentDevice (once, in shared code) and puts the
+// caller's back before it returns, on every path: the client library runs on its users'
+// threads, whose own kernels, cuBLAS handles and torch allocations follow the current device.
+// No call leaves the calling thread on another device.
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -91,6 +99,12 @@ class Backend {
   // How many devices this process may use. An error says why there are none (no driver, a
   // driver older than the runtime, no device, IPC unsupported).
   virtual Result<int> device_count() = 0;
+
+  // The calling thread's current device (cudaGetDevice): 0 on a thread that never set one.
+  virtual Result<int> current_device() = 0;
+  // Makes `device` the calling thread's current device (cudaSetDevice). Inside loraflip only
+  // CurrentDevice calls it, so that the caller's device always comes back.
+  virtual Status set_current_device(int device) = 0;
 
   // Allocates `bytes` on `device` and exports it for other processes. `tag` names it where
   // names exist (host: part of the shared-memory name). Lives until free_block.
@@ -138,6 +152,27 @@ class Backend {
                                        unsigned checks) = 0;
 };
 
+// Makes a device current on the calling thread for as long as it lives, and then puts back the
+// device that was current before: the one way either implementation switches devices. use()
+// reads the current device at its first call and switches only when the device differs
+// (cudaSetDevice can be slow, and makes a context); it may be called again for another device.
+// A failed switch is put back too. Errors of the restore cannot be reported (a destructor) and
+// are dropped: it sets a device that was current moments before. One thread only.
+class CurrentDevice {
+ public:
+  explicit CurrentDevice(Backend &backend) noexcept : backend_(backend) {}
+  ~CurrentDevice();
+  CurrentDevice(const CurrentDevice &) = delete;
+  CurrentDevice &operator=(const CurrentDevice &) = delete;
+
+  Status use(int device);
+
+ private:
+  Backend &backend_;
+  int saved_ = -1;  // the caller's device, read at the first use(); -1: not read yet
+  int now_ = -1;    // the thread's device since then; -1: not known (a switch failed)
+};
+
 // The host implementation; `instance` keeps the shared-memory names of two daemons apart.
 // Its number of devices comes from the environment variable LORAFLIP_HOST_DEVICES (an integer
 // from 1 to kMaxHostDevices, read when the backend is made; unset: 2, so that tensor-parallel
@@ -147,6 +182,14 @@ class Backend {
 // "loraflip.<instance>.ev<pid>.<n>" (a hash stands in for a name too long for a handle).
 // Every object is created with mode 0660. Streams run on worker threads: make the backend in
 // the process that uses it (after fork, not before).
+// Its current device (Backend::current_device) is kept per thread in one place per process,
+// shared by every copy of this code that the process links (a test program links its own and
+// libloraflip's), as CUDA keeps it in its driver: a thread that set device 1 through a backend
+// of its own is on device 1 for the library's backend too. A new thread starts on device 0.
+// Its work on a device (what CUDA runs on the current device: allocations, opened handles,
+// streams, events and their records, copies, checks) refuses to run while another device is
+// current, where CUDA would quietly use the wrong one: a call that forgets to switch fails its
+// tests instead of working by luck.
 std::unique_ptr<Backend> make_host_backend(const std::string &instance);
 // The same with an explicit number of devices (1..kMaxHostDevices); the environment is ignored.
 std::unique_ptr<Backend> make_host_backend(const std::string &instance, int devices);

@@ -1,6 +1,8 @@
 // The CUDA runtime implementation of the device interface. Plain C++ against cuda_runtime.h
-// (no nvcc): every call sets the device it works on first, and every runtime status becomes an
-// error value that names the call, the CUDA error and the file and line.
+// (no nvcc): every call makes the device it works on current through a CurrentDevice, which
+// puts the caller's device back on return (cudaSetDevice appears only in set_current_device),
+// and every runtime status becomes an error value that names the call, the CUDA error and the
+// file and line.
 // check_slot launches the check kernels of kernels/device_kernels.hpp through a table that
 // install_cuda_check_kernels() hands over (device/cuda_check_kernels.cpp), so that this file
 // links without them.
@@ -140,20 +142,21 @@ class CudaBackend final : public Backend {
   // Closes what this process opened and destroys the events it created and did not destroy.
   // Errors are ignored: at exit the runtime may already be unloading.
   ~CudaBackend() override {
+    CurrentDevice on(*this);
     for (auto &[key, block] : opened_blocks_) {
-      (void)cudaSetDevice(block.device);
+      (void)on.use(block.device);
       (void)cudaIpcCloseMemHandle(block.ptr);
     }
     for (auto &[key, event] : opened_events_) {
-      (void)cudaSetDevice(event.device);
+      (void)on.use(event.device);
       (void)cudaEventDestroy(event.event);
     }
     for (auto &[event, device] : created_events_) {
-      (void)cudaSetDevice(device);
+      (void)on.use(device);
       (void)cudaEventDestroy(event);
     }
     for (auto &[device, context] : check_contexts_) {
-      (void)cudaSetDevice(device);
+      (void)on.use(device);
       if (context->stream != nullptr) (void)cudaStreamDestroy(context->stream);
       (void)cudaFree(context->workspace);
       (void)cudaFree(context->results);
@@ -188,10 +191,25 @@ class CudaBackend final : public Backend {
     return n;
   }
 
+  // cudaGetDevice gives 0 on a thread that never chose a device, so putting that thread back
+  // makes device 0's context if it has none yet (cudaSetDevice initializes it since CUDA 12).
+  // Today every client opens every served device's block anyway, device 0's included.
+  Result<int> current_device() override {
+    int device = 0;
+    LF_CUDA_CHECK(cudaGetDevice(&device));
+    return device;
+  }
+
+  Status set_current_device(int device) override {
+    LF_CUDA_CHECK(cudaSetDevice(device));
+    return {};
+  }
+
   Result<Block> allocate(int device, uint64_t bytes,
                          const std::string & /*tag: no names*/) override {
     if (bytes == 0) return invalid("a block of 0 bytes");
-    LF_CUDA_CHECK(cudaSetDevice(device));
+    CurrentDevice on(*this);
+    if (Status s = on.use(device); !s) return s.error();
     void *ptr = nullptr;
     LF_CUDA_CHECK(cudaMalloc(&ptr, bytes));
     cudaIpcMemHandle_t handle;
@@ -216,7 +234,8 @@ class CudaBackend final : public Backend {
 
   void free_block(Block &block) override {
     if (block.ptr == nullptr) return;
-    (void)cudaSetDevice(block.device);
+    CurrentDevice on(*this);
+    (void)on.use(block.device);
     (void)cudaFree(block.ptr);
     block.ptr = nullptr;
   }
@@ -229,7 +248,8 @@ class CudaBackend final : public Backend {
     std::lock_guard lock(mu_);
     if (auto it = opened_blocks_.find(key); it != opened_blocks_.end())
       return static_cast<std::byte *>(it->second.ptr);
-    LF_CUDA_CHECK(cudaSetDevice(device));
+    CurrentDevice on(*this);
+    if (Status s = on.use(device); !s) return s.error();
     cudaIpcMemHandle_t h;
     std::memcpy(&h, handle.bytes, sizeof h);
     void *ptr = nullptr;
@@ -247,7 +267,8 @@ class CudaBackend final : public Backend {
   Status copy(void *dst, const void *src, uint64_t bytes, CopyKind kind, int device,
               Stream stream) override {
     if (bytes == 0) return {};
-    LF_CUDA_CHECK(cudaSetDevice(device));
+    CurrentDevice on(*this);
+    if (Status s = on.use(device); !s) return s.error();
     LF_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, to_cuda(kind), to_cuda(stream)));
     return {};
   }
@@ -261,19 +282,22 @@ class CudaBackend final : public Backend {
 #if CUDART_VERSION >= 12080
     if (stream != nullptr) LF_CUDA_CHECK(cudaStreamGetDevice(to_cuda(stream), &issuer));
 #endif
-    LF_CUDA_CHECK(cudaSetDevice(issuer));
+    CurrentDevice on(*this);
+    if (Status s = on.use(issuer); !s) return s.error();
     LF_CUDA_CHECK(cudaMemcpyPeerAsync(dst, dst_device, src, src_device, bytes, to_cuda(stream)));
     return {};
   }
 
   Status synchronize(int device, Stream stream) override {
-    LF_CUDA_CHECK(cudaSetDevice(device));
+    CurrentDevice on(*this);
+    if (Status s = on.use(device); !s) return s.error();
     LF_CUDA_CHECK(cudaStreamSynchronize(to_cuda(stream)));
     return {};
   }
 
   Result<Stream> create_stream(int device) override {
-    LF_CUDA_CHECK(cudaSetDevice(device));
+    CurrentDevice on(*this);
+    if (Status s = on.use(device); !s) return s.error();
     cudaStream_t stream = nullptr;
     LF_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     return static_cast<Stream>(stream);
@@ -281,12 +305,14 @@ class CudaBackend final : public Backend {
 
   void destroy_stream(int device, Stream stream) override {
     if (stream == nullptr) return;
-    (void)cudaSetDevice(device);
+    CurrentDevice on(*this);
+    (void)on.use(device);
     (void)cudaStreamDestroy(to_cuda(stream));
   }
 
   Result<Event> create_event(int device) override {
-    LF_CUDA_CHECK(cudaSetDevice(device));
+    CurrentDevice on(*this);
+    if (Status s = on.use(device); !s) return s.error();
     cudaEvent_t event = nullptr;
     LF_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventInterprocess | cudaEventDisableTiming));
     cudaIpcEventHandle_t handle;
@@ -316,7 +342,8 @@ class CudaBackend final : public Backend {
       out.impl = it->second.event;
       return out;
     }
-    LF_CUDA_CHECK(cudaSetDevice(device));
+    CurrentDevice on(*this);
+    if (Status s = on.use(device); !s) return s.error();
     cudaIpcEventHandle_t h;
     std::memcpy(&h, handle.bytes, sizeof h);
     cudaEvent_t event = nullptr;
@@ -329,14 +356,16 @@ class CudaBackend final : public Backend {
 
   Status record(Event &event, Stream stream) override {
     if (event.impl == nullptr) return invalid("record of a destroyed event");
-    LF_CUDA_CHECK(cudaSetDevice(event.device));
+    CurrentDevice on(*this);
+    if (Status s = on.use(event.device); !s) return s.error();
     LF_CUDA_CHECK(cudaEventRecord(to_cuda_event(event), to_cuda(stream)));
     return {};
   }
 
   Result<bool> query(Event &event) override {
     if (event.impl == nullptr) return invalid("query of a destroyed event");
-    LF_CUDA_CHECK(cudaSetDevice(event.device));
+    CurrentDevice on(*this);
+    if (Status s = on.use(event.device); !s) return s.error();
     const cudaError_t status = cudaEventQuery(to_cuda_event(event));
     if (status == cudaSuccess) return true;
     if (status == cudaErrorNotReady) {
@@ -351,15 +380,16 @@ class CudaBackend final : public Backend {
   void destroy_event(Event &event) override {
     if (event.impl == nullptr) return;
     cudaEvent_t e = to_cuda_event(event);
+    CurrentDevice on(*this);
     std::lock_guard lock(mu_);
     if (auto it = created_events_.find(e); it != created_events_.end()) {
-      (void)cudaSetDevice(it->second);
+      (void)on.use(it->second);
       (void)cudaEventDestroy(e);
       created_events_.erase(it);
     } else if (auto k = opened_keys_.find(e); k != opened_keys_.end()) {
       auto it2 = opened_events_.find(k->second);
       if (it2 != opened_events_.end() && --it2->second.refs == 0) {
-        (void)cudaSetDevice(it2->second.device);
+        (void)on.use(it2->second.device);
         (void)cudaEventDestroy(e);
         opened_events_.erase(it2);
         opened_keys_.erase(k);
@@ -388,7 +418,8 @@ class CudaBackend final : public Backend {
       return make_error(LF_E_UNSUPPORTED,
                         "this program has no CUDA check kernels: install_cuda_check_kernels() "
                         "was not called (the daemon calls it when it opens its devices)");
-    LF_CUDA_CHECK(cudaSetDevice(device));
+    CurrentDevice on(*this);
+    if (Status s = on.use(device); !s) return s.error();
     // The launchers read their launch status with cudaGetLastError, which also returns a
     // failure of any earlier runtime call on this thread (a bad event handle, say) that was
     // already reported to its caller: clear it so that it does not fail this check.

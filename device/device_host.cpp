@@ -2,8 +2,9 @@
 // memory, a worker thread for each stream, and a shared atomic word for an interprocess event.
 // It keeps the CUDA semantics that the layers above rely on (a block is exported once and
 // opened once per process, copies and event records run in stream order, an event recorded on
-// a stream that never gets there stays pending) and checks more than CUDA does: every device
-// pointer must lie inside a block of the device the call names, with the whole copy in it.
+// a stream that never gets there stays pending, one current device per thread) and checks more
+// than CUDA does: every device pointer must lie inside a block of the device the call names,
+// with the whole copy in it, and no work runs on a device that is not the current one.
 // Its check_slot runs the CPU checks of kernels/validate.hpp on the block in place: it is
 // ordinary shared memory.
 //
@@ -96,6 +97,29 @@ Status HostBackend::check_device(int device) const {
     return invalid("device " + std::to_string(device) + " does not exist (the host backend has " +
                    std::to_string(devices_) + "; LORAFLIP_HOST_DEVICES sets how many)");
   return {};
+}
+
+Result<int> HostBackend::current_device() {
+  if (config_error_) return *config_error_;
+  return *loraflip_host_thread_device();
+}
+
+// cudaSetDevice refuses a device that does not exist (cudaErrorInvalidDevice) and leaves the
+// current one.
+Status HostBackend::set_current_device(int device) {
+  if (auto s = check_device(device); !s) return s;
+  *loraflip_host_thread_device() = device;
+  return {};
+}
+
+Status HostBackend::require_current(int device, const char *what) const {
+  const int current = *loraflip_host_thread_device();
+  if (current == device) return {};
+  return make_error(LF_E_INTERNAL,
+                    std::string(what) + " on device " + std::to_string(device) +
+                        " while the calling thread's current device is " +
+                        std::to_string(current) +
+                        " (CUDA would run it there: the call did not switch devices)");
 }
 
 }  // namespace loraflip::device::host_detail

@@ -20,6 +20,9 @@ Status HostBackend::copy(void *dst, const void *src, uint64_t bytes, CopyKind ki
   if (hs != nullptr && hs->device() != device)
     return invalid("copy on device " + std::to_string(device) + " with a stream of device " +
                    std::to_string(hs->device()));
+  CurrentDevice on(*this);
+  if (auto u = on.use(device); !u) return u;
+  if (auto r = require_current(device, "a copy"); !r) return r;
   {
     std::lock_guard lock(mu_);
     const bool dst_dev = kind != CopyKind::kDeviceToHost;
@@ -39,6 +42,12 @@ Status HostBackend::copy_peer(void *dst, int dst_device, const void *src, int sr
   if (dst == nullptr || src == nullptr) return invalid("copy_peer with a null pointer");
   auto s = stream_of(stream);
   if (!s) return s.error();
+  // Issued on the stream's device, or the source's for the null stream (device.hpp).
+  const int issuer = s.value() != nullptr ? s.value()->device() : src_device;
+  if (auto c = check_device(issuer); !c) return c;
+  CurrentDevice on(*this);
+  if (auto u = on.use(issuer); !u) return u;
+  if (auto r = require_current(issuer, "a peer copy"); !r) return r;
   {
     std::lock_guard lock(mu_);
     if (auto c = check_side(dst, bytes, true, dst_device, "destination"); !c) return c;
@@ -52,6 +61,9 @@ Result<SlotCheck> HostBackend::check_slot(int device, const std::byte *slot, uin
                                           std::span<const TensorExtent> tensors, unsigned checks) {
   if (auto s = check_device(device); !s) return s.error();
   if (auto s = detail::check_slot_arguments(slot, bytes, tensors, checks); !s) return s.error();
+  CurrentDevice on(*this);
+  if (auto s = on.use(device); !s) return s.error();
+  if (auto s = require_current(device, "a slot check"); !s) return s.error();
   if (bytes != 0) {
     std::lock_guard lock(mu_);
     if (auto c = check_side(slot, bytes, true, device, "slot"); !c) return c.error();

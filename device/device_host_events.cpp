@@ -15,6 +15,9 @@ namespace loraflip::device::host_detail {
 
 Result<Event> HostBackend::create_event(int device) {
   if (auto s = check_device(device); !s) return s.error();
+  CurrentDevice on(*this);
+  if (auto s = on.use(device); !s) return s.error();
+  if (auto s = require_current(device, "a new event"); !s) return s.error();
   uint64_t n;
   bool sweep = false;
   {
@@ -63,6 +66,9 @@ Result<Event> HostBackend::open_event(int device, const IpcHandle &handle) {
     event.impl = it->second;
     return event;
   }
+  CurrentDevice on(*this);
+  if (auto s = on.use(device); !s) return s.error();
+  if (auto s = require_current(device, "opening an event"); !s) return s.error();
   auto segment = Segment::open(h.name, Segment::Access::kReadWrite);
   if (!segment) {
     Error e = segment.error();
@@ -88,9 +94,16 @@ Status HostBackend::record(Event &event, Stream stream) {
   auto s = stream_of(stream);
   if (!s) return s.error();
   HostStream *hs = s.value();
+  // cudaEventRecord refuses an event and a stream of different devices
+  // (cudaErrorInvalidResourceHandle): a writer's commit event on the stream of another slot's
+  // device, say.
   if (hs != nullptr && hs->device() != event.device)
     return invalid("an event of device " + std::to_string(event.device) +
                    " recorded on a stream of device " + std::to_string(hs->device()));
+  CurrentDevice on(*this);
+  if (auto u = on.use(event.device); !u) return u;
+  // The null stream is the current device's: the same refusal.
+  if (auto r = require_current(event.device, "an event record"); !r) return r;
   std::atomic<uint64_t> &state = m.value()->word->state;
   const uint64_t pending = hs != nullptr ? kPending : 0;  // the null stream is synchronous
   uint64_t old = state.load();
@@ -110,10 +123,17 @@ Status HostBackend::record(Event &event, Stream stream) {
 Result<bool> HostBackend::query(Event &event) {
   auto m = find_event(event);
   if (!m) return m.error();
+  CurrentDevice on(*this);
+  if (auto s = on.use(event.device); !s) return s.error();
+  if (auto s = require_current(event.device, "an event query"); !s) return s.error();
   return (m.value()->word->state.load(std::memory_order_acquire) & kPending) == 0;
 }
 
 void HostBackend::destroy_event(Event &event) {
+  if (event.impl == nullptr) return;
+  CurrentDevice on(*this);
+  // Nothing to report to: a destroy that does not run on its device leaves the event, a leak.
+  if (!on.use(event.device) || !require_current(event.device, "destroying an event")) return;
   std::shared_ptr<EventMapping> doomed;  // released after the lock
   {
     std::lock_guard lock(mu_);

@@ -1,7 +1,9 @@
 // What the files of the host implementation share (internal to device/): the layout of its
 // handles and segments, its streams, and the HostBackend class, whose members are defined by
 // topic:
-//   device_host.cpp          construction, the device count, the factories, remove_host_blocks
+//   device_host.cpp          construction, the device count and current device, the factories,
+//                            remove_host_blocks
+//   device_host_current.cpp  the current device of each thread, one per process (exported)
 //   device_host_memory.cpp   blocks: allocate, free, export, open once per process
 //   device_host_streams.cpp  streams (a worker thread each): create, destroy, synchronize, pause
 //   device_host_copies.cpp   copies and check_slot, with the check of every device pointer
@@ -27,6 +29,10 @@
 
 #include "device/device.hpp"
 #include "ipc/arena.hpp"
+
+// The calling thread's current device, shared by every copy of the host implementation in the
+// process (device_host_current.cpp).
+extern "C" int *loraflip_host_thread_device() noexcept;
 
 namespace loraflip::device::host_detail {
 
@@ -138,6 +144,8 @@ class HostBackend final : public Backend {
 
   const char *name() const override { return "host"; }
   Result<int> device_count() override;
+  Result<int> current_device() override;
+  Status set_current_device(int device) override;
 
   // device_host_memory.cpp
   Result<Block> allocate(int device, uint64_t bytes, const std::string &tag) override;
@@ -174,6 +182,12 @@ class HostBackend final : public Backend {
   };
 
   Status check_device(int device) const;
+  // Work that CUDA runs on the calling thread's current device (an allocation, an opened
+  // handle, the null stream, a new stream or event, a record, a check) runs here only while
+  // `device`, the one the call names, is current: each call switches through a CurrentDevice
+  // first. CUDA would quietly use whatever device is current; the stand-in refuses, naming
+  // `what`, so that a call that does not switch fails its tests.
+  Status require_current(int device, const char *what) const;
 
   // Like a cudaStream_t, a host stream belongs to the process, not to the backend object that
   // made it: a writer passes a stream of its own to the client library, whose backend is

@@ -10,6 +10,9 @@ namespace loraflip::device::host_detail {
 
 Result<Block> HostBackend::allocate(int device, uint64_t bytes, const std::string &tag) {
   if (auto s = check_device(device); !s) return s.error();
+  CurrentDevice on(*this);
+  if (auto s = on.use(device); !s) return s.error();
+  if (auto s = require_current(device, "an allocation"); !s) return s.error();
   if (bytes == 0) return invalid("a block of 0 bytes");
   if (bytes > uint64_t(std::numeric_limits<int64_t>::max()) - kDataOffset)
     return make_error(LF_E_TOO_LARGE, "a block of " + std::to_string(bytes) + " bytes");
@@ -46,6 +49,9 @@ Result<Block> HostBackend::allocate(int device, uint64_t bytes, const std::strin
 
 void HostBackend::free_block(Block &block) {
   if (block.impl == nullptr) return;
+  CurrentDevice on(*this);
+  // Nothing to report to: a free that does not run on its device is a leak, as in CUDA.
+  if (!on.use(block.device) || !require_current(block.device, "a free")) return;
   std::unique_ptr<OwnedBlock> owned;
   {
     std::lock_guard lock(mu_);
@@ -73,6 +79,9 @@ Result<std::byte *> HostBackend::open_block(int device, const IpcHandle &handle,
   const std::string key = std::to_string(device) + "/" + h.name + "/" + hex(h.nonce);
   std::lock_guard lock(mu_);
   if (auto it = opened_blocks_.find(key); it != opened_blocks_.end()) return it->second->ptr;
+  CurrentDevice on(*this);
+  if (auto s = on.use(device); !s) return s.error();
+  if (auto s = require_current(device, "opening a block"); !s) return s.error();
   auto segment = Segment::open(h.name, Segment::Access::kReadWrite);
   if (!segment) {
     Error e = segment.error();

@@ -61,6 +61,9 @@ Result<HostStream *> HostBackend::stream_of(Stream stream) const {
 
 Result<Stream> HostBackend::create_stream(int device) {
   if (auto s = check_device(device); !s) return s.error();
+  CurrentDevice on(*this);
+  if (auto s = on.use(device); !s) return s.error();
+  if (auto s = require_current(device, "a new stream"); !s) return s.error();
   auto stream = std::make_unique<HostStream>(device);
   HostStream *raw = stream.get();
   std::lock_guard lock(mu_);
@@ -68,7 +71,11 @@ Result<Stream> HostBackend::create_stream(int device) {
   return static_cast<Stream>(raw);
 }
 
-void HostBackend::destroy_stream(int /*device*/, Stream stream) {
+void HostBackend::destroy_stream(int device, Stream stream) {
+  if (stream == nullptr) return;
+  CurrentDevice on(*this);
+  // Nothing to report to: a destroy that does not run on its device leaves the stream, a leak.
+  if (!on.use(device) || !require_current(device, "destroying a stream")) return;
   std::unique_ptr<HostStream> owned;
   {
     std::lock_guard lock(mu_);
@@ -84,6 +91,10 @@ Status HostBackend::synchronize(int device, Stream stream) {
   if (auto s = check_device(device); !s) return s;
   auto s = stream_of(stream);
   if (!s) return s.error();
+  CurrentDevice on(*this);
+  if (auto u = on.use(device); !u) return u;
+  // The null stream is the current device's.
+  if (auto r = require_current(device, "a synchronize"); !r) return r;
   // Work on the null stream ran when it was issued.
   if (s.value() != nullptr) s.value()->wait_idle();
   return {};

@@ -12,6 +12,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -434,6 +435,56 @@ TEST_CASE("check_slot on a second GPU runs there") {
   REQUIRE_MESSAGE(block.ok(), why(block));
   slot_check_cases::nan_in_second_tensor_is_named(backend, 1, block->ptr);
   backend.free_block(block.value());
+}
+
+TEST_CASE("every call leaves the calling thread on the device it was on") {
+  // The library runs on its users' threads: after each call, cudaGetDevice must give what it
+  // gave before. With one GPU, only that nothing switched to another.
+  auto &backend = *g_backend;
+  const int devices = std::min(g_devices, 2);
+  for (int mine = devices - 1; mine >= 0; --mine) {
+    CAPTURE(mine);
+    REQUIRE(cudaSetDevice(mine) == cudaSuccess);
+    auto same = [&](const std::string &call, bool ok) {
+      int now = -1;
+      CHECK_MESSAGE((cudaGetDevice(&now) == cudaSuccess && now == mine), call);
+      REQUIRE_MESSAGE(ok, call);
+    };
+    for (int d = 0; d < devices; ++d) {
+      CAPTURE(d);
+      auto block = backend.allocate(d, 4096, "current");
+      same("allocate", block.ok());
+      const auto data = pattern(4096, 5);
+      same("copy", backend.copy(block->ptr, data.data(), 4096, dev::CopyKind::kHostToDevice, d,
+                                nullptr)
+                       .ok());
+      auto stream = backend.create_stream(d);
+      same("create_stream", stream.ok());
+      auto event = backend.create_event(d);
+      same("create_event", event.ok());
+      same("record", backend.record(event.value(), stream.value()).ok());
+      same("query", backend.query(event.value()).ok());
+      same("synchronize", backend.synchronize(d, stream.value()).ok());
+      const dev::TensorExtent whole{0, 4096, LF_DTYPE_F32};
+      same("check_slot",
+           backend.check_slot(d, block->ptr, 4096, {&whole, 1}, dev::kCheckFinite).ok());
+      if (d + 1 < devices) {
+        auto other = backend.allocate(d + 1, 4096, "current-peer");
+        same("allocate", other.ok());
+        same("copy_peer", backend.copy_peer(other->ptr, d + 1, block->ptr, d, 4096, nullptr).ok());
+        same("synchronize", backend.synchronize(d, nullptr).ok());
+        backend.free_block(other.value());
+        same("free_block", true);
+      }
+      backend.destroy_event(event.value());
+      same("destroy_event", true);
+      backend.destroy_stream(d, stream.value());
+      same("destroy_stream", true);
+      backend.free_block(block.value());
+      same("free_block", true);
+    }
+  }
+  REQUIRE(cudaSetDevice(0) == cudaSuccess);
 }
 
 int main(int argc, char **argv) {

@@ -34,7 +34,10 @@ struct lf_client {
   client::Connection connection;
   std::optional<ipc::Arena> arena;  // data mapped read-write, made at the first begin_write
   client::DeviceMap devices;        // opened at the first write of a device-placed adapter
-  std::optional<loraflip::device::Event> event;  // recorded after asynchronous copies
+  // Recorded after asynchronous copies, one per device ordinal, made at the first commit of
+  // such copies to a slot on that device: cudaEventRecord refuses an event of one device on a
+  // stream of another, and a client may write adapters placed on different devices.
+  std::unordered_map<int32_t, loraflip::device::Event> events;
   // Leases whose abort could not reach the daemon: sent again before the next write, so a
   // slot never stays held for a writer that gave it up (caller holds `mutex`).
   std::vector<uint64_t> unsent_aborts;

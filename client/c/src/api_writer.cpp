@@ -189,14 +189,16 @@ int lf_writer_commit(lf_writer_t *w, unsigned flags, uint64_t *version_out) {
     if (w->async_pending) {
       // The daemon waits on this event (without blocking) before it checks and flips.
       loraflip::device::Backend *b = c->devices.backend();
-      if (!c->event) {
+      auto found = c->events.find(w->device);
+      if (found == c->events.end()) {
         auto made = b->create_event(w->device);
         if (!made) return fail(&c->last_error, made.error());
-        c->event = made.value();
+        found = c->events.emplace(w->device, made.value()).first;
       }
-      if (Status st = b->record(*c->event, w->stream); !st) return fail(&c->last_error, st.error());
+      loraflip::device::Event &event = found->second;
+      if (Status st = b->record(event, w->stream); !st) return fail(&c->last_error, st.error());
       ipc::msg::Binary64 handle;
-      std::memcpy(handle.bytes.data(), c->event->handle.bytes, handle.bytes.size());
+      std::memcpy(handle.bytes.data(), event.handle.bytes, handle.bytes.size());
       q.event = handle;
     }
     if (flags & LF_COMMIT_CHECKSUM) {
