@@ -85,6 +85,34 @@ def peft_skeleton(layers: int, seed: int):
     return model
 
 
+def time_parts(trainer_model, adapter_tensors, repeat):
+    """What the sync avoids, timed apart: PEFT's state dict walk against reading the paired
+    parameters, and a DLPack export per tensor against one export sliced into views."""
+    out = {"get_peft_model_state_dict(model)": [], "AdapterTensors() (what publish reads)": [],
+           "a DLPack export per tensor (256)": [], "Version.torch_tensors() (one export)": []}
+    run, stop = start_daemon()
+    try:
+        client = loraflip.Client(run)
+        client.publish("parts", adapter_tensors(), config=trainer_model.peft_config["default"],
+                       check_finite=False)
+        with client.acquire("parts") as version:
+            for _ in range(repeat):
+                for label, work in (
+                        ("get_peft_model_state_dict(model)",
+                         lambda: get_peft_model_state_dict(trainer_model)),
+                        ("AdapterTensors() (what publish reads)", adapter_tensors),
+                        ("a DLPack export per tensor (256)",
+                         lambda: [torch.from_dlpack(version.tensor(t)) for t in version]),
+                        ("Version.torch_tensors() (one export)", version.torch_tensors)):
+                    t0 = time.perf_counter()
+                    work()
+                    out[label].append(time.perf_counter() - t0)
+        client.close()
+    finally:
+        stop()
+    return out
+
+
 def fmt(ts):
     ms = sorted(t * 1e3 for t in ts)
     return f"median {statistics.median(ms):7.2f} ms  min {ms[0]:7.2f} ms  max {ms[-1]:7.2f} ms"
@@ -160,12 +188,16 @@ def main() -> int:
         if stop:
             stop()
     m = statistics.median
+    parts = time_parts(trainer_model, adapter_tensors, args.repeat)
     print(f"loraflip sync (check_finite, default):  {fmt(times['default'])}")
     print(f"loraflip sync (no checks):              {fmt(times['no checks'])}")
     print(f"/dev/shm save_pretrained + load + copy: {fmt(shm)}")
     for label in names:
         print(f"  loraflip {label + ':':11} publish {m(publish[label]) * 1e3:6.2f} ms, "
               f"step bind {m(bind[label]) * 1e3:6.2f} ms (medians)")
+    print("parts, measured apart:")
+    for label, ts in parts.items():
+        print(f"  {label:44} {fmt(ts)}")
     print(f"ratio (/dev/shm / loraflip default):   {m(shm) / m(times['default']):.1f}x")
     print(f"ratio (/dev/shm / loraflip no checks): {m(shm) / m(times['no checks']):.1f}x")
     return 0

@@ -309,7 +309,7 @@ class LiveModel:
 class AdapterTensors:
     """What get_peft_model_state_dict(model, adapter_name=...) returns, for a model whose
     adapter weights are updated in place (as optimizers do), without walking the model's whole
-    state dict each time (some 10 ms on a 7B-shaped model, as much as publishing it): the
+    state dict each time (10-20 ms on a 7B-shaped model, more than publishing it): the
     first call pairs each PEFT name with its parameter, later calls read the parameters.
 
     Falls back to get_peft_model_state_dict each time when a tensor of the state dict is not a
