@@ -131,11 +131,7 @@ class Writer:
         else:
             rc = self._copy_async(index, src)
         if rc != L.LF_OK:
-            msg = f"copy into tensor {index} of the write of '{self.name}' failed"
-            h = self._client._handle
-            if self.device >= 0 and h:  # device copies say why in the client's last error
-                msg += ": " + L.lf_client_last_error(h).decode(errors="replace")
-            raise error_for(rc, msg)
+            raise self._copy_failed(rc, f"copy into tensor {index}")
 
     def _copy_all(self, sources: list[tuple[int, Source]]) -> None:
         """Copies (tensor index, source) pairs: host sources all in one call
@@ -152,11 +148,14 @@ class Writer:
             sizes[index] = src.nbytes
         rc = L.lf_writer_copy_in_all(self._handle, addresses, sizes)
         if rc != L.LF_OK:
-            msg = f"copying the tensors into the write of '{self.name}' failed"
-            h = self._client._handle
-            if self.device >= 0 and h:  # device copies say why in the client's last error
-                msg += ": " + L.lf_client_last_error(h).decode(errors="replace")
-            raise error_for(rc, msg)
+            raise self._copy_failed(rc, "copy into the tensors")
+
+    def _copy_failed(self, rc: int, what: str):
+        msg = f"{what} of the write of '{self.name}' failed"
+        h = self._client._handle
+        if self.device >= 0 and h:  # device copies say why in the client's last error
+            msg += ": " + L.lf_client_last_error(h).decode(errors="replace")
+        return error_for(rc, msg)
 
     def _copy_async(self, index: int, src: Source) -> int:
         import torch  # present: src.keep is a torch CUDA tensor
