@@ -129,11 +129,15 @@ Result<bool> Registry::copies_done(const CommitRequest &q, uint64_t now_ns) {
   SlotRecord &slot = r.slots[where->second];
   commit_asked_ns_.try_emplace(q.lease, now_ns);
   Result<bool> done = event_done(*q.event);
-  if (done && done.value()) return true;
+  // The writer's liveness is checked whatever the event says: what a query answers for the
+  // event of a dead process is undefined in CUDA, and "done" there would flip a slot whose
+  // copies never ran. (A writer alive at this check recorded the event itself, so a "done"
+  // then is its copies' completion.)
+  const bool alive = ipc::process_alive(static_cast<pid_t>(slot.writer_pid), slot.writer_start);
+  if (done && done.value() && alive) return true;
   // Still copying, as long as the writer lives: the daemon asks again later and serves other
   // requests meanwhile. (The lease deadline is enforced by commit() and the reaper.)
-  if (done && ipc::process_alive(static_cast<pid_t>(slot.writer_pid), slot.writer_start))
-    return false;
+  if (done && alive) return false;
   end_lease(slot);
   r.aborts.fetch_add(1, std::memory_order_relaxed);
   if (!done) return done.error();

@@ -22,7 +22,11 @@ class DeviceSet {
  public:
   // No devices: every device placement is refused with `reason`.
   static DeviceSet none(std::string reason);
-  // Allocates `bytes_each` on every ordinal. Fails as a whole if any device fails.
+  // Allocates `bytes_each` on every ordinal (the daemon's own numbering) and learns each
+  // device's uuid, which clients map to their own ordinals. Fails as a whole if any device
+  // fails. Then lets every device reach every other directly (peer access), so that
+  // replication copies go over NVLink or PCIe: where the hardware cannot, that is logged
+  // (info) and copies go through host memory; a failure to enable it is a warning, not fatal.
   static Result<DeviceSet> open(std::unique_ptr<device::Backend> backend,
                                 const std::vector<int> &ordinals, uint64_t bytes_each,
                                 const std::string &tag);
@@ -42,13 +46,17 @@ class DeviceSet {
   const RangeAllocator &allocator(size_t index) const { return allocators_[index]; }
   device::Backend &backend() { return *backend_; }
   uint64_t epoch() const { return epoch_; }
-  // Writes the table clients read (backend, ordinals, sizes, handles, epoch) into the header.
+  // Writes the table clients read (backend, ordinals, uuids, sizes, handles, epoch) into the
+  // header.
   void publish(ipc::ArenaHeader &header) const;
 
  private:
   DeviceSet() = default;
+  // enable_peer_access for every ordered pair of devices; logs what could not be done.
+  void enable_peer_access(device::Backend &backend) const;
   std::unique_ptr<device::Backend> backend_;
   std::vector<device::Block> blocks_;
+  std::vector<device::Backend::Uuid> uuids_;  // of blocks_[i]'s device, published beside it
   std::vector<RangeAllocator> allocators_;
   std::string reason_;
   uint64_t epoch_ = 0;

@@ -139,6 +139,7 @@ std::string RequestHandler::refuse(std::string_view request, const Error &error)
 
 std::string RequestHandler::error_reply(uint64_t id, const Error &error) {
   ++errors_;
+  if (error.code == LF_E_DEVICE && !device_lost_) device_lost_ = error;
   return ipc::encode_error(id, error);
 }
 

@@ -53,6 +53,10 @@ class RequestHandler {
 
   uint64_t requests() const { return requests_; }
   uint64_t errors() const { return errors_; }
+  // The first LF_E_DEVICE error a request met: a GPU's context failed for good (a sticky CUDA
+  // error), so every later device call of this process fails too. The server then exits, and
+  // the service manager starts a fresh daemon, which restores the adapters on new contexts.
+  const std::optional<Error> &device_lost() const { return device_lost_; }
 
  private:
   std::string dispatch(const ipc::msg::Envelope &envelope, const msgpack::object &args,
@@ -72,6 +76,7 @@ class RequestHandler {
   uint64_t requests_ = 0;
   uint64_t errors_ = 0;
   uint64_t events_published_ = 0;  // flip events handed to the events socket
+  std::optional<Error> device_lost_;
 };
 
 }  // namespace loraflip::daemon

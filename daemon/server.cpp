@@ -348,6 +348,14 @@ int Server::run() {
 
   bool running = true;
   while (running) {
+    if (const std::optional<Error> &lost = s.handler->device_lost()) {
+      // Serving on would fail every device request: exit non-zero so that systemd
+      // (Restart=on-failure) starts a daemon with fresh contexts, which puts the adapters back.
+      spdlog::critical("a GPU's context failed for good, exiting to be restarted: {}",
+                       lost->message);
+      sd_notify_send("STOPPING=1");
+      return 1;
+    }
     uint64_t now = ipc::monotonic_now_ns();
     if (now >= next_reap) {
       const ReapReport r = registry.reap(now);

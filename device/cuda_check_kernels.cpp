@@ -9,7 +9,7 @@ namespace loraflip::device {
 
 void install_cuda_check_kernels() {
   // The pointers' types are the table's: a launcher whose signature changes fails to compile here.
-  static constexpr detail::CudaCheckKernels kKernels{&kernels::lf_cuda_first_non_finite,
+  static constexpr detail::CudaCheckKernels kKernels{&kernels::lf_cuda_first_non_finite_tensors,
                                                      &kernels::lf_cuda_checksum};
   detail::set_cuda_check_kernels(&kKernels);
 }

@@ -11,9 +11,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "ipc/result.hpp"
 
@@ -115,6 +117,28 @@ class Backend {
   virtual Result<std::byte *> open_block(int device, const IpcHandle &handle, uint64_t bytes) = 0;
   // How many times this process really opened a block (not cache hits): for tests.
   virtual uint64_t blocks_opened() const = 0;
+  // Unmaps a block that open_block mapped (cudaIpcCloseMemHandle) and forgets it, so that a
+  // later open_block of that handle maps it again. The caller makes sure nothing of this
+  // process still reads or writes it: the driver keeps an exporter's memory alive for as long
+  // as an importer maps it, so a client that never closes the blocks of a daemon that went
+  // keeps that daemon's device memory allocated.
+  virtual Status close_block(int device, std::byte *ptr) = 0;
+  // How many blocks this process has open now (opened and not closed): for tests.
+  virtual uint64_t blocks_open() const = 0;
+
+  // What names a GPU in every process: device ordinals are per process (CUDA_VISIBLE_DEVICES
+  // and CUDA_DEVICE_ORDER renumber them), so the daemon publishes this beside each block and
+  // every other process maps it to its own ordinal. cudaDeviceProp::uuid for cuda; for the
+  // host stand-in, the device's number before LORAFLIP_HOST_VISIBLE_DEVICES renumbers it.
+  struct Uuid {
+    unsigned char bytes[16];
+    bool operator==(const Uuid &) const = default;
+  };
+  virtual Result<Uuid> device_uuid(int device) = 0;
+  // Lets `device` read and write `peer`'s memory directly (cudaDeviceEnablePeerAccess), so that
+  // copies between them go over NVLink or PCIe rather than through host memory. False (not an
+  // error) where the hardware cannot (cudaDeviceCanAccessPeer); enabling twice is not an error.
+  virtual Result<bool> enable_peer_access(int device, int peer) = 0;
 
   // Asynchronous copy on `stream` (pointers from allocate/open_block or host memory).
   virtual Status copy(void *dst, const void *src, uint64_t bytes, CopyKind kind, int device,
@@ -125,14 +149,32 @@ class Backend {
   virtual Status synchronize(int device, Stream stream) = 0;
   virtual Result<Stream> create_stream(int device) = 0;
   virtual void destroy_stream(int device, Stream stream) = 0;
+  // The device a stream belongs to (cudaStreamGetDevice). Not for the null stream, which is
+  // each device's own: the caller knows which device it named.
+  virtual Result<int> stream_device(Stream stream) = 0;
+  // Whether `stream` of `device` (nullptr: its default stream) is being captured into a CUDA
+  // graph (cudaStreamIsCapturing): work queued there runs at each replay, not now.
+  virtual Result<bool> capturing(int device, Stream stream) = 0;
 
   // Interprocess events (no timing).
   virtual Result<Event> create_event(int device) = 0;
   virtual Result<Event> open_event(int device, const IpcHandle &handle) = 0;
   virtual Status record(Event &event, Stream stream) = 0;
-  // True once all work captured by the last record() is done. Never blocks.
+  // True once all work captured by the last record() is done. Never blocks. An error with
+  // LF_E_DEVICE means the device's context is broken for good (a sticky CUDA error: no work of
+  // this process will run on it again); any other error says nothing about the work (an event
+  // recorded during a graph capture, say), which may still run.
   virtual Result<bool> query(Event &event) = 0;
   virtual void destroy_event(Event &event) = 0;
+  // An event of this process only (no IPC, no timing: cheaper to record and wait on), for
+  // fences between streams and for pins released after a stream's work. Destroyed with
+  // destroy_event. Its handle is empty.
+  virtual Result<Event> create_local_event(int device) = 0;
+  // Makes `stream` of `device` (nullptr: that device's default stream) wait, without blocking
+  // the caller, until the work captured by `event`'s last record is done
+  // (cudaStreamWaitEvent). The event may belong to another device: this is how work issued on
+  // one device fences work on another.
+  virtual Status wait_event_on(int device, Stream stream, Event &event) = 0;
 
   // The daemon's commit checks, run where the slot lies: on a GPU by kernels on that GPU, so
   // that only the results travel to the host, never the slot. `slot` is device memory of
@@ -178,7 +220,19 @@ class CurrentDevice {
 // from 1 to kMaxHostDevices, read when the backend is made; unset: 2, so that tensor-parallel
 // replication runs everywhere). A malformed value makes device_count() and every call that
 // names a device fail with LF_E_INVALID_ARGUMENT and the reason.
-// Shared-memory names: blocks "loraflip.<instance>.<tag>.dev<device>", events
+// Per-process numbering, as CUDA_VISIBLE_DEVICES gives on a GPU node: those are the machine's
+// "physical" devices, and LORAFLIP_HOST_VISIBLE_DEVICES (read when the backend is made) says
+// which of them this process sees, in its own order: "1" makes physical device 1 this
+// process's device 0 and hides device 0; "1,0" swaps them; unset, every device in order. Every
+// entry must be a physical device number, given once (else a config error as above); set but
+// empty, the process sees no device (LF_E_UNSUPPORTED, as CUDA_VISIBLE_DEVICES=""). Every call
+// takes and answers this process's ordinals (the current device, default streams, pointer
+// checks included); only what other processes see uses the physical number: shared-memory
+// names and device_uuid. So a daemon's device number means nothing in a client that sees
+// another numbering, as on a GPU, and open_block refuses a block of another physical device
+// than the ordinal it is opened on (where CUDA would quietly map it into the wrong GPU
+// through peer access).
+// Shared-memory names: blocks "loraflip.<instance>.<tag>.dev<physical device>", events
 // "loraflip.<instance>.ev<pid>.<n>" (a hash stands in for a name too long for a handle).
 // Every object is created with mode 0660. Streams run on worker threads: make the backend in
 // the process that uses it (after fork, not before).
@@ -193,10 +247,28 @@ class CurrentDevice {
 std::unique_ptr<Backend> make_host_backend(const std::string &instance);
 // The same with an explicit number of devices (1..kMaxHostDevices); the environment is ignored.
 std::unique_ptr<Backend> make_host_backend(const std::string &instance, int devices);
+// The same with the physical device of each ordinal given (LORAFLIP_HOST_VISIBLE_DEVICES's
+// list, e.g. {1, 0}): distinct numbers below `devices`, at least one. The environment is ignored.
+std::unique_ptr<Backend> make_host_backend(const std::string &instance, int devices,
+                                           std::vector<int> visible);
 inline constexpr int kMaxHostDevices = 16;
-// Test hook of the host implementation: a paused host stream queues its work (copies, event
-// records) and runs none of it until unpaused, as a GPU stream stuck behind long kernels would.
+// Test hooks of the host implementation (they do nothing to streams of another kind):
+// A paused host stream queues its work (copies, event records, waits) and runs none of it until
+// unpaused, as a GPU stream stuck behind long kernels would.
 void host_pause_stream(Stream stream, bool paused);
+// The same for the default stream of `device` (in this process's numbering), which every
+// backend object of the process shares, as CUDA's legacy default stream is one per device.
+void host_pause_default_stream(int device, bool paused);
+// A simulated graph capture of `stream`: while it lasts, Backend::capturing says so, an event
+// recorded on the stream fails its queries (cudaErrorCapturedEvent) until recorded again
+// outside a capture, a synchronize of it fails, and copies on it are refused.
+void host_capture_stream(Stream stream, bool capturing);
+// Queues `work` on `stream` (nullptr: the default stream of `device`): a user's kernel or
+// tensor copy that writes through a view, which CUDA runs later, in stream order.
+void host_enqueue(Stream stream, int device, std::function<void()> work);
+// Fails `device`'s context for good, for the rest of the process: every later call that works
+// on it fails with LF_E_DEVICE, as every CUDA call does after a sticky error.
+void host_fail_device(int device);
 // Removes what the host implementation of `instance` left in shared memory under `tag` on
 // devices 0..kMaxHostDevices-1 (a killed daemon's arenas): device memory dies with its process
 // on a GPU, and the stand-in must not outlive it either. Only the owner of the instance (the

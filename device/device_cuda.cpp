@@ -44,6 +44,19 @@ int status_code(cudaError_t e) {
     case cudaErrorNotSupported:
     case cudaErrorSystemDriverMismatch:
       return LF_E_UNSUPPORTED;
+    // Sticky errors: the context is corrupt and every later call of this process fails with
+    // the same error; only a new process gets a working GPU again.
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorLaunchTimeout:
+    case cudaErrorHardwareStackError:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorECCUncorrectable:
+    case cudaErrorAssert:
+      return LF_E_DEVICE;
     default:
       return LF_E_SYSTEM;
   }
@@ -218,8 +231,11 @@ class CudaBackend final : public Backend {
       (void)cudaFree(ptr);
       return cuda_error(exported, "cudaIpcGetMemHandle(&handle, ptr)", __FILE__, __LINE__);
     }
-    // Zeroed, as the host implementation's fresh shared memory is.
-    const cudaError_t zeroed = cudaMemset(ptr, 0, bytes);
+    // Zeroed, as the host implementation's fresh shared memory is. cudaMemset is asynchronous
+    // (on the legacy default stream): wait for it before the handle can reach a writer, whose
+    // copies on another stream would otherwise race the zeroing.
+    cudaError_t zeroed = cudaMemset(ptr, 0, bytes);
+    if (zeroed == cudaSuccess) zeroed = cudaStreamSynchronize(nullptr);
     if (zeroed != cudaSuccess) {
       (void)cudaFree(ptr);
       return cuda_error(zeroed, "cudaMemset(ptr, 0, bytes)", __FILE__, __LINE__);
@@ -262,6 +278,54 @@ class CudaBackend final : public Backend {
   uint64_t blocks_opened() const override {
     std::lock_guard lock(mu_);
     return blocks_opened_;
+  }
+
+  Status close_block(int device, std::byte *ptr) override {
+    std::lock_guard lock(mu_);
+    for (auto it = opened_blocks_.begin(); it != opened_blocks_.end(); ++it) {
+      if (it->second.ptr != ptr) continue;
+      if (it->second.device != device)
+        return invalid("close_block names device " + std::to_string(device) +
+                       ", but the block was opened on device " +
+                       std::to_string(it->second.device));
+      CurrentDevice on(*this);
+      if (Status s = on.use(device); !s) return s.error();
+      opened_blocks_.erase(it);  // forgotten even if the close fails: it cannot be retried
+      LF_CUDA_CHECK(cudaIpcCloseMemHandle(ptr));
+      return {};
+    }
+    return invalid("close_block of a pointer that open_block did not give (or closed already)");
+  }
+
+  uint64_t blocks_open() const override {
+    std::lock_guard lock(mu_);
+    return opened_blocks_.size();
+  }
+
+  Result<Uuid> device_uuid(int device) override {
+    cudaDeviceProp prop{};
+    LF_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    static_assert(sizeof prop.uuid.bytes == sizeof(Uuid::bytes));
+    Uuid id;
+    std::memcpy(id.bytes, prop.uuid.bytes, sizeof id.bytes);
+    return id;
+  }
+
+  Result<bool> enable_peer_access(int device, int peer) override {
+    if (device == peer) return true;
+    int can = 0;
+    LF_CUDA_CHECK(cudaDeviceCanAccessPeer(&can, device, peer));
+    if (can == 0) return false;
+    CurrentDevice on(*this);
+    if (Status s = on.use(device); !s) return s.error();
+    const cudaError_t enabled = cudaDeviceEnablePeerAccess(peer, 0);
+    if (enabled == cudaErrorPeerAccessAlreadyEnabled) {
+      (void)cudaGetLastError();  // not an error here: do not leave it as the thread's last
+      return true;
+    }
+    if (enabled != cudaSuccess)
+      return cuda_error(enabled, "cudaDeviceEnablePeerAccess(peer, 0)", __FILE__, __LINE__);
+    return true;
   }
 
   Status copy(void *dst, const void *src, uint64_t bytes, CopyKind kind, int device,
@@ -310,6 +374,25 @@ class CudaBackend final : public Backend {
     (void)cudaStreamDestroy(to_cuda(stream));
   }
 
+  Result<int> stream_device(Stream stream) override {
+    if (stream == nullptr) return invalid("stream_device of the null stream (each device has one)");
+#if CUDART_VERSION >= 12080
+    int device = -1;
+    LF_CUDA_CHECK(cudaStreamGetDevice(to_cuda(stream), &device));
+    return device;
+#else
+    return make_error(LF_E_UNSUPPORTED, "which device a stream belongs to needs CUDA 12.8");
+#endif
+  }
+
+  Result<bool> capturing(int device, Stream stream) override {
+    CurrentDevice on(*this);  // the null stream is the current device's
+    if (Status s = on.use(device); !s) return s.error();
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    LF_CUDA_CHECK(cudaStreamIsCapturing(to_cuda(stream), &status));
+    return status != cudaStreamCaptureStatusNone;
+  }
+
   Result<Event> create_event(int device) override {
     CurrentDevice on(*this);
     if (Status s = on.use(device); !s) return s.error();
@@ -328,6 +411,27 @@ class CudaBackend final : public Backend {
     std::lock_guard lock(mu_);
     created_events_.emplace(event, device);
     return out;
+  }
+
+  Result<Event> create_local_event(int device) override {
+    CurrentDevice on(*this);
+    if (Status s = on.use(device); !s) return s.error();
+    cudaEvent_t event = nullptr;
+    LF_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+    Event out;
+    out.device = device;
+    out.impl = event;
+    std::lock_guard lock(mu_);
+    created_events_.emplace(event, device);
+    return out;
+  }
+
+  Status wait_event_on(int device, Stream stream, Event &event) override {
+    if (event.impl == nullptr) return invalid("a wait on a destroyed event");
+    CurrentDevice on(*this);  // the null stream is the current device's
+    if (Status s = on.use(device); !s) return s.error();
+    LF_CUDA_CHECK(cudaStreamWaitEvent(to_cuda(stream), to_cuda_event(event), 0));
+    return {};
   }
 
   Result<Event> open_event(int device, const IpcHandle &handle) override {
@@ -398,18 +502,24 @@ class CudaBackend final : public Backend {
     event.impl = nullptr;
   }
 
-  // One launch pair per float tensor (lf_cuda_first_non_finite) and one for the checksum, all
-  // on this device's check stream; then one copy of the results (8 bytes per tensor scanned and
-  // 8 for the checksum) and, only when a tensor failed, of the failing element.
+  // One launch for the first non-finite element of every float tensor
+  // (lf_cuda_first_non_finite_tensors) and one pair for the checksum, all on this device's check
+  // stream; then one copy of the results (8 bytes per tensor scanned and 8 for the checksum) and,
+  // only when a tensor failed, of the failing element.
   Result<SlotCheck> check_slot(int device, const std::byte *slot, uint64_t bytes,
                                std::span<const TensorExtent> tensors, unsigned checks) override {
     if (Status s = detail::check_slot_arguments(slot, bytes, tensors, checks); !s)
       return s.error();
     SlotCheck out;
     std::vector<size_t> scanned;  // tensors that go to the GPU: the rest are finite by dtype
+    std::vector<kernels::CudaScanTensor> scan;  // the same, as the launcher takes them
     if (checks & kCheckFinite)
       for (size_t t = 0; t < tensors.size(); ++t)
-        if (is_float(tensors[t].dtype) && tensors[t].bytes != 0) scanned.push_back(t);
+        if (is_float(tensors[t].dtype) && tensors[t].bytes != 0) {
+          const TensorExtent &e = tensors[t];
+          scanned.push_back(t);
+          scan.push_back({e.offset, e.bytes / ipc::dtype_size(e.dtype), e.dtype, 0});
+        }
     const bool checksum = (checks & kCheckChecksum) != 0;
     const size_t entries = scanned.size() + (checksum ? 1 : 0);
     if (entries == 0) return out;
@@ -418,6 +528,14 @@ class CudaBackend final : public Backend {
       return make_error(LF_E_UNSUPPORTED,
                         "this program has no CUDA check kernels: install_cuda_check_kernels() "
                         "was not called (the daemon calls it when it opens its devices)");
+    // The size of the scan's workspace (its copy of `scan`): no CUDA call.
+    size_t table_bytes = 0;
+    if (!scan.empty()) {
+      const int rc = launch->first_non_finite_tensors(nullptr, scan.data(), scan.size(), nullptr,
+                                                      nullptr, &table_bytes, nullptr);
+      if (rc != LF_OK) return launch_error(rc, "lf_cuda_first_non_finite_tensors (size query)");
+    }
+    const size_t table_words = (table_bytes + sizeof(uint64_t) - 1) / sizeof(uint64_t);
     CurrentDevice on(*this);
     if (Status s = on.use(device); !s) return s.error();
     // The launchers read their launch status with cudaGetLastError, which also returns a
@@ -428,16 +546,15 @@ class CudaBackend final : public Backend {
     if (!made) return made.error();
     CheckContext &c = *made.value();
     std::lock_guard lock(c.mu);
-    if (Status s = c.reserve(entries); !s) return s.error();
+    if (Status s = c.reserve(entries + table_words); !s) return s.error();
 
-    for (size_t j = 0; j < scanned.size(); ++j) {
-      const TensorExtent &e = tensors[scanned[j]];
-      size_t workspace_bytes = kernels::kCudaWorkspaceMaxBytes;
-      const int rc = launch->first_non_finite(
-          slot + e.offset, e.bytes / ipc::dtype_size(e.dtype), e.dtype,
-          reinterpret_cast<int64_t *>(c.results + j), c.workspace, &workspace_bytes, c.stream);
+    if (!scan.empty()) {
+      const int rc = launch->first_non_finite_tensors(
+          slot, scan.data(), scan.size(), reinterpret_cast<int64_t *>(c.results),
+          c.results + entries, &table_bytes, c.stream);
       if (rc != LF_OK)
-        return launch_error(rc, "lf_cuda_first_non_finite on tensor " + std::to_string(scanned[j]));
+        return launch_error(rc, "lf_cuda_first_non_finite_tensors over " +
+                                    std::to_string(scan.size()) + " tensors");
     }
     if (checksum) {
       size_t workspace_bytes = kernels::kCudaWorkspaceMaxBytes;
@@ -476,9 +593,11 @@ class CudaBackend final : public Backend {
   struct CheckContext {
     std::mutex mu;  // one check at a time per device: they share everything below
     cudaStream_t stream = nullptr;  // non-blocking: never waits for the legacy default stream
-    void *workspace = nullptr;      // kCudaWorkspaceMaxBytes, serves every launch on `stream`
-    uint64_t *results = nullptr;    // device: one entry per tensor scanned, then the checksum
-    size_t capacity = 0;            // entries of `results`
+    void *workspace = nullptr;      // kCudaWorkspaceMaxBytes, for the checksum launches
+    // Device: one entry per tensor scanned, then the checksum, then the scan's workspace (its
+    // table of the tensors, copied there by the launcher): one allocation, grown as needed.
+    uint64_t *results = nullptr;
+    size_t capacity = 0;            // entries (8 bytes each) of `results`
     std::vector<uint64_t> host;     // the results, copied back
 
     // With mu held and the context's device current.

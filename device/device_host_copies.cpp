@@ -1,7 +1,7 @@
 // The host implementation's copies and its check_slot: every device pointer is checked to lie,
 // with the whole copy or slot, in a block of the device the call names (more than CUDA checks),
-// and the bytes move with memmove on the caller's thread (the null stream) or the stream's
-// worker. Shared declarations: device_host_internal.hpp.
+// and the bytes move with memmove on the stream's worker (the device's default stream for the
+// null stream), later, as on a GPU. Shared declarations: device_host_internal.hpp.
 #include <cstring>
 
 #include "device/device_host_internal.hpp"
@@ -30,8 +30,7 @@ Status HostBackend::copy(void *dst, const void *src, uint64_t bytes, CopyKind ki
     if (auto c = check_side(dst, bytes, dst_dev, device, "destination"); !c) return c;
     if (auto c = check_side(src, bytes, src_dev, device, "source"); !c) return c;
   }
-  run_or_enqueue(hs, dst, src, bytes);
-  return {};
+  return enqueue_copy(issuing_stream(hs, device), dst, src, bytes);
 }
 
 Status HostBackend::copy_peer(void *dst, int dst_device, const void *src, int src_device,
@@ -53,8 +52,7 @@ Status HostBackend::copy_peer(void *dst, int dst_device, const void *src, int sr
     if (auto c = check_side(dst, bytes, true, dst_device, "destination"); !c) return c;
     if (auto c = check_side(src, bytes, true, src_device, "source"); !c) return c;
   }
-  run_or_enqueue(s.value(), dst, src, bytes);
-  return {};
+  return enqueue_copy(issuing_stream(s.value(), issuer), dst, src, bytes);
 }
 
 Result<SlotCheck> HostBackend::check_slot(int device, const std::byte *slot, uint64_t bytes,
@@ -99,12 +97,13 @@ Status HostBackend::check_side(const void *p, uint64_t bytes, bool device_side, 
   return {};
 }
 
-void HostBackend::run_or_enqueue(HostStream *stream, void *dst, const void *src, uint64_t bytes) {
+Status HostBackend::enqueue_copy(HostStream *stream, void *dst, const void *src, uint64_t bytes) {
+  if (stream->capturing())
+    return invalid("a copy on a stream that is being captured into a graph: the host stand-in "
+                   "does not replay graphs");
   // memmove: a copy within one block may overlap, which memcpy does not allow.
-  if (stream == nullptr)
-    std::memmove(dst, src, bytes);
-  else
-    stream->enqueue([dst, src, bytes] { std::memmove(dst, src, bytes); });
+  stream->enqueue([dst, src, bytes] { std::memmove(dst, src, bytes); });
+  return {};
 }
 
 }  // namespace loraflip::device::host_detail

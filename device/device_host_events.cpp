@@ -1,10 +1,14 @@
-// The host implementation's interprocess events: a shared-memory word per event, which a
-// record on a stream marks pending and the stream's worker completes in stream order; opened
-// once per process and reference-counted; the segments of dead creators swept away.
+// The host implementation's events: a shared-memory word per event, which a record on a stream
+// marks pending and the stream's worker completes in stream order; opened once per process
+// (never in the process that made it, which CUDA refuses) and reference-counted; the segments
+// of dead creators swept away. Local events are the same without an exported handle. A wait on
+// an event holds a stream's worker until the record it names is done.
 // Shared declarations: device_host_internal.hpp.
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <dirent.h>
+#include <thread>
 #include <new>
 #include <unistd.h>
 
@@ -13,7 +17,13 @@
 
 namespace loraflip::device::host_detail {
 
-Result<Event> HostBackend::create_event(int device) {
+Result<Event> HostBackend::create_event(int device) { return make_event(device, true); }
+
+// A local event needs no segment, but sharing one implementation keeps record, query and wait
+// the same for both kinds; only its handle stays empty, so it cannot leave the process.
+Result<Event> HostBackend::create_local_event(int device) { return make_event(device, false); }
+
+Result<Event> HostBackend::make_event(int device, bool exported) {
   if (auto s = check_device(device); !s) return s.error();
   CurrentDevice on(*this);
   if (auto s = on.use(device); !s) return s.error();
@@ -40,11 +50,12 @@ Result<Event> HostBackend::create_event(int device) {
   event.device = device;
   HostHandle h{};
   h.magic = kEventMagic;
+  h.creator = static_cast<uint32_t>(::getpid());
   h.nonce = nonce;
   std::memcpy(h.name, name.c_str(), name.size() + 1);
-  std::memcpy(event.handle.bytes, &h, sizeof h);
+  if (exported) std::memcpy(event.handle.bytes, &h, sizeof h);
   auto mapping =
-      std::make_shared<EventMapping>(EventMapping{std::move(segment).value(), word, true, {}, 1});
+      std::make_shared<EventMapping>(EventMapping{std::move(segment).value(), word, true, {}, 1, 0, nullptr, false});
   event.impl = mapping.get();
   std::lock_guard lock(mu_);
   events_.emplace(mapping.get(), std::move(mapping));
@@ -56,6 +67,11 @@ Result<Event> HostBackend::open_event(int device, const IpcHandle &handle) {
   auto parsed = parse_handle(handle, kEventMagic, "event");
   if (!parsed) return parsed.error();
   const HostHandle &h = parsed.value();
+  // cudaIpcOpenEventHandle refuses an event of the calling process: in-process code that
+  // passes through it here would not work on a GPU.
+  if (h.creator == static_cast<uint32_t>(::getpid()))
+    return invalid("open_event of an event this process created: CUDA refuses to import a "
+                   "handle in the process that exported it");
   const std::string key = std::to_string(device) + "/" + h.name + "/" + hex(h.nonce);
   Event event;
   event.device = device;
@@ -81,7 +97,8 @@ Result<Event> HostBackend::open_event(int device, const IpcHandle &handle) {
     return make_error(LF_E_NOT_FOUND, std::string("stale event handle: shared memory '/") + h.name +
                                           "' now holds another object");
   auto mapping =
-      std::make_shared<EventMapping>(EventMapping{std::move(segment).value(), word, false, key, 1});
+      std::make_shared<EventMapping>(EventMapping{std::move(segment).value(), word, false, key, 1, 0, nullptr, false});
+  mapping->owner = static_cast<pid_t>(h.creator);
   event.impl = mapping.get();
   opened_events_.emplace(key, mapping.get());
   events_.emplace(mapping.get(), std::move(mapping));
@@ -104,19 +121,63 @@ Status HostBackend::record(Event &event, Stream stream) {
   if (auto u = on.use(event.device); !u) return u;
   // The null stream is the current device's: the same refusal.
   if (auto r = require_current(event.device, "an event record"); !r) return r;
-  std::atomic<uint64_t> &state = m.value()->word->state;
-  const uint64_t pending = hs != nullptr ? kPending : 0;  // the null stream is synchronous
+  HostStream *runs_on = issuing_stream(hs, event.device);
+  std::shared_ptr<EventMapping> mapping = std::move(m).value();
+  auto done = std::make_shared<std::atomic<bool>>(false);
+  {
+    std::lock_guard lock(mu_);
+    mapping->last_record_done = done;
+    // Captured, the record runs at each replay of the graph, not now: nothing completes it.
+    mapping->captured = runs_on->capturing();
+  }
+  std::atomic<uint64_t> &state = mapping->word->state;
   uint64_t old = state.load();
   uint64_t next;
   do {
-    next = (((old >> 1) + 1) << 1) | pending;
+    next = (((old >> 1) + 1) << 1) | kPending;
   } while (!state.compare_exchange_weak(old, next));
-  if (hs != nullptr)
-    hs->enqueue([mapping = std::move(m).value(), next] {
-      uint64_t expected = next;
-      mapping->word->state.compare_exchange_strong(
-          expected, next & ~kPending, std::memory_order_release, std::memory_order_relaxed);
-    });
+  if (runs_on->capturing()) return {};
+  runs_on->enqueue([mapping = std::move(mapping), done = std::move(done), next] {
+    uint64_t expected = next;
+    mapping->word->state.compare_exchange_strong(expected, next & ~kPending,
+                                                 std::memory_order_release,
+                                                 std::memory_order_relaxed);
+    done->store(true, std::memory_order_release);
+  });
+  return {};
+}
+
+Status HostBackend::wait_event_on(int device, Stream stream, Event &event) {
+  if (auto s = check_device(device); !s) return s;
+  auto m = find_event(event);
+  if (!m) return m.error();
+  auto s = stream_of(stream);
+  if (!s) return s.error();
+  if (s.value() != nullptr && s.value()->device() != device)
+    return invalid("a wait on device " + std::to_string(device) + " with a stream of device " +
+                   std::to_string(s.value()->device()));
+  CurrentDevice on(*this);
+  if (auto u = on.use(device); !u) return u;
+  if (auto r = require_current(device, "a stream wait"); !r) return r;
+  std::shared_ptr<std::atomic<bool>> done;
+  {
+    std::lock_guard lock(mu_);
+    done = m.value()->last_record_done;
+    if (m.value()->captured)
+      return invalid("a stream wait on an event recorded during a graph capture");
+  }
+  // Never recorded in this process: nothing to wait for (cudaStreamWaitEvent on an event never
+  // recorded returns at once). An opened event's records are another process's: the shared
+  // word says whether the last one is done.
+  std::shared_ptr<EventMapping> mapping = std::move(m).value();
+  issuing_stream(s.value(), device)->enqueue([done = std::move(done), mapping = std::move(mapping)] {
+    auto complete = [&] {
+      if (done) return done->load(std::memory_order_acquire);
+      return (mapping->word->state.load(std::memory_order_acquire) & kPending) == 0;
+    };
+    // Blocks this stream's worker, as the GPU holds the stream, until the record is reached.
+    while (!complete()) std::this_thread::sleep_for(std::chrono::microseconds(50));
+  });
   return {};
 }
 
@@ -126,7 +187,19 @@ Result<bool> HostBackend::query(Event &event) {
   CurrentDevice on(*this);
   if (auto s = on.use(event.device); !s) return s.error();
   if (auto s = require_current(event.device, "an event query"); !s) return s.error();
-  return (m.value()->word->state.load(std::memory_order_acquire) & kPending) == 0;
+  const EventMapping &mapping = *m.value();
+  {
+    std::lock_guard lock(mu_);
+    if (mapping.captured)
+      return invalid("query of an event last recorded in a stream that was being captured "
+                     "into a graph (cudaErrorCapturedEvent)");
+  }
+  if ((mapping.word->state.load(std::memory_order_acquire) & kPending) == 0) return true;
+  // The event of a process that is gone: CUDA does not say what a query answers then. The
+  // stand-in gives the most dangerous answer, "done", so that a consumer that trusts it (and
+  // flips a slot its writer died writing) fails its tests.
+  if (!mapping.creator && mapping.owner > 0 && !ipc::process_alive(mapping.owner, 0)) return true;
+  return false;
 }
 
 void HostBackend::destroy_event(Event &event) {

@@ -26,6 +26,7 @@
 #include <string>
 #include <thread>
 #include <type_traits>
+#include <vector>
 
 #include "device/device.hpp"
 #include "ipc/arena.hpp"
@@ -33,6 +34,12 @@
 // The calling thread's current device, shared by every copy of the host implementation in the
 // process (device_host_current.cpp).
 extern "C" int *loraflip_host_thread_device() noexcept;
+// The default stream of `device` (a HostStream, made at the first call), one per device for the
+// whole process and shared the same way, as CUDA's legacy default stream is one per device of a
+// process (device_host_current.cpp). Null for a device out of range.
+extern "C" void *loraflip_host_default_stream(int device) noexcept;
+// The devices whose context a test failed for good (host_fail_device), one bit each.
+extern "C" std::atomic<uint32_t> *loraflip_host_failed_devices() noexcept;
 
 namespace loraflip::device::host_detail {
 
@@ -46,7 +53,7 @@ inline constexpr uint64_t kStreamMagic = 0x4c4653747265616dULL;
 // What a host handle holds; it fills the 64 bytes of an IpcHandle.
 struct HostHandle {
   uint32_t magic;     // kBlockMagic or kEventMagic
-  uint32_t reserved;  // zero
+  uint32_t creator;   // the pid of the process that exported it: CUDA refuses to import there
   uint64_t bytes;     // a block's usable bytes; 0 for an event
   uint64_t nonce;     // random per object: tells a reused name from the object it named
   char name[40];      // the shared-memory name, NUL-terminated
@@ -103,6 +110,9 @@ class HostStream {
   void wait_idle();
   void set_paused(bool paused);
   int device() const { return device_; }
+  // A test hook's simulated graph capture (host_capture_stream): see HostBackend::record.
+  void set_capturing(bool capturing) { capturing_.store(capturing); }
+  bool capturing() const { return capturing_.load(); }
 
   const uint64_t magic = kStreamMagic;
 
@@ -114,6 +124,7 @@ class HostStream {
   std::condition_variable work_cv_, idle_cv_;
   std::deque<std::function<void()>> queue_;
   bool paused_ = false, stop_ = false, running_ = false;
+  std::atomic<bool> capturing_{false};
   std::thread worker_;  // last: starts after every other member exists
 };
 
@@ -134,12 +145,26 @@ struct EventMapping {
   bool creator;     // removes the name when destroyed
   std::string key;  // for opened events: the cache key
   int refs = 1;     // for opened events: open_event calls not yet matched by destroy_event
+  pid_t owner = 0;  // for opened events: the process that created it
+  // Guarded by the backend's mu_. Set when done by the stream op of this process's last
+  // record, and what wait_event_on waits for: the shared word cannot tell which of two records
+  // on two streams completed (null: never recorded here, or recorded on the null stream of a
+  // device that ran it).
+  std::shared_ptr<std::atomic<bool>> last_record_done;
+  // Guarded by mu_: the last record was queued in a (simulated) graph capture, so that query
+  // fails as cudaEventQuery does for cudaErrorCapturedEvent until it is recorded again.
+  bool captured = false;
 };
 
 class HostBackend final : public Backend {
  public:
-  HostBackend(std::string instance, int devices, std::optional<Error> config_error)
-      : instance_(std::move(instance)), devices_(devices), config_error_(std::move(config_error)) {}
+  // `visible`: the physical device number of each of this process's ordinals
+  // (LORAFLIP_HOST_VISIBLE_DEVICES); empty with a config error.
+  HostBackend(std::string instance, std::vector<int> visible, std::optional<Error> config_error)
+      : instance_(std::move(instance)),
+        devices_(static_cast<int>(visible.size())),
+        visible_(std::move(visible)),
+        config_error_(std::move(config_error)) {}
   ~HostBackend() override;
 
   const char *name() const override { return "host"; }
@@ -174,6 +199,16 @@ class HostBackend final : public Backend {
   Status record(Event &event, Stream stream) override;
   Result<bool> query(Event &event) override;
   void destroy_event(Event &event) override;
+  Result<Event> create_local_event(int device) override;
+  Status wait_event_on(int device, Stream stream, Event &event) override;
+  Result<int> stream_device(Stream stream) override;
+  Result<bool> capturing(int device, Stream stream) override;
+
+  // device_host_memory.cpp
+  Status close_block(int device, std::byte *ptr) override;
+  uint64_t blocks_open() const override;
+  Result<Uuid> device_uuid(int device) override;
+  Result<bool> enable_peer_access(int device, int peer) override;
 
  private:
   struct Range {
@@ -194,6 +229,10 @@ class HostBackend final : public Backend {
   // another object (in another copy of this code, linked into the library). So a stream is
   // recognised by its magic number, not looked up in streams_.
   Result<HostStream *> stream_of(Stream stream) const;
+  // Where work issued on `stream` for `device` runs: the stream itself, or for the null stream
+  // that device's default stream (one per device of the process, asynchronous as in CUDA: a
+  // copy or a record on it is done later, when the stream gets there, not in the call).
+  static HostStream *issuing_stream(HostStream *stream, int device);
 
   Result<std::shared_ptr<EventMapping>> find_event(const Event &event) const;
 
@@ -202,7 +241,11 @@ class HostBackend final : public Backend {
   Status check_side(const void *p, uint64_t bytes, bool device_side, int device,
                     const char *what) const;
 
-  static void run_or_enqueue(HostStream *stream, void *dst, const void *src, uint64_t bytes);
+  // Queues a copy on `stream` (never null: see issuing_stream). Refused on a capturing stream:
+  // the stand-in cannot replay a graph, and a copy that ran now would be kinder than CUDA.
+  static Status enqueue_copy(HostStream *stream, void *dst, const void *src, uint64_t bytes);
+  // Makes an event of `device` with its segment; `exported`: its handle leaves the process.
+  Result<Event> make_event(int device, bool exported);
 
   // A CUDA event dies with the process that made it; the stand-in's shared memory would not.
   // Removes the event segments of this instance whose creating process is gone (writers
@@ -211,7 +254,11 @@ class HostBackend final : public Backend {
   void remove_dead_events() const;
 
   const std::string instance_;
-  const int devices_;
+  const int devices_;  // this process's ordinals: 0..devices_-1
+  // The physical number of each ordinal: what names a device in every process (shared-memory
+  // names, device_uuid, a block's head), where ordinals are per process as in CUDA. Everything
+  // else (check_device, ranges_, the current device, default streams) is in ordinals.
+  const std::vector<int> visible_;
   const std::optional<Error> config_error_;
 
   mutable std::mutex mu_;                // guards everything below

@@ -3,10 +3,22 @@
 // a block once per context. Shared declarations: device_host_internal.hpp.
 #include <cstring>
 #include <limits>
+#include <unistd.h>
 
 #include "device/device_host_internal.hpp"
 
 namespace loraflip::device::host_detail {
+namespace {
+
+// The head of a block's segment: the common head, then the physical device the block lives
+// on, which open_block checks (the rest of the kDataOffset bytes stay zero).
+struct BlockHead {
+  SegmentHead head;
+  uint64_t device;
+};
+static_assert(sizeof(BlockHead) <= kDataOffset);
+
+}  // namespace
 
 Result<Block> HostBackend::allocate(int device, uint64_t bytes, const std::string &tag) {
   if (auto s = check_device(device); !s) return s.error();
@@ -18,8 +30,10 @@ Result<Block> HostBackend::allocate(int device, uint64_t bytes, const std::strin
     return make_error(LF_E_TOO_LARGE, "a block of " + std::to_string(bytes) + " bytes");
   if (!valid_name_part(tag))
     return invalid("block tag '" + tag + "': use 1 to 200 of A-Z a-z 0-9 . _ -");
+  // The physical number: two processes that number the devices differently must name one
+  // device's block alike (remove_host_blocks finds it), and never two devices' alike.
   const std::string name =
-      fit_name("loraflip." + instance_ + "." + tag + ".dev" + std::to_string(device));
+      fit_name("loraflip." + instance_ + "." + tag + ".dev" + std::to_string(visible_[device]));
   if (Segment::exists(name))
     return make_error(LF_E_EXISTS, "shared memory '/" + name +
                                        "' exists already: a block of that tag on that device, "
@@ -27,7 +41,8 @@ Result<Block> HostBackend::allocate(int device, uint64_t bytes, const std::strin
   auto segment = Segment::create(name, kDataOffset + bytes, 0660, -1);
   if (!segment) return segment.error();
   const uint64_t nonce = make_nonce();
-  *reinterpret_cast<SegmentHead *>(segment->base()) = SegmentHead{kBlockMagic, nonce, bytes};
+  *reinterpret_cast<BlockHead *>(segment->base()) =
+      BlockHead{SegmentHead{kBlockMagic, nonce, bytes}, uint64_t(visible_[device])};
 
   Block block;
   block.device = device;
@@ -35,6 +50,7 @@ Result<Block> HostBackend::allocate(int device, uint64_t bytes, const std::strin
   block.bytes = bytes;
   HostHandle h{};
   h.magic = kBlockMagic;
+  h.creator = static_cast<uint32_t>(::getpid());
   h.bytes = bytes;
   h.nonce = nonce;
   std::memcpy(h.name, name.c_str(), name.size() + 1);
@@ -73,6 +89,11 @@ Result<std::byte *> HostBackend::open_block(int device, const IpcHandle &handle,
   auto parsed = parse_handle(handle, kBlockMagic, "block");
   if (!parsed) return parsed.error();
   const HostHandle &h = parsed.value();
+  // cudaIpcOpenMemHandle refuses a block of the calling process (its own allocation): code
+  // that works here only because it opens what it exported would not work on a GPU.
+  if (h.creator == static_cast<uint32_t>(::getpid()))
+    return invalid("open_block of a block this process allocated: CUDA refuses to import a "
+                   "handle in the process that exported it");
   if (bytes == 0 || bytes > h.bytes)
     return invalid("open_block asks for " + std::to_string(bytes) + " bytes of a block of " +
                    std::to_string(h.bytes));
@@ -88,11 +109,20 @@ Result<std::byte *> HostBackend::open_block(int device, const IpcHandle &handle,
     if (e.code == LF_E_NOT_FOUND) e.message += " (the block was freed, or its owner is gone)";
     return e;
   }
-  const auto *head = reinterpret_cast<const SegmentHead *>(segment->base());
-  if (segment->size() < kDataOffset + h.bytes || head->magic != kBlockMagic ||
-      head->nonce != h.nonce || head->bytes != h.bytes)
+  const auto *head = reinterpret_cast<const BlockHead *>(segment->base());
+  if (segment->size() < kDataOffset + h.bytes || head->head.magic != kBlockMagic ||
+      head->head.nonce != h.nonce || head->head.bytes != h.bytes)
     return make_error(LF_E_NOT_FOUND, std::string("stale block handle: shared memory '/") + h.name +
                                           "' now holds another block");
+  // cudaIpcOpenMemHandle maps a block of another GPU too, through peer access: reads cross
+  // NVLink or PCIe and views name the wrong device. Always a defect here (the caller used an
+  // ordinal of another process's numbering), so the stand-in refuses it.
+  if (head->device != uint64_t(visible_[device]))
+    return invalid("open_block on device " + std::to_string(device) + " (host device " +
+                   std::to_string(visible_[device]) + ") of a block that lives on host device " +
+                   std::to_string(head->device) +
+                   ": ordinals are per process (LORAFLIP_HOST_VISIBLE_DEVICES); find this "
+                   "process's ordinal of the block's device by its uuid");
   std::byte *ptr = segment->base() + kDataOffset;
   opened_blocks_.emplace(
       key, std::make_unique<OpenedBlock>(OpenedBlock{std::move(segment).value(), ptr}));
@@ -104,6 +134,50 @@ Result<std::byte *> HostBackend::open_block(int device, const IpcHandle &handle,
 uint64_t HostBackend::blocks_opened() const {
   std::lock_guard lock(mu_);
   return blocks_opened_;
+}
+
+Status HostBackend::close_block(int device, std::byte *ptr) {
+  if (auto s = check_device(device); !s) return s;
+  CurrentDevice on(*this);
+  if (auto s = on.use(device); !s) return s;
+  if (auto s = require_current(device, "closing a block"); !s) return s;
+  std::unique_ptr<OpenedBlock> closed;  // unmapped after the lock
+  std::lock_guard lock(mu_);
+  for (auto it = opened_blocks_.begin(); it != opened_blocks_.end(); ++it) {
+    if (it->second->ptr != ptr) continue;
+    auto range = ranges_.find(ptr);
+    if (range == ranges_.end() || range->second.device != device)
+      return invalid("close_block names device " + std::to_string(device) +
+                     ", but the block was opened on another");
+    ranges_.erase(range);
+    closed = std::move(it->second);
+    opened_blocks_.erase(it);
+    return {};
+  }
+  // cudaIpcCloseMemHandle of a pointer that open did not give fails too.
+  return invalid("close_block of a pointer that open_block did not give (or closed already)");
+}
+
+uint64_t HostBackend::blocks_open() const {
+  std::lock_guard lock(mu_);
+  return opened_blocks_.size();
+}
+
+Result<Backend::Uuid> HostBackend::device_uuid(int device) {
+  if (auto s = check_device(device); !s) return s.error();
+  Uuid id{};
+  // "loraflip-host" and the device's physical number: the same in every process, whatever
+  // ordinal LORAFLIP_HOST_VISIBLE_DEVICES gives it here.
+  static constexpr char kPrefix[] = "loraflip-host";
+  std::memcpy(id.bytes, kPrefix, sizeof kPrefix - 1);
+  id.bytes[15] = static_cast<unsigned char>(visible_[device]);
+  return id;
+}
+
+Result<bool> HostBackend::enable_peer_access(int device, int peer) {
+  if (auto s = check_device(device); !s) return s.error();
+  if (auto s = check_device(peer); !s) return s.error();
+  return true;  // shared memory: every device reaches every other
 }
 
 }  // namespace loraflip::device::host_detail

@@ -1,6 +1,8 @@
 // The host implementation's streams: a worker thread per stream runs its copies and event
 // records in order, as a GPU stream does; a paused stream (a test hook) queues and runs nothing,
-// as a stream stuck behind long kernels would. Shared declarations: device_host_internal.hpp.
+// as a stream stuck behind long kernels would. Each device's default stream is one of them too
+// (one per process), so work on the null stream is as asynchronous as on CUDA's. Shared
+// declarations: device_host_internal.hpp.
 #include "device/device_host_internal.hpp"
 
 namespace loraflip::device::host_detail {
@@ -59,6 +61,26 @@ Result<HostStream *> HostBackend::stream_of(Stream stream) const {
   return s;
 }
 
+HostStream *HostBackend::issuing_stream(HostStream *stream, int device) {
+  if (stream != nullptr) return stream;
+  return static_cast<HostStream *>(loraflip_host_default_stream(device));
+}
+
+Result<int> HostBackend::stream_device(Stream stream) {
+  if (stream == nullptr) return invalid("stream_device of the null stream (each device has one)");
+  auto s = stream_of(stream);
+  if (!s) return s.error();
+  return s.value()->device();
+}
+
+Result<bool> HostBackend::capturing(int device, Stream stream) {
+  if (auto s = check_device(device); !s) return s.error();
+  auto s = stream_of(stream);
+  if (!s) return s.error();
+  // The legacy default stream cannot be captured (cudaStreamBeginCapture refuses it).
+  return s.value() != nullptr && s.value()->capturing();
+}
+
 Result<Stream> HostBackend::create_stream(int device) {
   if (auto s = check_device(device); !s) return s.error();
   CurrentDevice on(*this);
@@ -95,8 +117,14 @@ Status HostBackend::synchronize(int device, Stream stream) {
   if (auto u = on.use(device); !u) return u;
   // The null stream is the current device's.
   if (auto r = require_current(device, "a synchronize"); !r) return r;
-  // Work on the null stream ran when it was issued.
-  if (s.value() != nullptr) s.value()->wait_idle();
+  HostStream *hs = issuing_stream(s.value(), device);
+  // cudaStreamSynchronize on a capturing stream fails (and ends the capture); waiting here
+  // would wait for work that never runs.
+  if (hs->capturing())
+    return make_error(LF_E_INVALID_ARGUMENT,
+                      "synchronize of a stream that is being captured into a graph "
+                      "(cudaErrorStreamCaptureUnsupported)");
+  hs->wait_idle();
   return {};
 }
 
@@ -104,11 +132,34 @@ Status HostBackend::synchronize(int device, Stream stream) {
 
 namespace loraflip::device {
 
+namespace {
+
+// The host stream `stream` names (nullptr: the default stream of `device`), or nullptr.
+host_detail::HostStream *hook_stream(Stream stream, int device) {
+  if (stream == nullptr)
+    return static_cast<host_detail::HostStream *>(loraflip_host_default_stream(device));
+  auto *s = static_cast<host_detail::HostStream *>(stream);
+  return s->magic == host_detail::kStreamMagic ? s : nullptr;
+}
+
+}  // namespace
+
 void host_pause_stream(Stream stream, bool paused) {
   if (stream == nullptr) return;
-  auto *s = static_cast<host_detail::HostStream *>(stream);
-  if (s->magic != host_detail::kStreamMagic) return;
-  s->set_paused(paused);
+  if (auto *s = hook_stream(stream, 0)) s->set_paused(paused);
+}
+
+void host_pause_default_stream(int device, bool paused) {
+  if (auto *s = hook_stream(nullptr, device)) s->set_paused(paused);
+}
+
+void host_capture_stream(Stream stream, bool capturing) {
+  if (stream == nullptr) return;
+  if (auto *s = hook_stream(stream, 0)) s->set_capturing(capturing);
+}
+
+void host_enqueue(Stream stream, int device, std::function<void()> work) {
+  if (auto *s = hook_stream(stream, device)) s->enqueue(std::move(work));
 }
 
 }  // namespace loraflip::device

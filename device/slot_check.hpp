@@ -6,6 +6,7 @@
 #include <span>
 
 #include "device/device.hpp"
+#include "kernels/device_kernels.hpp"
 
 namespace loraflip::device::detail {
 
@@ -20,9 +21,10 @@ Status check_slot_arguments(const std::byte *slot, uint64_t bytes,
 // A table of pointers rather than calls, so that the library holding the cuda implementation
 // links without the kernels (see install_cuda_check_kernels in device.hpp).
 struct CudaCheckKernels {
-  int (*first_non_finite)(const void *device_data, uint64_t count, int dtype,
-                          int64_t *device_result, void *workspace, size_t *workspace_bytes,
-                          void *stream);
+  // lf_cuda_first_non_finite_tensors: one launch for every tensor of a slot.
+  int (*first_non_finite_tensors)(const void *device_base, const kernels::CudaScanTensor *tensors,
+                                  size_t n_tensors, int64_t *device_results, void *workspace,
+                                  size_t *workspace_bytes, void *stream);
   int (*checksum)(const void *device_data, uint64_t bytes, uint64_t *device_out, void *workspace,
                   size_t *workspace_bytes, void *stream);
 };

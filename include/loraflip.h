@@ -67,6 +67,8 @@ extern "C" {
 #define LF_E_UNSUPPORTED -20      /* not available in this build or on this machine */
 #define LF_E_PERMISSION -21       /* the operating system refused access */
 #define LF_E_UNKNOWN_OP -22       /* the daemon does not know this operation */
+#define LF_E_DEVICE -23           /* the GPU's context failed for good (a sticky CUDA error):
+                                     nothing more runs on it in this process; restart it */
 
 /* Never NULL; a static string. Unknown codes give "unknown error". */
 LF_API const char *lf_strerror(int status);
@@ -181,7 +183,9 @@ typedef struct lf_writer lf_writer_t;
 LF_API int lf_client_begin_write(lf_client_t *client, const char *name, int lease_ms,
                                  lf_writer_t **out);
 LF_API size_t lf_writer_tensor_count(const lf_writer_t *writer);
-/* Views stay valid until commit or abort. Writes go straight into the daemon's slot. */
+/* Views stay valid until commit or abort. Writes go straight into the daemon's slot. On a
+ * device-placed adapter, writes through a view queued on a GPU stream must be named to the
+ * commit with lf_writer_commit_after. */
 LF_API int lf_writer_tensor(const lf_writer_t *writer, size_t index, lf_tensor_view_t *out);
 LF_API int lf_writer_tensor_by_name(const lf_writer_t *writer, const char *name,
                                     lf_tensor_view_t *out);
@@ -193,15 +197,26 @@ LF_API int lf_writer_copy_in(lf_writer_t *writer, size_t index, const void *src,
  * language binding, one call instead of one per tensor (hundreds for an adapter). */
 LF_API int lf_writer_copy_in_all(lf_writer_t *writer, const void *const *srcs,
                                  const size_t *nbytes);
-/* Copies `nbytes` from `src` into tensor `index` on `stream` (a cudaStream_t; NULL: the
- * default stream) and returns without waiting. `src_device` is the device ordinal of `src`, or
- * -1 for host memory. All of one write's asynchronous copies go on one stream (changing
- * stream waits for the previous one). At commit the library records an interprocess event on
- * that stream and the daemon waits for it (never blocking other clients) before it checks and
- * flips; a writer that dies before its copies complete changes nothing. On a host-placed
- * adapter this is a plain copy of host memory, done when the call returns. */
+/* Copies `nbytes` from `src` into tensor `index` on `stream` (a cudaStream_t) and returns
+ * without waiting. `src_device` is the device ordinal of `src`, or -1 for host memory (which
+ * must stay valid until the commit returns). A copy from host memory or from the slot's own
+ * device runs on `stream` of the slot's device (NULL: its default stream); a copy from another
+ * device (a peer copy) runs on `stream` of any device (NULL: the source device's default
+ * stream). One write may use several streams and devices. At commit the library makes one
+ * interprocess event cover all of them (on the slot's device, after the work of every stream
+ * used) and the daemon waits for it (never blocking other clients) before it checks and flips;
+ * a writer that dies before its copies complete changes nothing. On a host-placed adapter this
+ * is a plain copy of host memory, done when the call returns. */
 LF_API int lf_writer_copy_in_async(lf_writer_t *writer, size_t index, const void *src,
                                    size_t nbytes, int src_device, void *stream);
+/* Makes the commit cover the work queued on `stream` (a cudaStream_t of device `device`;
+ * NULL: that device's default stream; device -1: the stream's own device, or the slot's for
+ * NULL) up to the commit. Call it when the slot is written through its device views
+ * (lf_writer_tensor's data) by your own kernels or copies, which the library cannot see:
+ * without it the daemon may check and flip before they land. Any number of streams, of any
+ * device. Does nothing on a host-placed adapter (host views are written by the CPU, done when
+ * the stores return). */
+LF_API int lf_writer_commit_after(lf_writer_t *writer, int device, void *stream);
 /* Validates (per flags), assigns the next version and flips it active; *version_out (may be
  * NULL) receives the new version. Frees the writer, except when the outcome is unknown:
  * LF_E_TIMEOUT or LF_E_CONNECTION (the daemon restarting, or slow). Then the writer stays
@@ -249,7 +264,12 @@ LF_API void lf_pin_release(lf_pin_t *pin);
  * released by a later call on the same reader once the event has completed (every acquire
  * checks, or lf_reader_release_completed), and lf_reader_close waits for it (up to 10 s).
  * On LF_OK the pin pointer is dead, as after lf_pin_release; on error the pin is still held
- * and valid. Its cell counts against LF_MAX_PINS until released. */
+ * and valid. Its cell counts against LF_MAX_PINS until released. NULL covers that device's
+ * default stream only, not other streams of the device. Refused (LF_E_INVALID_ARGUMENT) on a
+ * stream being captured into a CUDA graph: the graph reads the pin at every replay, so hold
+ * the pin while the graph is in use and release it outside the capture. A pending release
+ * ends only when its event completes, or when the device's context fails for good
+ * (LF_E_DEVICE); any other error of the event leaves the pin held. */
 LF_API int lf_pin_release_after(lf_pin_t *pin, int device, void *stream);
 /* Releases the pins of lf_pin_release_after whose GPU work is done, without waiting.
  * *pending_out (may be NULL) receives how many still wait. */

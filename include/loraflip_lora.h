@@ -167,7 +167,11 @@ LF_LORA_API int lf_lora_cuda_expand(const lf_lora_batch_t *batch, const float *v
  * writes the bytes it needs to *workspace_bytes and returns 0 without launching anything (only
  * the batch shape is looked at; x and y may be NULL); then call again with a workspace of at
  * least that size and *workspace_bytes set to its size. The size depends only on n_rows and
- * max_rank, so one workspace serves every layer of a step. */
+ * max_rank, so one workspace serves every layer of a step: v's size, or 16 times it for batches
+ * small enough (under 512 shrink blocks: ceil(n_rows / 8) * ceil(max_rank / 8)) that the shrink
+ * may split h_in over more blocks to fill the GPU (at most 2 MiB), which it does when it would
+ * otherwise have fewer than two blocks per SM. The results are the same bits either way, and
+ * the same as lf_lora_cuda_shrink followed by lf_lora_cuda_expand (which never split). */
 LF_LORA_API int lf_lora_cuda_apply(const lf_lora_batch_t *batch, const void *x, void *y,
                                    void *workspace, size_t *workspace_bytes,
                                    int32_t *device_error, lf_lora_stream_t stream);
@@ -177,9 +181,12 @@ LF_LORA_API int lf_lora_cuda_apply(const lf_lora_batch_t *batch, const void *x, 
  * intermediate is stored in the workspace in the I/O dtype, because cublasGemmEx needs both
  * inputs of the second GEMM in one type, so fp16/bf16 results may differ from
  * lf_lora_cuda_apply by about one rounding of the intermediate. Workspace protocol as for
- * lf_lora_cuda_apply. The handle's stream and pointer mode are set for the call and restored
- * afterwards; do not use the same handle from another thread meanwhile. To capture in a CUDA
- * graph, give the handle a workspace first (cublasSetWorkspace) as cuBLAS requires. */
+ * lf_lora_cuda_apply. The handle's stream and pointer mode are set for the call where they
+ * differ from `stream` and host mode, and restored afterwards; do not use the same handle from
+ * another thread meanwhile. To capture in a CUDA graph, give the handle a workspace first
+ * (cublasSetWorkspace) as cuBLAS requires. cuBLAS resets a handle's workspace to its own pool
+ * whenever the handle's stream changes (cublasSetStream), so set the handle's stream to the one
+ * you pass here before setting its workspace: then this call changes neither. */
 LF_LORA_API int lf_lora_cuda_apply_single(int32_t dtype, int32_t n_rows, int32_t h_in,
                                           int32_t h_out, const void *x, int64_t ldx, void *y,
                                           int64_t ldy, const lf_lora_adapter_t *adapter,

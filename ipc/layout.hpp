@@ -202,10 +202,17 @@ struct alignas(128) ReaderEntry {
 // One GPU's arena: a single block the daemon allocated and exported once. Written by the daemon
 // at each start, before it answers any hello; immutable while that daemon runs.
 struct DeviceArenaRecord {
-  int32_t ordinal;   // the runtime's device number
+  // The daemon's device number. Ordinals are per process (CUDA_VISIBLE_DEVICES and
+  // CUDA_DEVICE_ORDER renumber them; one visible GPU per tensor-parallel rank is common), so
+  // no other process may use it as its own: it names the device in placements ("cuda:N") and
+  // in the daemon's messages only. Clients find their own ordinal through `uuid`.
+  int32_t ordinal;
   uint32_t reserved;
   uint64_t bytes;
   unsigned char handle[64];  // device::IpcHandle
+  // device::Backend::device_uuid of the device: what names the GPU in every process
+  // (cudaDeviceProp::uuid; the host stand-in's device number before any renumbering).
+  unsigned char uuid[16];
 };
 
 // owner_pid of a reader entry the daemon is reclaiming; never a real pid (pids fit 22 bits).
@@ -286,6 +293,7 @@ constexpr uint64_t layout_hash() {
   mix(offsetof(ReaderEntry, pins)); mix(offsetof(TensorDesc, offset));
   mix(offsetof(SlotRecord, lease_id)); mix(offsetof(ArenaHeader, last_lease_id));
   mix(offsetof(ArenaHeader, devices)); mix(sizeof(DeviceArenaRecord)); mix(kMaxDevices);
+  mix(offsetof(DeviceArenaRecord, uuid));  // clients without it would use the daemon's ordinals
   mix(offsetof(AdapterRecord, device_offset));
   mix(kMaxSlots); mix(kPinCells); mix(kMaxDims); mix(kMaxTensorName); mix(kMaxAdapterName);
   mix(kTensorAlign); mix(kSlotAlign);

@@ -9,6 +9,11 @@ int lf_cuda_first_non_finite(const void *, uint64_t, int, int64_t *, void *, siz
   return LF_E_UNSUPPORTED;
 }
 
+int lf_cuda_first_non_finite_tensors(const void *, const CudaScanTensor *, size_t, int64_t *,
+                                     void *, size_t *, void *) {
+  return LF_E_UNSUPPORTED;
+}
+
 int lf_cuda_checksum(const void *, uint64_t, uint64_t *, void *, size_t *, void *) {
   return LF_E_UNSUPPORTED;
 }

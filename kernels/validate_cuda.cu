@@ -1,13 +1,16 @@
-// CUDA launchers of device_kernels.hpp: first non-finite element, checksum, fp32 cast.
+// CUDA launchers of device_kernels.hpp: first non-finite element (of one tensor or of many),
+// checksum, fp32 cast.
 //
-// Both reductions run in two kernels on the caller's stream: a grid-stride pass in which every
-// block writes one partial result to the workspace, then one block that folds the partials and
-// writes the answer. No atomics and no memset, so the answer does not depend on scheduling and
-// the result location needs no initialization. Integer min and wrapping integer sum are exact in
-// any order, so the answers equal the CPU loops' bit for bit.
+// The single-tensor reductions run in two kernels on the caller's stream: a grid-stride pass in
+// which every block writes one partial result to the workspace, then one block that folds the
+// partials and writes the answer. No atomics and no memset, so the answer does not depend on
+// scheduling and the result location needs no initialization. The many-tensor search is one
+// kernel with a 64-bit atomicMin per tensor instead (see below). Integer min and wrapping integer
+// sum are exact in any order, so the answers equal the CPU loops' bit for bit.
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "kernels/cast.hpp"
 #include "kernels/device_kernels.hpp"
@@ -117,6 +120,117 @@ void launch_first_non_finite(const void *data, uint64_t count, uint64_t blocks,
   first_non_finite_kernel<Bits, kExponentMask>
       <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(static_cast<const Bits *>(data),
                                                                count, partials);
+}
+
+// ---- first non-finite of many tensors ---------------------------------------------------------
+//
+// One launch for a whole slot. Tensors are cut into chunks of kChunkElements; the grid walks the
+// chunks of all tensors in turn, so one huge tensor spreads over every block while a tiny one
+// costs a single chunk. Each chunk's first hit goes into its tensor's result with atomicMin:
+// the minimum does not depend on the order of the updates, so the answer is the CPU's exactly,
+// and a result needs no second pass. The results start as all ones (-1 as int64, and above
+// every index as uint64).
+
+enum ScanKind : uint32_t { kScanF16, kScanBf16, kScanF32, kScanF64 };
+
+// The launcher's table in device memory: the float tensors that have elements, in the caller's
+// order, each with its first chunk (a prefix sum), so that a block finds the tensor of a chunk by
+// binary search. Every entry has at least one chunk.
+struct ScanEntry {
+  uint64_t offset;       // bytes from the base; a multiple of the element size
+  uint64_t count;        // elements, > 0
+  uint64_t first_chunk;  // chunks of the entries before this one
+  uint32_t tensor;       // where its result goes
+  uint32_t kind;         // ScanKind
+};
+static_assert(sizeof(ScanEntry) == 32, "device_kernels.hpp promises 32 bytes per tensor");
+
+// 16 elements per thread: enough loads in flight per thread, and the per-chunk lookup (one
+// thread's binary search of the table, a few hundred cycles) stays small next to them.
+constexpr uint64_t kChunkElements = kThreads * 16;
+
+// This thread's first hit among its elements of [begin, end) of one chunk (MinOp::kIdentity for
+// none). Its indices increase with k, so the first hit is its smallest. The loads do not depend
+// on each other (only the choice does), so they are all issued before the first compare.
+template <typename Bits, Bits kExponentMask>
+__device__ uint64_t chunk_first_hit(const unsigned char *base, uint64_t offset, uint64_t begin,
+                                    uint64_t end) {
+  const Bits *data = reinterpret_cast<const Bits *>(base + offset);
+  uint64_t found = MinOp::kIdentity;
+#pragma unroll
+  for (uint64_t k = 0; k < kChunkElements / kThreads; ++k) {
+    const uint64_t i = begin + k * kThreads + threadIdx.x;
+    const bool hit = i < end && (data[i] & kExponentMask) == kExponentMask;
+    if (hit && found == MinOp::kIdentity) found = i;
+  }
+  return found;
+}
+
+__global__ void __launch_bounds__(kThreads)
+    first_non_finite_tensors_kernel(const unsigned char *base, const ScanEntry *entries,
+                                    uint32_t n_entries, uint64_t chunks,
+                                    unsigned long long *results) {
+  __shared__ uint32_t s_entry;
+  __shared__ bool s_skip;
+  // The loop bounds and every branch on shared values are the same in the whole block, so each
+  // thread reaches every barrier.
+  for (uint64_t g = blockIdx.x; g < chunks; g += gridDim.x) {
+    if (threadIdx.x == 0) {
+      // The last entry whose first chunk is <= g holds chunk g, since none is empty.
+      uint32_t lo = 0, hi = n_entries;  // the answer lies in [lo, hi)
+      while (hi - lo > 1) {
+        const uint32_t mid = lo + (hi - lo) / 2;
+        if (entries[mid].first_chunk <= g) lo = mid; else hi = mid;
+      }
+      s_entry = lo;
+      // A hit already found at or before this chunk's first element cannot be beaten by it (the
+      // read may be stale; that only costs a scan). Mostly useful for a tensor full of NaNs.
+      const uint64_t begin = (g - entries[lo].first_chunk) * kChunkElements;
+      s_skip = *static_cast<volatile unsigned long long *>(&results[entries[lo].tensor]) <= begin;
+    }
+    __syncthreads();
+    if (!s_skip) {
+      const ScanEntry e = entries[s_entry];
+      const uint64_t begin = (g - e.first_chunk) * kChunkElements;
+      const uint64_t end = e.count - begin < kChunkElements ? e.count : begin + kChunkElements;
+      uint64_t found = MinOp::kIdentity;
+      switch (e.kind) {
+        case kScanF16:
+          found = chunk_first_hit<uint16_t, 0x7C00u>(base, e.offset, begin, end);
+          break;
+        case kScanBf16:
+          found = chunk_first_hit<uint16_t, 0x7F80u>(base, e.offset, begin, end);
+          break;
+        case kScanF32:
+          found = chunk_first_hit<uint32_t, 0x7F800000u>(base, e.offset, begin, end);
+          break;
+        case kScanF64:
+          found = chunk_first_hit<uint64_t, 0x7FF0000000000000ull>(base, e.offset, begin, end);
+          break;
+      }
+      found = block_reduce<MinOp>(found);
+      if (threadIdx.x == 0 && found != MinOp::kIdentity) {
+        atomicMin(&results[e.tensor], static_cast<unsigned long long>(found));
+      }
+    }
+    __syncthreads();  // s_entry, s_skip and block_reduce's scratch are reused next round
+  }
+}
+
+// The element size and ScanKind of `dtype`: 0 for the integer dtypes (nothing to scan), -1 for
+// an unknown one.
+int scan_kind(int dtype, uint32_t *kind) {
+  switch (dtype) {
+    case LF_DTYPE_F16: *kind = kScanF16; return 2;
+    case LF_DTYPE_BF16: *kind = kScanBf16; return 2;
+    case LF_DTYPE_F32: *kind = kScanF32; return 4;
+    case LF_DTYPE_F64: *kind = kScanF64; return 8;
+    case LF_DTYPE_I8:
+    case LF_DTYPE_U8:
+    case LF_DTYPE_I32:
+    case LF_DTYPE_I64: return 0;
+    default: return -1;
+  }
 }
 
 // ---- checksum ---------------------------------------------------------------------------------
@@ -236,6 +350,72 @@ int lf_cuda_first_non_finite(const void *device_data, uint64_t count, int dtype,
   }
   first_non_finite_final<<<1, kMaxBlocks, 0, s>>>(partials, n, device_result);
   return launch_status();
+}
+
+int lf_cuda_first_non_finite_tensors(const void *device_base, const CudaScanTensor *tensors,
+                                     size_t n_tensors, int64_t *device_results, void *workspace,
+                                     size_t *workspace_bytes, void *stream) {
+  try {
+    if (workspace_bytes == nullptr || n_tensors > UINT32_MAX ||
+        (n_tensors != 0 && tensors == nullptr)) {
+      return LF_E_INVALID_ARGUMENT;
+    }
+    const bool query_only = workspace == nullptr;
+    // The table as the kernel reads it; the dtypes are checked in the size query too, as the
+    // single-tensor launcher does.
+    std::vector<ScanEntry> entries;
+    uint64_t chunks = 0;
+    for (size_t t = 0; t < n_tensors; ++t) {
+      const CudaScanTensor &in = tensors[t];
+      uint32_t kind = 0;
+      const int elem = scan_kind(in.dtype, &kind);
+      if (elem < 0 || (elem > 0 && in.count > UINT64_MAX / static_cast<unsigned>(elem))) {
+        return LF_E_INVALID_ARGUMENT;
+      }
+      if (elem == 0 || in.count == 0 || query_only) continue;
+      if (device_base == nullptr ||
+          (reinterpret_cast<uintptr_t>(device_base) + in.offset) % static_cast<unsigned>(elem) !=
+              0) {
+        return LF_E_INVALID_ARGUMENT;
+      }
+      const uint64_t own = in.count / kChunkElements + (in.count % kChunkElements != 0 ? 1 : 0);
+      if (own > UINT64_MAX - chunks) return LF_E_INVALID_ARGUMENT;  // not a real slot
+      entries.push_back({in.offset, in.count, chunks, static_cast<uint32_t>(t), kind});
+      chunks += own;
+    }
+    const size_t needed = n_tensors * sizeof(ScanEntry);
+    if (query_only) {
+      *workspace_bytes = needed;
+      return LF_OK;
+    }
+    if (n_tensors == 0) return LF_OK;
+    if (*workspace_bytes < needed || !aligned(workspace, alignof(ScanEntry)) ||
+        device_results == nullptr || !aligned(device_results, alignof(int64_t))) {
+      return LF_E_INVALID_ARGUMENT;
+    }
+    auto s = static_cast<cudaStream_t>(stream);
+    if (int rc = status_of(cudaMemsetAsync(device_results, 0xFF, n_tensors * sizeof(int64_t), s));
+        rc != LF_OK) {
+      return rc;
+    }
+    if (entries.empty()) return LF_OK;  // only integer or empty tensors: all -1
+    // Pageable host memory: CUDA copies it to a staging buffer before returning, so `entries`
+    // may go when this function returns.
+    if (int rc = status_of(cudaMemcpyAsync(workspace, entries.data(),
+                                           entries.size() * sizeof(ScanEntry),
+                                           cudaMemcpyHostToDevice, s));
+        rc != LF_OK) {
+      return rc;
+    }
+    const auto blocks = static_cast<unsigned>(chunks < kMaxBlocks ? chunks : kMaxBlocks);
+    first_non_finite_tensors_kernel<<<blocks, kThreads, 0, s>>>(
+        static_cast<const unsigned char *>(device_base), static_cast<const ScanEntry *>(workspace),
+        static_cast<uint32_t>(entries.size()), chunks,
+        reinterpret_cast<unsigned long long *>(device_results));
+    return launch_status();
+  } catch (...) {  // std::bad_alloc from the table
+    return LF_E_INTERNAL;
+  }
 }
 
 int lf_cuda_checksum(const void *device_data, uint64_t bytes, uint64_t *device_out,

@@ -73,6 +73,15 @@ inline int in_child(const std::function<int()> &body) {
   return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : -1;
 }
 
+// A copy on the null stream, waited for: the default stream is asynchronous in the stand-in, as
+// in CUDA, so a copy on it has not happened when copy() returns.
+inline loraflip::Status copy_now(dev::Backend &backend, void *dst, const void *src, uint64_t bytes,
+                                 dev::CopyKind kind, int device) {
+  loraflip::Status copied = backend.copy(dst, src, bytes, kind, device, nullptr);
+  if (!copied) return copied;
+  return backend.synchronize(device, nullptr);
+}
+
 inline std::vector<unsigned char> pattern(size_t n, unsigned seed) {
   std::vector<unsigned char> v(n);
   for (size_t i = 0; i < n; ++i)

@@ -20,7 +20,7 @@ TEST_CASE("a block allocated in one process is opened in another, which reads an
   auto block = backend->allocate(0, kBytes, "shared");
   REQUIRE_MESSAGE(block.ok(), why(block));
   const auto before = pattern(kBytes, 1), after = pattern(kBytes, 2);
-  REQUIRE(backend->copy(block->ptr, before.data(), kBytes, dev::CopyKind::kHostToDevice, 0, nullptr)
+  REQUIRE(copy_now(*backend, block->ptr, before.data(), kBytes, dev::CopyKind::kHostToDevice, 0)
               .ok());
 
   const int code = in_child([&] {
@@ -28,17 +28,17 @@ TEST_CASE("a block allocated in one process is opened in another, which reads an
     auto ptr = child->open_block(0, block->handle, kBytes);
     if (!ptr.ok()) return 1;
     std::vector<unsigned char> seen(kBytes);
-    if (!child->copy(seen.data(), ptr.value(), kBytes, dev::CopyKind::kDeviceToHost, 0, nullptr))
+    if (!copy_now(*child, seen.data(), ptr.value(), kBytes, dev::CopyKind::kDeviceToHost, 0))
       return 2;
     if (seen != before) return 3;
-    if (!child->copy(ptr.value(), after.data(), kBytes, dev::CopyKind::kHostToDevice, 0, nullptr))
+    if (!copy_now(*child, ptr.value(), after.data(), kBytes, dev::CopyKind::kHostToDevice, 0))
       return 4;
     return 0;
   });
   CHECK(code == 0);
 
   std::vector<unsigned char> seen(kBytes);
-  REQUIRE(backend->copy(seen.data(), block->ptr, kBytes, dev::CopyKind::kDeviceToHost, 0, nullptr)
+  REQUIRE(copy_now(*backend, seen.data(), block->ptr, kBytes, dev::CopyKind::kDeviceToHost, 0)
               .ok());
   CHECK(seen == after);
   backend->free_block(block.value());
@@ -50,23 +50,29 @@ TEST_CASE("opening a block twice in one process opens it once and gives the same
   auto block = owner->allocate(1, 4096, "twice");
   REQUIRE_MESSAGE(block.ok(), why(block));
 
-  auto reader = dev::make_host_backend(inst.name);
-  CHECK(reader->blocks_opened() == 0);
-  auto first = reader->open_block(1, block->handle, 4096);
-  auto second = reader->open_block(1, block->handle, 4096);
-  REQUIRE_MESSAGE(first.ok(), why(first));
-  REQUIRE_MESSAGE(second.ok(), why(second));
-  CHECK(first.value() == second.value());
-  CHECK(reader->blocks_opened() == 1);
-  // A smaller view of the same block is the same block.
-  auto part = reader->open_block(1, block->handle, 100);
-  REQUIRE(part.ok());
-  CHECK(part.value() == first.value());
-  CHECK(reader->blocks_opened() == 1);
-
-  // The mapping is really the owner's memory.
   std::memset(block->ptr, 0x5a, 4096);
-  CHECK(std::to_integer<int>(first.value()[4095]) == 0x5a);
+
+  // Another process: CUDA refuses to import a handle in the process that exported it.
+  CHECK(in_child([&] {
+    auto reader = dev::make_host_backend(inst.name);
+    if (reader->blocks_opened() != 0) return 1;
+    auto first = reader->open_block(1, block->handle, 4096);
+    auto second = reader->open_block(1, block->handle, 4096);
+    if (!first || !second) return 2;
+    if (first.value() != second.value() || reader->blocks_opened() != 1) return 3;
+    // A smaller view of the same block is the same block.
+    auto part = reader->open_block(1, block->handle, 100);
+    if (!part || part.value() != first.value() || reader->blocks_opened() != 1) return 4;
+    if (reader->blocks_open() != 1) return 5;
+    // The mapping is really the owner's memory.
+    if (std::to_integer<int>(first.value()[4095]) != 0x5a) return 6;
+    // Closed, it is forgotten: a later open maps it again.
+    if (!reader->close_block(1, first.value()) || reader->blocks_open() != 0) return 7;
+    if (reader->close_block(1, first.value()).code() != LF_E_INVALID_ARGUMENT) return 8;
+    auto again = reader->open_block(1, block->handle, 4096);
+    if (!again || reader->blocks_opened() != 2 || reader->blocks_open() != 1) return 9;
+    return 0;
+  }) == 0);
   owner->free_block(block.value());
 }
 
@@ -90,16 +96,29 @@ TEST_CASE("bad and stale handles are refused with a clear error") {
   CHECK(backend->open_block(0, block->handle, 4097).error().code == LF_E_INVALID_ARGUMENT);
   CHECK(backend->open_block(7, block->handle, 16).error().code == LF_E_INVALID_ARGUMENT);
 
+  // The exporting process cannot import its own handles (CUDA refuses).
+  auto own = backend->open_block(0, block->handle, 16);
+  CHECK(own.error().code == LF_E_INVALID_ARGUMENT);
+  CHECK(own.error().message.find("exported") != std::string::npos);
+  CHECK(backend->open_event(0, event->handle).error().code == LF_E_INVALID_ARGUMENT);
+
   // Freed: the name is gone. Freed and made again under the same name: the old handle is stale.
+  // (Opened in another process, where opening is allowed.)
   const dev::IpcHandle old_handle = block->handle;
   backend->free_block(block.value());
-  auto gone = backend->open_block(0, old_handle, 16);
-  CHECK(gone.error().code == LF_E_NOT_FOUND);
+  auto open_in_child = [&](const dev::IpcHandle &h, const char *says) {
+    return in_child([&] {
+      auto other = dev::make_host_backend(inst.name);
+      auto opened = other->open_block(0, h, 16);
+      if (opened) return 1;
+      if (opened.error().code != LF_E_NOT_FOUND) return 2;
+      return opened.error().message.find(says) != std::string::npos ? 0 : 3;
+    });
+  };
+  CHECK(open_in_child(old_handle, "freed") == 0);
   auto again = backend->allocate(0, 4096, "victim");
   REQUIRE(again.ok());
-  auto stale = backend->open_block(0, old_handle, 16);
-  CHECK(stale.error().code == LF_E_NOT_FOUND);
-  CHECK(stale.error().message.find("stale") != std::string::npos);
+  CHECK(open_in_child(old_handle, "stale") == 0);
   // The same tag twice on one device.
   CHECK(backend->allocate(0, 4096, "victim").error().code == LF_E_EXISTS);
   CHECK(backend->allocate(0, 4096, "bad/tag").error().code == LF_E_INVALID_ARGUMENT);
@@ -107,7 +126,10 @@ TEST_CASE("bad and stale handles are refused with a clear error") {
 
   const dev::IpcHandle event_handle = event->handle;
   backend->destroy_event(event.value());
-  CHECK(backend->open_event(0, event_handle).error().code == LF_E_NOT_FOUND);
+  CHECK(in_child([&] {
+    auto other = dev::make_host_backend(inst.name);
+    return other->open_event(0, event_handle).error().code == LF_E_NOT_FOUND ? 0 : 1;
+  }) == 0);
   CHECK(backend->query(event.value()).error().code == LF_E_INVALID_ARGUMENT);
   backend->free_block(again.value());
 }
@@ -127,10 +149,13 @@ TEST_CASE("free_block and destroy_event remove their shared memory") {
   CHECK((st.st_mode & 0777) == 0660);
 
   // An opener's destroy_event does not remove the creator's event.
-  auto other = dev::make_host_backend(inst.name);
-  auto opened = other->open_event(1, event->handle);
-  REQUIRE(opened.ok());
-  other->destroy_event(opened.value());
+  CHECK(in_child([&] {
+    auto other = dev::make_host_backend(inst.name);
+    auto opened = other->open_event(1, event->handle);
+    if (!opened) return 1;
+    other->destroy_event(opened.value());
+    return 0;
+  }) == 0);
   CHECK(shm_objects(inst.name).size() == 2);
 
   backend->free_block(block.value());

@@ -63,8 +63,7 @@ TEST_CASE("check_slot reads a block opened in another process") {
   REQUIRE_MESSAGE(block.ok(), why(block));
   std::vector<float> values(1000, 1.5f);
   values[777] = -INFINITY;
-  REQUIRE(owner->copy(block->ptr, values.data(), 4000, dev::CopyKind::kHostToDevice, 0, nullptr)
-              .ok());
+  REQUIRE(copy_now(*owner, block->ptr, values.data(), 4000, dev::CopyKind::kHostToDevice, 0).ok());
   const uint64_t sum = loraflip::kernels::checksum(values.data(), 4000);
   const dev::IpcHandle handle = block->handle;
   CHECK(in_child([&] {

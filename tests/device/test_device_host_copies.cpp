@@ -75,7 +75,7 @@ TEST_CASE("a copy whose pointers do not match its kind and device is refused") {
         LF_E_INVALID_ARGUMENT);
   backend->destroy_stream(1, s1.value());
   // The exact end is fine.
-  CHECK(backend->copy(a->ptr + 96, host.data(), 4000, K::kHostToDevice, 0, nullptr).ok());
+  CHECK(copy_now(*backend, a->ptr + 96, host.data(), 4000, K::kHostToDevice, 0).ok());
   backend->free_block(a.value());
 }
 
@@ -87,8 +87,7 @@ TEST_CASE("copy_peer replicates a block from one host device to another") {
   REQUIRE(d0.ok());
   REQUIRE(d1.ok());
   const auto src = pattern(kBytes, 4);
-  REQUIRE(
-      backend->copy(d0->ptr, src.data(), kBytes, dev::CopyKind::kHostToDevice, 0, nullptr).ok());
+  REQUIRE(copy_now(*backend, d0->ptr, src.data(), kBytes, dev::CopyKind::kHostToDevice, 0).ok());
   auto stream = backend->create_stream(0);
   REQUIRE(stream.ok());
   REQUIRE(backend->copy_peer(d1->ptr, 1, d0->ptr, 0, kBytes, stream.value()).ok());

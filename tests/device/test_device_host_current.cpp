@@ -98,9 +98,6 @@ TEST_CASE("every call of the host backend leaves the calling thread on the devic
       const std::string tag = "cur" + std::to_string(mine) + "d" + std::to_string(d);
       auto block = backend->allocate(d, kBytes, tag);
       same("allocate", block.ok());
-      auto other = dev::make_host_backend(inst.name, 2);  // another "process" opens it
-      auto opened = other->open_block(d, block->handle, kBytes);
-      same("open_block", opened.ok());
       const auto data = pattern(4096, static_cast<unsigned>(d));
       same("copy on the null stream",
            backend->copy(block->ptr, data.data(), 4096, dev::CopyKind::kHostToDevice, d, nullptr)
@@ -119,10 +116,25 @@ TEST_CASE("every call of the host backend leaves the calling thread on the devic
       same("record on the null stream", backend->record(event.value(), nullptr).ok());
       auto done = backend->query(event.value());
       same("query", done.ok());
-      auto imported = other->open_event(d, event->handle);
-      same("open_event", imported.ok());
-      other->destroy_event(imported.value());
-      same("destroy an opened event", true);
+      // Another process opens the block and the event (CUDA refuses in the exporting one),
+      // and closes them again, from a thread on device `mine` too.
+      const int opened = in_child([&, d, block = block.value(), handle = event->handle] {
+        auto other = dev::make_host_backend(inst.name, 2);
+        dev::CurrentDevice at(*other);
+        if (!at.use(mine)) return 10;
+        auto mapped = other->open_block(d, block.handle, kBytes);
+        if (!mapped) return 1;
+        if (current(*other) != mine) return 2;
+        auto imported = other->open_event(d, handle);
+        if (!imported) return 3;
+        if (current(*other) != mine) return 4;
+        if (!other->close_block(d, mapped.value())) return 5;
+        if (current(*other) != mine) return 6;
+        other->destroy_event(imported.value());
+        if (current(*other) != mine) return 7;
+        return 0;
+      });
+      CHECK(opened == 0);
       const dev::TensorExtent whole{0, 4096, LF_DTYPE_F32};
       auto checked = backend->check_slot(d, block->ptr, 4096, {&whole, 1}, dev::kCheckChecksum);
       same("check_slot", checked.ok());

@@ -85,7 +85,7 @@ void remove_orphans() {
   for (const std::string &i : instances) remove_instance(i);
 }
 
-bool known_code(int64_t code) { return code <= LF_E_INVALID_ARGUMENT && code >= LF_E_UNKNOWN_OP; }
+bool known_code(int64_t code) { return code <= LF_E_INVALID_ARGUMENT && code >= LF_E_DEVICE; }
 
 }  // namespace
 

@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <random>
 #include <signal.h>
 #include <string>
 #include <sys/wait.h>
@@ -414,6 +415,96 @@ TEST_CASE("check_slot on the GPU gives the CPU functions' checksum and first non
   auto block = backend.allocate(0, kRoom, "slots");
   REQUIRE_MESSAGE(block.ok(), why(block));
   slot_check_cases::results_equal_cpu(backend, 0, block->ptr, kRoom);
+  backend.free_block(block.value());
+}
+
+TEST_CASE("check_slot on the GPU agrees with check_slot_cpu over hundreds of tensors of every "
+          "dtype and size, and the lowest tensor with a hit wins") {
+  namespace cases = slot_check_cases;
+  auto &backend = *g_backend;
+  std::mt19937_64 rng(11);
+  const int dtypes[] = {LF_DTYPE_F32, LF_DTYPE_F16, LF_DTYPE_BF16, LF_DTYPE_F64,
+                        LF_DTYPE_I8,  LF_DTYPE_U8,  LF_DTYPE_I32,  LF_DTYPE_I64};
+  // As plan_slot lays a slot out, only less regularly: each tensor at a random multiple of its
+  // element size past the last. One tensor of 1 Mi + 3 f16 elements (many chunks of the
+  // kernel) among ~400 of 0 to 40 elements and a few around the kernel's 4096-element chunks;
+  // a float tensor last.
+  std::vector<dev::TensorExtent> tensors;
+  uint64_t at = 0;
+  auto add = [&](int dtype, uint64_t count) {
+    const uint64_t es = loraflip::ipc::dtype_size(dtype);
+    at = (at + es - 1) / es * es + es * (rng() % 3);
+    tensors.push_back({at, count * es, dtype});
+    at += count * es;
+  };
+  const uint64_t middling[] = {1, 4095, 4096, 4097, 9000};
+  for (int i = 0; i < 400; ++i) {
+    add(dtypes[rng() % 8], i % 20 == 0 ? middling[rng() % 5] : rng() % 41);
+    if (i == 100) add(LF_DTYPE_F16, (uint64_t{1} << 20) + 3);
+  }
+  add(LF_DTYPE_BF16, 1);
+  add(LF_DTYPE_F32, 777);
+  const uint64_t slot_bytes = at + 5;  // a partial last word for the checksum
+  const size_t last = tensors.size() - 1;
+  auto block = backend.allocate(0, slot_bytes, "many");
+  REQUIRE_MESSAGE(block.ok(), why(block));
+
+  std::vector<unsigned char> host(slot_bytes);
+  cases::fill_random(host, rng);
+  for (const auto &t : tensors) {
+    const size_t es = loraflip::ipc::dtype_size(t.dtype);
+    const auto values = cases::random_elements(t.dtype, t.bytes / es, rng);
+    if (!values.empty()) std::memcpy(host.data() + t.offset, values.data(), values.size());
+  }
+  // Makes element i of tensor t a NaN or an infinity (exponent all ones, the rest kept).
+  auto plant = [&](size_t t, uint64_t i) {
+    const dev::TensorExtent &e = tensors.at(t);
+    const size_t es = loraflip::ipc::dtype_size(e.dtype);
+    REQUIRE(i < e.bytes / es);
+    uint64_t bits = 0;
+    std::memcpy(&bits, host.data() + e.offset + i * es, es);
+    bits |= cases::exponent_mask(e.dtype);
+    std::memcpy(host.data() + e.offset + i * es, &bits, es);
+  };
+  const unsigned both = dev::kCheckFinite | dev::kCheckChecksum;
+  auto same_as_cpu = [&](const std::vector<dev::TensorExtent> &list, unsigned checks) {
+    cases::put(backend, 0, block->ptr, host.data(), slot_bytes);
+    auto got = backend.check_slot(0, block->ptr, slot_bytes, list, checks);
+    REQUIRE_MESSAGE(got.ok(), why(got));
+    const dev::SlotCheck want = dev::check_slot_cpu(
+        reinterpret_cast<const std::byte *>(host.data()), slot_bytes, list, checks);
+    CHECK(got->tensor == want.tensor);
+    CHECK(got->element == want.element);
+    CHECK(got->bits == want.bits);
+    CHECK(got->checksum == want.checksum);
+    return want;
+  };
+
+  CHECK(same_as_cpu(tensors, both).tensor == -1);
+  CHECK(same_as_cpu({}, both).checksum != 0);  // no tensors: the checksum alone
+  CHECK(same_as_cpu({}, dev::kCheckFinite).tensor == -1);
+
+  plant(last, 776);  // the last element of the last tensor
+  CHECK(same_as_cpu(tensors, both).tensor == static_cast<int64_t>(last));
+  plant(last - 1, 0);  // a one-element tensor just before it
+  CHECK(same_as_cpu(tensors, dev::kCheckFinite).tensor == static_cast<int64_t>(last - 1));
+
+  // The huge tensor's last element, then hits in many tensors: each time the lowest tensor
+  // index with a hit is named, with its lowest element.
+  size_t huge = 0;
+  while (tensors[huge].bytes != ((uint64_t{1} << 20) + 3) * 2) ++huge;
+  plant(huge, (uint64_t{1} << 20) + 2);
+  CHECK(same_as_cpu(tensors, both).tensor == static_cast<int64_t>(huge));
+  for (int round = 0; round < 5; ++round) {
+    CAPTURE(round);
+    for (int h = 0; h < 8; ++h) {
+      const size_t t = rng() % tensors.size();
+      const dev::TensorExtent &e = tensors[t];
+      if (!cases::is_float(e.dtype) || e.bytes == 0) continue;
+      plant(t, rng() % (e.bytes / loraflip::ipc::dtype_size(e.dtype)));
+    }
+    same_as_cpu(tensors, both);
+  }
   backend.free_block(block.value());
 }
 

@@ -6,6 +6,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -46,6 +47,7 @@ class Stream {
   Stream &operator=(const Stream &) = delete;
   ~Stream() { cudaStreamDestroy(s_); }
   void *get() const { return s_; }
+  cudaStream_t cuda() const { return s_; }
   void sync() const { REQUIRE(cudaStreamSynchronize(s_) == cudaSuccess); }
 
  private:
@@ -70,6 +72,11 @@ size_t elem_size(int dtype) {
     case LF_DTYPE_F16: case LF_DTYPE_BF16: return 2;
     default: return 1;
   }
+}
+
+bool is_float(int dtype) {
+  return dtype == LF_DTYPE_F32 || dtype == LF_DTYPE_F64 || dtype == LF_DTYPE_F16 ||
+         dtype == LF_DTYPE_BF16;
 }
 
 // Sets the exponent of element i to a finite value (clears its top exponent bit).
@@ -98,9 +105,12 @@ int64_t gpu_first_non_finite(const std::vector<unsigned char> &host, uint64_t co
   REQUIRE(lf_cuda_first_non_finite(nullptr, count, dtype, nullptr, nullptr, &ws_bytes,
                                    stream.get()) == LF_OK);
   DeviceBuffer data(host.size()), ws(ws_bytes), result(sizeof(int64_t));
-  CUDA_OK(cudaMemcpy(data.get(), host.data(), host.size(), cudaMemcpyHostToDevice));
+  // On the launch's stream: the setup is ordered before the launch without a device-wide sync
+  // (the stream is non-blocking, so the legacy default stream would not order it).
+  CUDA_OK(cudaMemcpyAsync(data.get(), host.data(), host.size(), cudaMemcpyHostToDevice,
+                          stream.cuda()));
   // Garbage in the result slot: the launcher must write it in every case.
-  CUDA_OK(cudaMemset(result.get(), 0x5A, sizeof(int64_t)));
+  CUDA_OK(cudaMemsetAsync(result.get(), 0x5A, sizeof(int64_t), stream.cuda()));
   REQUIRE(lf_cuda_first_non_finite(data.get(), count, dtype,
                                    reinterpret_cast<int64_t *>(result.get()), ws.get(), &ws_bytes,
                                    stream.get()) == LF_OK);
@@ -110,7 +120,141 @@ int64_t gpu_first_non_finite(const std::vector<unsigned char> &host, uint64_t co
   return out;
 }
 
+// A slot of many tensors laid out one after the other, each at a random multiple of its element
+// size past the previous one, filled with random bytes and every float element made finite.
+struct ManyTensors {
+  std::vector<unsigned char> slot;
+  std::vector<CudaScanTensor> tensors;
+
+  ManyTensors(const std::vector<std::pair<int, uint64_t>> &dtype_counts, std::mt19937_64 &rng) {
+    uint64_t at = 0;
+    for (const auto &[dtype, count] : dtype_counts) {
+      const uint64_t es = elem_size(dtype);
+      at = (at + es - 1) / es * es + es * (rng() % 4);
+      tensors.push_back({at, count, dtype, 0});
+      at += count * es;
+    }
+    slot = random_bytes(at + rng() % 16, rng);
+    for (const CudaScanTensor &t : tensors) {
+      if (is_float(t.dtype)) {
+        const size_t es = elem_size(t.dtype);
+        for (uint64_t i = 0; i < t.count; ++i) slot[t.offset + i * es + es - 1] &= 0xBF;
+      }
+    }
+  }
+  // Makes element i of tensor t an infinity or a NaN.
+  void plant(size_t t, uint64_t i, bool nan) {
+    const CudaScanTensor &e = tensors.at(t);
+    REQUIRE(i < e.count);
+    const size_t es = elem_size(e.dtype);
+    std::vector<unsigned char> one(es);
+    make_non_finite(one, 0, e.dtype, nan);
+    std::memcpy(slot.data() + e.offset + i * es, one.data(), es);
+  }
+  std::vector<int64_t> cpu() const {
+    std::vector<int64_t> out;
+    for (const CudaScanTensor &t : tensors)
+      out.push_back(first_non_finite(slot.data() + t.offset, t.count, t.dtype));
+    return out;
+  }
+};
+
+// lf_cuda_first_non_finite_tensors over a copy of the slot, with garbage in the results first.
+std::vector<int64_t> gpu_first_non_finite_tensors(const ManyTensors &m, const Stream &stream) {
+  const size_t n = m.tensors.size();
+  size_t ws_bytes = 0;
+  REQUIRE(lf_cuda_first_non_finite_tensors(nullptr, m.tensors.data(), n, nullptr, nullptr,
+                                           &ws_bytes, stream.get()) == LF_OK);
+  REQUIRE(ws_bytes == n * 32);
+  DeviceBuffer data(m.slot.size()), ws(ws_bytes), results(n * sizeof(int64_t));
+  if (!m.slot.empty())
+    CUDA_OK(cudaMemcpyAsync(data.get(), m.slot.data(), m.slot.size(), cudaMemcpyHostToDevice,
+                            stream.cuda()));
+  if (n != 0) CUDA_OK(cudaMemsetAsync(results.get(), 0x5A, n * sizeof(int64_t), stream.cuda()));
+  REQUIRE(lf_cuda_first_non_finite_tensors(data.get(), m.tensors.data(), n,
+                                           reinterpret_cast<int64_t *>(results.get()), ws.get(),
+                                           &ws_bytes, stream.get()) == LF_OK);
+  stream.sync();
+  std::vector<int64_t> out(n);
+  if (n != 0)
+    CUDA_OK(cudaMemcpy(out.data(), results.get(), n * sizeof(int64_t), cudaMemcpyDeviceToHost));
+  return out;
+}
+
 }  // namespace
+
+TEST_CASE("GPU first non-finite over many tensors gives every tensor the CPU's index") {
+  std::mt19937_64 rng(4);
+  Stream stream;
+  const int dtypes[] = {LF_DTYPE_F32, LF_DTYPE_F16, LF_DTYPE_BF16, LF_DTYPE_F64,
+                        LF_DTYPE_I8,  LF_DTYPE_U8,  LF_DTYPE_I32,  LF_DTYPE_I64};
+  // Two huge tensors among ~300 tiny and middling ones (0 and 1 element included, and sizes
+  // around the kernel's 4096-element chunks), so that chunks of one tensor span the grid while
+  // most tensors have one chunk; a float tensor last.
+  std::vector<std::pair<int, uint64_t>> layout = {{LF_DTYPE_F16, 3'000'001}};
+  const uint64_t middling[] = {2047, 4095, 4096, 4097, 8193, 70001};
+  for (int i = 0; i < 300; ++i) {
+    const int dtype = dtypes[rng() % 8];
+    const uint64_t count = i % 25 == 0 ? middling[rng() % 6] : rng() % 40;
+    layout.push_back({dtype, count});
+    if (i == 150) layout.push_back({LF_DTYPE_F32, 1'500'000});
+    if (i == 200) layout.push_back({LF_DTYPE_BF16, 70001});
+  }
+  layout.push_back({LF_DTYPE_BF16, 1});
+  layout.push_back({LF_DTYPE_F32, 5000});
+  ManyTensors m(layout, rng);
+  const size_t last = m.tensors.size() - 1;
+  std::vector<size_t> floats;
+  for (size_t t = 0; t < m.tensors.size(); ++t)
+    if (m.tensors[t].count != 0 && is_float(m.tensors[t].dtype)) floats.push_back(t);
+
+  std::vector<int64_t> want = m.cpu();
+  REQUIRE(std::all_of(want.begin(), want.end(), [](int64_t v) { return v == -1; }));
+  CHECK(gpu_first_non_finite_tensors(m, stream) == want);
+
+  // The last element of the last tensor, then the one-element tensor before it.
+  m.plant(last, m.tensors[last].count - 1, true);
+  m.plant(last - 1, 0, false);
+  want = m.cpu();
+  REQUIRE(want[last] == static_cast<int64_t>(m.tensors[last].count - 1));
+  CHECK(gpu_first_non_finite_tensors(m, stream) == want);
+
+  // Hits in both huge tensors on either side of a chunk boundary and far in; then in many
+  // tensors at random places, several per tensor; then a tensor entirely NaN (its later chunks
+  // can stop early) and integer tensors of all ones, which stay finite.
+  m.plant(0, 2'999'999, true);
+  m.plant(0, 8192, false);
+  m.plant(0, 8191, true);
+  want = m.cpu();
+  REQUIRE(want[0] == 8191);
+  CHECK(gpu_first_non_finite_tensors(m, stream) == want);
+  for (int round = 0; round < 4; ++round) {
+    CAPTURE(round);
+    for (int h = 0; h < 40; ++h) {
+      const size_t t = floats[rng() % floats.size()];
+      m.plant(t, rng() % m.tensors[t].count, rng() % 2 == 0);
+    }
+    CHECK(gpu_first_non_finite_tensors(m, stream) == m.cpu());
+  }
+  for (size_t t = 0; t < m.tensors.size(); ++t) {
+    const CudaScanTensor &e = m.tensors[t];
+    if (e.count == 70001 && is_float(e.dtype))
+      for (uint64_t i = 0; i < e.count; ++i) m.plant(t, i, i % 3 == 0);
+    if (e.dtype == LF_DTYPE_I32 || e.dtype == LF_DTYPE_I64)
+      std::memset(m.slot.data() + e.offset, 0xFF, e.count * elem_size(e.dtype));
+  }
+  CHECK(gpu_first_non_finite_tensors(m, stream) == m.cpu());
+}
+
+TEST_CASE("GPU first non-finite over no tensors, or integer tensors only, does nothing wrong") {
+  std::mt19937_64 rng(5);
+  Stream stream;
+  CHECK(gpu_first_non_finite_tensors(ManyTensors({}, rng), stream).empty());
+  ManyTensors ints({{LF_DTYPE_I32, 100}, {LF_DTYPE_U8, 0}, {LF_DTYPE_I64, 3}, {LF_DTYPE_F16, 0}},
+                   rng);
+  std::fill(ints.slot.begin(), ints.slot.end(), 0xFF);
+  CHECK(gpu_first_non_finite_tensors(ints, stream) == std::vector<int64_t>(4, -1));
+}
 
 TEST_CASE("GPU checksum equals the CPU checksum at every size and alignment") {
   std::mt19937_64 rng(1);
@@ -119,7 +263,8 @@ TEST_CASE("GPU checksum equals the CPU checksum at every size and alignment") {
   const std::vector<unsigned char> host = random_bytes(max_bytes, rng);
   DeviceBuffer data(max_bytes), out(sizeof(uint64_t));
   DeviceBuffer ws(kCudaWorkspaceMaxBytes);
-  CUDA_OK(cudaMemcpy(data.get(), host.data(), max_bytes, cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemcpyAsync(data.get(), host.data(), max_bytes, cudaMemcpyHostToDevice,
+                          stream.cuda()));
   std::vector<uint64_t> lengths = {0, 1, 7, 8, 9, 15, 16, 17, 1000, 4096, 65535, 2048 * 8 + 3,
                                    (1u << 20) + 5, size_t{1} << 24};
   for (int i = 0; i < 20; ++i) lengths.push_back(rng() % (size_t{1} << 24));
@@ -130,7 +275,7 @@ TEST_CASE("GPU checksum equals the CPU checksum at every size and alignment") {
       size_t ws_bytes = 0;
       REQUIRE(lf_cuda_checksum(nullptr, len, nullptr, nullptr, &ws_bytes, stream.get()) == LF_OK);
       REQUIRE(ws_bytes <= kCudaWorkspaceMaxBytes);
-      CUDA_OK(cudaMemsetAsync(out.get(), 0x77, 8, static_cast<cudaStream_t>(stream.get())));
+      CUDA_OK(cudaMemsetAsync(out.get(), 0x77, 8, stream.cuda()));
       REQUIRE(lf_cuda_checksum(data.get() + offset, len, reinterpret_cast<uint64_t *>(out.get()),
                                ws.get(), &ws_bytes, stream.get()) == LF_OK);
       stream.sync();
@@ -210,14 +355,15 @@ TEST_CASE("GPU cast gives the CPU cast's bits, rounding boundaries and specials 
   const uint64_t count = bits.size();
 
   DeviceBuffer src(count * 4), dst(count * 4 + 16);
-  CUDA_OK(cudaMemcpy(src.get(), bits.data(), count * 4, cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemcpyAsync(src.get(), bits.data(), count * 4, cudaMemcpyHostToDevice,
+                          stream.cuda()));
   std::vector<float> host_src(count);
   std::memcpy(host_src.data(), bits.data(), count * 4);
 
   for (int dtype : {LF_DTYPE_F16, LF_DTYPE_BF16, LF_DTYPE_F32}) {
     CAPTURE(dtype);
     const size_t es = dtype == LF_DTYPE_F32 ? 4 : 2;
-    CUDA_OK(cudaMemset(dst.get(), 0xEE, count * 4 + 16));
+    CUDA_OK(cudaMemsetAsync(dst.get(), 0xEE, count * 4 + 16, stream.cuda()));
     REQUIRE(lf_cuda_cast_f32(reinterpret_cast<const float *>(src.get()), dst.get(), count, dtype,
                              stream.get()) == LF_OK);
     stream.sync();

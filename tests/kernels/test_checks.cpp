@@ -201,9 +201,60 @@ TEST_CASE("CUDA launchers answer the workspace size without a GPU") {
   CHECK(lf_cuda_cast_f32(nullptr, nullptr, 10, LF_DTYPE_F16, nullptr) == LF_E_INVALID_ARGUMENT);
   CHECK(lf_cuda_cast_f32(nullptr, nullptr, 0, LF_DTYPE_F16, nullptr) == LF_OK);
 }
+
+TEST_CASE("the many-tensor launcher asks 32 bytes per tensor and refuses bad tables before any "
+          "CUDA call") {
+  const std::vector<CudaScanTensor> mixed = {
+      {0, 100, LF_DTYPE_F32, 0}, {400, 0, LF_DTYPE_BF16, 0}, {512, 7, LF_DTYPE_I64, 0}};
+  size_t bytes = 0;
+  REQUIRE(lf_cuda_first_non_finite_tensors(nullptr, mixed.data(), mixed.size(), nullptr, nullptr,
+                                           &bytes, nullptr) == LF_OK);
+  CHECK(bytes == 3 * 32);
+  REQUIRE(lf_cuda_first_non_finite_tensors(nullptr, nullptr, 0, nullptr, nullptr, &bytes,
+                                           nullptr) == LF_OK);
+  CHECK(bytes == 0);
+  // No tensors: nothing to do, even with a workspace.
+  uint64_t fake_workspace[4] = {};
+  size_t room = sizeof fake_workspace;
+  CHECK(lf_cuda_first_non_finite_tensors(nullptr, nullptr, 0, nullptr, fake_workspace, &room,
+                                         nullptr) == LF_OK);
+
+  size_t untouched = 12345;
+  const std::vector<CudaScanTensor> unknown = {{0, 10, LF_DTYPE_F32, 0}, {64, 10, 99, 0}};
+  CHECK(lf_cuda_first_non_finite_tensors(nullptr, unknown.data(), unknown.size(), nullptr,
+                                         nullptr, &untouched, nullptr) == LF_E_INVALID_ARGUMENT);
+  CHECK(untouched == 12345);
+  const std::vector<CudaScanTensor> too_long = {{0, UINT64_MAX / 2, LF_DTYPE_F32, 0}};
+  CHECK(lf_cuda_first_non_finite_tensors(nullptr, too_long.data(), 1, nullptr, nullptr, &bytes,
+                                         nullptr) == LF_E_INVALID_ARGUMENT);
+  CHECK(lf_cuda_first_non_finite_tensors(nullptr, nullptr, 2, nullptr, nullptr, &bytes,
+                                         nullptr) == LF_E_INVALID_ARGUMENT);
+  CHECK(lf_cuda_first_non_finite_tensors(nullptr, mixed.data(), size_t{1} << 32, nullptr,
+                                         nullptr, &bytes, nullptr) == LF_E_INVALID_ARGUMENT);
+  CHECK(lf_cuda_first_non_finite_tensors(nullptr, mixed.data(), 1, nullptr, nullptr, nullptr,
+                                         nullptr) == LF_E_INVALID_ARGUMENT);
+
+  // Refused when run, still before touching the GPU: the pointers below are never dereferenced.
+  auto *base = reinterpret_cast<const void *>(uintptr_t{1} << 20);
+  auto *results = reinterpret_cast<int64_t *>(uintptr_t{2} << 20);
+  auto *workspace = reinterpret_cast<void *>(uintptr_t{3} << 20);
+  auto run = [&](const void *b, std::vector<CudaScanTensor> t, int64_t *r, size_t ws_bytes) {
+    return lf_cuda_first_non_finite_tensors(b, t.data(), t.size(), r, workspace, &ws_bytes,
+                                            nullptr);
+  };
+  CHECK(run(base, {{2, 4, LF_DTYPE_F32, 0}}, results, 32) == LF_E_INVALID_ARGUMENT);  // misaligned
+  CHECK(run(base, {{4, 4, LF_DTYPE_F64, 0}}, results, 32) == LF_E_INVALID_ARGUMENT);
+  CHECK(run(nullptr, {{0, 4, LF_DTYPE_F16, 0}}, results, 32) == LF_E_INVALID_ARGUMENT);
+  CHECK(run(base, {{0, 4, LF_DTYPE_F16, 0}}, results, 31) == LF_E_INVALID_ARGUMENT);  // too small
+  CHECK(run(base, {{0, 4, LF_DTYPE_F16, 0}}, nullptr, 32) == LF_E_INVALID_ARGUMENT);
+  auto *misaligned = reinterpret_cast<int64_t *>((uintptr_t{2} << 20) + 4);
+  CHECK(run(base, {{0, 4, LF_DTYPE_F16, 0}}, misaligned, 32) == LF_E_INVALID_ARGUMENT);
+}
 #else
 TEST_CASE("without CUDA every launcher says unsupported") {
   size_t bytes = 0;
+  CHECK(lf_cuda_first_non_finite_tensors(nullptr, nullptr, 0, nullptr, nullptr, &bytes,
+                                         nullptr) == LF_E_UNSUPPORTED);
   CHECK(lf_cuda_first_non_finite(nullptr, 10, LF_DTYPE_F32, nullptr, nullptr, &bytes, nullptr) ==
         LF_E_UNSUPPORTED);
   CHECK(lf_cuda_checksum(nullptr, 10, nullptr, nullptr, &bytes, nullptr) == LF_E_UNSUPPORTED);

@@ -89,7 +89,7 @@ TEST_CASE("the client library's calls leave the calling thread on the device it 
       same("lf_writer_copy_in_all", lf_writer_copy_in_all(w, srcs, sizes));
       same("lf_writer_copy_in_async (null stream)",
            lf_writer_copy_in_async(w, 0, ones.data(), kBytes, -1, nullptr));
-      // Another stream: the library waits for the null stream's copies first.
+      // Another stream of the slot's device: the commit covers both.
       same("lf_writer_copy_in_async (the slot device's stream)",
            lf_writer_copy_in_async(w, 1, ones.data(), kBytes, -1, stream));
       same("lf_writer_commit", lf_writer_commit(w, LF_COMMIT_CHECK_FINITE, nullptr));

@@ -295,6 +295,52 @@ def test_cuda_tensors_go_through_copy_in_async_on_the_current_stream(gpus, name,
                 assert device_bytes(snap.tensor(k, device=dev)) == a.tobytes()
 
 
+def test_writes_through_exported_device_views_are_named_to_the_commit(gpus, name, monkeypatch):
+    """A writable device tensor handed out (DLPack or __cuda_array_interface__) may be written by
+    the caller's own GPU work, which the library cannot see: the commit names the stream that
+    work runs on (torch's current stream of the device, else the device's default stream), so
+    the daemon flips only after it lands. Nothing is named when no device view left."""
+    import sys
+    import types
+    named = []
+    real = loraflip._lib.lf_writer_commit_after
+
+    def recording(handle, device, stream):
+        named.append((device, stream))
+        return real(handle, device, stream)
+
+    monkeypatch.setattr(loraflip._lib, "lf_writer_commit_after", recording)
+    state = peft_state(3)
+    gpus.create(name, state, CONFIG, placement="cuda:1")
+    keys = list(state)
+    with gpus.write(name) as w:
+        w.copy_in(keys[0], state[keys[0]])  # a host copy: nothing to name
+    assert named == []
+
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    with gpus.write(name) as w:
+        t = w.tensor(keys[0])
+        assert t.__cuda_array_interface__["data"][1] is False  # writable
+        ctypes.memmove(t.data_ptr, state[keys[0]].ctypes.data, t.nbytes)  # "a kernel"
+        for k in keys[1:]:
+            w.copy_in(k, state[k])
+    assert named == [(1, None)]  # no torch in use: the device's default stream
+
+    fake = types.ModuleType("torch")
+    fake.cuda = _FakeCuda()
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    named.clear()
+    with gpus.write(name) as w:
+        w.tensor(keys[0]).__dlpack__()  # a DLPack export, consumed by "torch"
+        for k in keys:
+            w.copy_in(k, state[k])
+    assert named == [(1, None)]  # torch's current stream of device 1 (its default: NULL)
+    assert 1 in fake.cuda.streams
+    with gpus.acquire(name) as snap:
+        for k, a in state.items():
+            assert device_bytes(snap.tensor(k)) == a.tobytes()
+
+
 # ---- torch CUDA tensors (real GPUs only) ----
 
 def _torch_cuda():

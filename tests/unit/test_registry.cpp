@@ -7,6 +7,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "daemon/registry.hpp"
@@ -505,6 +506,36 @@ TEST_CASE("a device adapter's commit checks run on its first device, as a host a
     reinterpret_cast<uint16_t *>(f.slot(lease) + d[1].offset)[0] = 0x7E00;
     CHECK(f.r().commit({lease.id, 0, std::nullopt, std::nullopt, self()}, kT0).ok());
   }
+}
+
+TEST_CASE("a device whose context failed for good fails a commit with LF_E_DEVICE") {
+  // In a child: the failure lasts for the rest of the process, as a sticky CUDA error does.
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    int code = 0;
+    {
+      DeviceFixture f;
+      CreateRequest q = spec("gpu");
+      q.devices = {0, 1};
+      if (!f.r().create(q).ok()) ::_exit(1);
+      Result<Lease> lease = f.r().begin_write(begin_req("gpu"), kT0);
+      if (!lease.ok()) code = 2;
+      if (code == 0) {
+        device::host_fail_device(0);
+        auto failed = f.r().commit(
+            {lease->id, LF_COMMIT_CHECK_FINITE, std::nullopt, std::nullopt, self()}, kT0);
+        if (failed.ok()) code = 3;
+        else if (failed.error().code != LF_E_DEVICE) code = 4;
+        else if (f.r().arena().adapter(*f.r().find("gpu")).active.load() != 0) code = 5;
+      }
+    }
+    ::_exit(code);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
 }
 
 TEST_CASE("a begin asked again after its lease expired frees that slot and lends a fresh one") {

@@ -104,6 +104,7 @@ const char *code_name(int code) {
     case LF_E_UNSUPPORTED: return "LF_E_UNSUPPORTED";
     case LF_E_PERMISSION: return "LF_E_PERMISSION";
     case LF_E_UNKNOWN_OP: return "LF_E_UNKNOWN_OP";
+    case LF_E_DEVICE: return "LF_E_DEVICE";
     default: return "LF_E_?";
   }
 }

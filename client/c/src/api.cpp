@@ -105,6 +105,7 @@ const char *lf_strerror(int status) {
     case LF_E_UNSUPPORTED: return "unsupported";
     case LF_E_PERMISSION: return "permission denied";
     case LF_E_UNKNOWN_OP: return "unknown operation";
+    case LF_E_DEVICE: return "GPU context failed";
     default: return "unknown error";
   }
 }

@@ -34,10 +34,17 @@ struct lf_client {
   client::Connection connection;
   std::optional<ipc::Arena> arena;  // data mapped read-write, made at the first begin_write
   client::DeviceMap devices;        // opened at the first write of a device-placed adapter
-  // Recorded after asynchronous copies, one per device ordinal, made at the first commit of
-  // such copies to a slot on that device: cudaEventRecord refuses an event of one device on a
-  // stream of another, and a client may write adapters placed on different devices.
-  std::unordered_map<int32_t, loraflip::device::Event> events;
+  // What a commit of asynchronous work uses, per device ordinal, made at the first commit that
+  // needs it (a client may write adapters placed on different devices, and cudaEventRecord
+  // refuses an event of one device on a stream of another):
+  //   events: the interprocess event the daemon waits on, recorded on a stream of the slot's
+  //     device after the write's work;
+  //   fences: a local event recorded on each stream the write used, which `fence_streams`
+  //     waits on, when the work went on more than one stream or on another device's;
+  //   fence_streams: a stream of the slot's device that waits for all of them, where the
+  //     interprocess event is then recorded.
+  std::unordered_map<int32_t, loraflip::device::Event> events, fences;
+  std::unordered_map<int32_t, loraflip::device::Stream> fence_streams;
   // Leases whose abort could not reach the daemon: sent again before the next write, so a
   // slot never stays held for a writer that gave it up (caller holds `mutex`).
   std::vector<uint64_t> unsent_aborts;
@@ -48,6 +55,9 @@ struct lf_client {
   uint64_t next_token = std::random_device{}() | uint64_t{std::random_device{}()} << 32 | 1;
   std::string last_error;
   explicit lf_client(client::Connection c) : connection(std::move(c)) {}
+  ~lf_client();  // destroys the events and streams above (api_writer.cpp)
+  lf_client(const lf_client &) = delete;
+  lf_client &operator=(const lf_client &) = delete;
 };
 
 namespace loraflip::client::detail {

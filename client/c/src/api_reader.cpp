@@ -92,6 +92,8 @@ int lf_pin_tensor(const lf_pin_t *pin, size_t index, lf_tensor_view_t *out) {
 int lf_pin_tensor_on_device(const lf_pin_t *pin, size_t index, int device, lf_tensor_view_t *out) {
   if (pin == nullptr || pin->owner == nullptr || out == nullptr) return LF_E_INVALID_ARGUMENT;
   if (index >= pin->tensor_count) return LF_E_NOT_FOUND;
+  // `device` is the caller's ordinal, as the pin's are (the daemon's numbering may differ);
+  // copies on devices this process does not see are not in the pin: LF_E_NOT_FOUND.
   if (pin->device == device)
     return fill_view(pin->tensors[index], pin->base, pin->version, pin->device, out);
   for (uint32_t c = 0; c < pin->copies; ++c) {

@@ -1,5 +1,6 @@
 // The C ABI, the writer: a lease on one slot (lf_client_begin_write), filled in place or by
 // copies, then committed or aborted. Every function catches everything (api_internal.hpp).
+#include <algorithm>
 #include <cstddef>
 #include <cstring>
 #include <mutex>
@@ -24,11 +25,77 @@ struct lf_writer {
   uint32_t tensor_count;
   uint64_t slot_bytes;
   int32_t device = -1;              // ordinal of the slot's device; -1: host memory
-  bool async_pending = false;       // copies queued by lf_writer_copy_in_async
-  loraflip::device::Stream stream = nullptr;  // the stream they were queued on
+  // The streams this write's work went on, with their devices: those of
+  // lf_writer_copy_in_async's copies and those named by lf_writer_commit_after. The commit's
+  // event covers them all.
+  std::vector<std::pair<int, loraflip::device::Stream>> streams;
+  // A device slot's block, held while the writer lives: a daemon restart retires the client's
+  // own hold, and the writer's views must stay mapped until it ends.
+  client::BlockRef block;
+
+  void uses(int on_device, loraflip::device::Stream stream) {
+    const std::pair<int, loraflip::device::Stream> s{on_device, stream};
+    if (std::find(streams.begin(), streams.end(), s) == streams.end()) streams.push_back(s);
+  }
 };
 
+lf_client::~lf_client() {
+  loraflip::device::Backend *b = devices.backend();
+  if (b == nullptr) return;  // no device work was ever done
+  for (auto &[device, event] : events) b->destroy_event(event);
+  for (auto &[device, event] : fences) b->destroy_event(event);
+  for (auto &[device, stream] : fence_streams) b->destroy_stream(device, stream);
+}
+
 namespace {
+
+using loraflip::device::Backend;
+using loraflip::device::Event;
+using loraflip::device::Stream;
+
+// The client's event or stream of `device` in `cache`, made by `make` at first use.
+template <typename T, typename Make>
+Result<T *> per_device(std::unordered_map<int32_t, T> &cache, int device, Make &&make) {
+  auto found = cache.find(device);
+  if (found == cache.end()) {
+    Result<T> made = make();
+    if (!made) return made.error();
+    found = cache.emplace(device, made.value()).first;
+  }
+  return &found->second;
+}
+
+// Makes the client's interprocess event of the slot's device cover all the work of the write
+// on `w->streams`, and returns it. One stream of the slot's device: the event is recorded
+// there. Otherwise (several streams, or a copy issued on another device, such as a peer copy
+// from the trainer's GPU): a local event is recorded on each, the client's fence stream on the
+// slot's device waits for them all, and the interprocess event is recorded on that stream. The
+// daemon sees it complete only after every copy landed.
+Result<Event *> record_commit_event(lf_client *c, const lf_writer &w) {
+  Backend &b = *c->devices.backend();
+  const int slot_device = w.device;
+  Result<Event *> event =
+      per_device(c->events, slot_device, [&] { return b.create_event(slot_device); });
+  if (!event) return event.error();
+  if (w.streams.size() == 1 && w.streams[0].first == slot_device) {
+    if (Status st = b.record(*event.value(), w.streams[0].second); !st) return st.error();
+    return event;
+  }
+  Result<Stream *> fence_stream =
+      per_device(c->fence_streams, slot_device, [&] { return b.create_stream(slot_device); });
+  if (!fence_stream) return fence_stream.error();
+  for (const auto &[device, stream] : w.streams) {
+    Result<Event *> fence =
+        per_device(c->fences, device, [&] { return b.create_local_event(device); });
+    if (!fence) return fence.error();
+    // A wait takes the record made before it: the same event serves the next stream.
+    if (Status st = b.record(*fence.value(), stream); !st) return st.error();
+    if (Status st = b.wait_event_on(slot_device, *fence_stream.value(), *fence.value()); !st)
+      return st.error();
+  }
+  if (Status st = b.record(*event.value(), *fence_stream.value()); !st) return st.error();
+  return event;
+}
 
 // Sends the aborts that could not be sent before. One that still cannot waits for the next
 // write; any answer of the daemon (done, or the lease ended already) settles it.
@@ -73,11 +140,28 @@ int lf_client_begin_write(lf_client_t *c, const char *name, int lease_ms, lf_wri
     // The slot lies in the data segment, or in the arena of the adapter's first device.
     std::byte *base = nullptr;
     int32_t device = -1;
+    client::BlockRef block;
     uint64_t region_bytes = arena.data_bytes();
     if (rec.placement == static_cast<uint32_t>(ipc::Placement::kDevices)) {
-      if (Status st = c->devices.refresh(arena); !st) return fail(&c->last_error, st.error());
-      base = c->devices.base(rec.primary_device);
+      // The writer writes to the adapter's first device (the daemon copies to the others),
+      // which this process must see; its ordinal here is what the views report.
+      Status st = c->devices.refresh(arena);
+      // Writers hold their own block: the client's hold on a daemon that went can go at once.
+      c->devices.drop_retired([](uint64_t) { return false; });
+      Result<std::byte *> opened = st ? c->devices.base(rec.primary_device)
+                                      : Result<std::byte *>(st.error());
+      if (!opened) {
+        // The lease is granted: give it back rather than hold the slot until it expires.
+        auto aborted = c->connection.call<ipc::msg::Empty>(ipc::msg::Abort{lease->lease});
+        if (!aborted && outcome_unknown(aborted.error().code))
+          c->unsent_aborts.push_back(lease->lease);
+        Error e = opened.error();
+        e.message = "adapter '" + std::string(name) + "': " + e.message;
+        return fail(&c->last_error, e);
+      }
+      base = opened.value();
       device = c->devices.ordinal(rec.primary_device);
+      block = c->devices.hold(rec.primary_device);
       region_bytes = arena.header().devices[rec.primary_device].bytes;
     } else {
       base = arena.data_at(0);
@@ -86,9 +170,8 @@ int lf_client_begin_write(lf_client_t *c, const char *name, int lease_ms, lf_wri
       return fail(&c->last_error, make_error(LF_E_PROTOCOL, "begin_write reply names memory outside the arena"));
     }
     std::byte *slot = base + lease->data_offset;
-    auto *w = new lf_writer{c, lease->lease, slot, slot, arena.tensors(rec), rec.tensor_count,
-                            lease->slot_bytes};
-    w->device = device;
+    auto *w = new lf_writer{c,      lease->lease, slot, slot, arena.tensors(rec), rec.tensor_count,
+                            lease->slot_bytes, device, {}, std::move(block)};
     *out = w;
     return LF_OK;
   });
@@ -162,20 +245,59 @@ int lf_writer_copy_in_async(lf_writer_t *w, size_t index, const void *src, size_
     return LF_OK;
   }
   return guarded(&w->client->last_error, [&] {
-    loraflip::device::Backend *b = w->client->devices.backend();
-    // One write's copies travel on one stream, so that one event covers them all.
-    if (w->async_pending && stream != w->stream) {
-      if (Status st = b->synchronize(w->device, w->stream); !st)
-        return fail(&w->client->last_error, st.error());
+    Backend *b = w->client->devices.backend();
+    const bool peer = src_device >= 0 && src_device != w->device;
+    // Where the copy runs, which the commit must fence: a copy from host memory or from the
+    // slot's device runs on `stream` of the slot's device; a peer copy on `stream`'s device,
+    // or on the source device's default stream for NULL.
+    int issuer = peer ? src_device : w->device;
+    if (stream != nullptr) {
+      Result<int> on = b->stream_device(stream);
+      if (!on) return fail(&w->client->last_error, on.error());
+      issuer = on.value();
+      if (!peer && issuer != w->device)
+        return fail(&w->client->last_error,
+                    make_error(LF_E_INVALID_ARGUMENT,
+                               "the stream belongs to device " + std::to_string(issuer) +
+                                   ", but a copy into a slot of device " +
+                                   std::to_string(w->device) + " from " +
+                                   (src_device < 0 ? "host memory" : "that device") +
+                                   " runs on a stream of the slot's device (or NULL)"));
     }
     const auto kind = src_device < 0 ? loraflip::device::CopyKind::kHostToDevice
                                      : loraflip::device::CopyKind::kDeviceToDevice;
-    Status st = src_device < 0 || src_device == w->device
-                    ? b->copy(w->writable + d.offset, src, nbytes, kind, w->device, stream)
-                    : b->copy_peer(w->writable + d.offset, w->device, src, src_device, nbytes, stream);
+    Status st = peer ? b->copy_peer(w->writable + d.offset, w->device, src, src_device, nbytes, stream)
+                     : b->copy(w->writable + d.offset, src, nbytes, kind, w->device, stream);
     if (!st) return fail(&w->client->last_error, st.error());
-    w->async_pending = true;
-    w->stream = stream;
+    w->uses(issuer, stream);
+    return LF_OK;
+  });
+}
+
+int lf_writer_commit_after(lf_writer_t *w, int device, void *stream) {
+  if (w == nullptr) return LF_E_INVALID_ARGUMENT;
+  if (w->device < 0) return LF_OK;  // host views: the CPU's stores are done when they return
+  return guarded(&w->client->last_error, [&] {
+    Backend *b = w->client->devices.backend();
+    int on = device;
+    if (stream != nullptr) {
+      Result<int> owner = b->stream_device(stream);
+      if (!owner) return fail(&w->client->last_error, owner.error());
+      if (device >= 0 && owner.value() != device)
+        return fail(&w->client->last_error,
+                    make_error(LF_E_INVALID_ARGUMENT,
+                               "the stream belongs to device " + std::to_string(owner.value()) +
+                                   ", not to device " + std::to_string(device)));
+      on = owner.value();
+    }
+    if (on < 0) on = w->device;  // NULL and -1: the slot device's default stream
+    Result<int> count = b->device_count();
+    if (!count) return fail(&w->client->last_error, count.error());
+    if (on >= count.value())
+      return fail(&w->client->last_error,
+                  make_error(LF_E_INVALID_ARGUMENT, "device " + std::to_string(on) +
+                                                        " does not exist in this process"));
+    w->uses(on, stream);
     return LF_OK;
   });
 }
@@ -186,19 +308,12 @@ int lf_writer_commit(lf_writer_t *w, unsigned flags, uint64_t *version_out) {
   std::lock_guard lock(c->mutex);
   const int status = guarded(&c->last_error, [&] {
     ipc::msg::Commit q{w->lease, flags, std::nullopt, std::nullopt};
-    if (w->async_pending) {
+    if (!w->streams.empty()) {
       // The daemon waits on this event (without blocking) before it checks and flips.
-      loraflip::device::Backend *b = c->devices.backend();
-      auto found = c->events.find(w->device);
-      if (found == c->events.end()) {
-        auto made = b->create_event(w->device);
-        if (!made) return fail(&c->last_error, made.error());
-        found = c->events.emplace(w->device, made.value()).first;
-      }
-      loraflip::device::Event &event = found->second;
-      if (Status st = b->record(event, w->stream); !st) return fail(&c->last_error, st.error());
+      Result<Event *> event = record_commit_event(c, *w);
+      if (!event) return fail(&c->last_error, event.error());
       ipc::msg::Binary64 handle;
-      std::memcpy(handle.bytes.data(), event.handle.bytes, handle.bytes.size());
+      std::memcpy(handle.bytes.data(), event.value()->handle.bytes, handle.bytes.size());
       q.event = handle;
     }
     if (flags & LF_COMMIT_CHECKSUM) {

@@ -116,12 +116,24 @@ uint64_t pin_handshake(const ipc::AdapterRecord &r, uint32_t index, uint64_t ver
   }
 }
 
+// Lets go of the device memory of earlier daemons that no pin of this reader names any more
+// (a pin in use: its cell is not free, which includes pins waiting in release_after). Their
+// blocks close when no other handle of the process holds them either.
+void drop_unpinned_epochs(lf_reader &reader) {
+  reader.devices.drop_retired([&reader](uint64_t epoch) {
+    for (uint32_t c = 0; c < LF_MAX_PINS; ++c)
+      if (!(reader.free_cells & (1u << c)) && reader.pins[c].device_epoch == epoch) return true;
+    return false;
+  });
+}
+
 }  // namespace
 
 int acquire(lf_reader &reader, lf_adapter_ref_t ref, uint64_t version, bool exact, lf_pin **out) {
   // Pins whose GPU work has finished go back first: a generation loop that releases each
   // step's pins after its stream has them back here, one step later at most.
   if (reader.pending_count != 0) release_completed(reader, false);
+  if (reader.devices.has_retired()) drop_unpinned_epochs(reader);
   const uint32_t index = ref_index(ref);
   if (index >= reader.arena.max_adapters())
     return fail(reader, LF_E_INVALID_ARGUMENT, "adapter reference out of range");
@@ -159,6 +171,7 @@ int acquire(lf_reader &reader, lf_adapter_ref_t ref, uint64_t version, bool exac
       pin_cell.store(0, std::memory_order_release);
       return fail(reader, st.code(), st.error().message);
     }
+    if (reader.devices.has_retired()) drop_unpinned_epochs(reader);  // the daemon restarted
     // The record's device offsets hold only while it belongs to the devices this process
     // mapped: a restarted daemon serves new device memory and re-points each record before
     // storing its epoch (last).
@@ -173,13 +186,32 @@ int acquire(lf_reader &reader, lf_adapter_ref_t ref, uint64_t version, bool exac
     if (r.slots[slot].word.load(kSeqCst) !=
         ipc::pack_slot_word(ipc::active_version(pinned_word), ipc::SlotState::kCommitted))
       continue;
-    base = reader.devices.base(r.primary_device) + r.slots[slot].data_offset;
-    device = reader.devices.ordinal(r.primary_device);
+    // The copies on the devices this process sees (opened at their first use), by this
+    // process's ordinals; the daemon's devices it does not see are skipped. The pin's own
+    // address is the first device's copy, or where this process does not see that device
+    // (one GPU per tensor-parallel rank), the first copy it sees.
+    Error open_failed{LF_OK, {}};
     for (uint32_t d = 0; d < ipc::kMaxDevices; ++d) {
-      if (!(r.device_mask & (1u << d))) continue;
+      if (!(r.device_mask & (1u << d)) || reader.devices.ordinal(d) < 0) continue;
+      Result<std::byte *> block = reader.devices.base(d);
+      if (!block) {
+        open_failed = block.error();
+        break;
+      }
       copy_ordinal[copies] = reader.devices.ordinal(d);
-      copy_base[copies] = reader.devices.base(d) + r.device_offset[d] + uint64_t{slot} * r.slot_bytes;
+      copy_base[copies] = block.value() + r.device_offset[d] + uint64_t{slot} * r.slot_bytes;
+      if (d == r.primary_device || base == nullptr) {
+        base = copy_base[copies];
+        device = copy_ordinal[copies];
+      }
       ++copies;
+    }
+    if (open_failed.code == LF_OK && copies == 0)
+      open_failed = reader.devices.invisible(r.primary_device);
+    if (open_failed.code != LF_OK) {
+      pin_cell.store(0, std::memory_order_release);
+      return fail(reader, open_failed.code, "adapter '" + std::string(r.name) + "': " +
+                                                open_failed.message);
     }
     break;
   }
@@ -198,6 +230,7 @@ int acquire(lf_reader &reader, lf_adapter_ref_t ref, uint64_t version, bool exac
   pin.copies = copies;
   std::copy(copy_ordinal, copy_ordinal + copies, pin.copy_ordinal);
   std::copy(copy_base, copy_base + copies, pin.copy_base);
+  pin.device_epoch = device >= 0 ? reader.devices.epoch() : 0;
   *out = &pin;
   return LF_OK;
 }
@@ -219,6 +252,17 @@ int release_after(lf_pin *pin, int device, device::Stream stream) {
                 "the pin is in host memory: name the device whose stream reads it");
   Result<device::Backend *> backend = stream_backend(reader.arena, reader.devices);
   if (!backend) return fail(reader, backend.error().code, backend.error().message);
+  // Inside a graph capture the record would run at each replay, not now: its query fails until
+  // then (cudaErrorCapturedEvent), and a pin that ended on that failure would let the daemon
+  // lend the slot while the graph still reads it. A graph must hold its pin across replays
+  // and release it outside the capture.
+  Result<bool> capturing = backend.value()->capturing(device, stream);
+  if (!capturing) return fail(reader, capturing.error().code, capturing.error().message);
+  if (capturing.value())
+    return fail(reader, LF_E_INVALID_ARGUMENT,
+                "lf_pin_release_after on a stream that is being captured into a CUDA graph: "
+                "keep the pin for as long as the graph is replayed, and release it outside "
+                "the capture");
   device::Event event;
   bool reused = false;
   for (auto it = reader.spare_events.begin(); it != reader.spare_events.end(); ++it) {
@@ -230,7 +274,8 @@ int release_after(lf_pin *pin, int device, device::Stream stream) {
     }
   }
   if (!reused) {
-    Result<device::Event> made = backend.value()->create_event(device);
+    // A local event: only this process queries it, and one without IPC is cheaper to record.
+    Result<device::Event> made = backend.value()->create_local_event(device);
     if (!made) return fail(reader, made.error().code, made.error().message);
     event = made.value();
   }
@@ -253,10 +298,13 @@ uint32_t release_completed(lf_reader &reader, bool wait) {
       // then nothing of this process reads the pin any more either.
       (void)device::wait_event(*p.backend, p.event, kCloseWaitMs);
     } else {
-      // A query that fails means a broken context: no more work of this process will run on
-      // it, so the pin has nothing left to cover.
+      // Only a sticky error (LF_E_DEVICE: the context is broken, no more work of this process
+      // will run on it) leaves the pin nothing to cover. Any other failure says nothing about
+      // the work that reads the pin, which may still run: the pin stays, and the error is
+      // kept for lf_reader_last_error.
       Result<bool> q = p.backend->query(p.event);
-      done = !q || q.value();
+      if (!q && q.error().code != LF_E_DEVICE) reader.last_error = q.error().message;
+      done = q ? q.value() : q.error().code == LF_E_DEVICE;
     }
     if (!done) {
       reader.pending[kept++] = p;

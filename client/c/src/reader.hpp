@@ -22,13 +22,20 @@ struct lf_pin {
   const loraflip::ipc::TensorDesc *tensors;
   uint32_t tensor_count;
   uint32_t slot;
-  int32_t device;  // ordinal of `base`'s device; -1: host memory
+  // This process's ordinal of `base`'s device (the adapter's first device, or when this
+  // process does not see that one, the first of its copies it sees); -1: host memory.
+  int32_t device;
   const loraflip::ipc::AdapterRecord *record;
-  // Device placements: where this version lives on each device it is placed on, taken at
-  // acquire, so that a daemon restart re-pointing the record later cannot move it.
+  // Device placements: where this version lives on each device it is placed on that this
+  // process sees (by this process's ordinal), taken at acquire, so that a daemon restart
+  // re-pointing the record later cannot move it.
   uint32_t copies;
   int32_t copy_ordinal[loraflip::ipc::kMaxDevices];
   const std::byte *copy_base[loraflip::ipc::kMaxDevices];
+  // The daemon start (device epoch) whose device memory `base` and the copies lie in; 0: host
+  // memory. While the cell is in use, the reader's DeviceMap keeps that epoch's blocks mapped
+  // after a daemon restart (acquire lets them go once no pin names the epoch).
+  uint64_t device_epoch;
 };
 
 // A pin handed to lf_pin_release_after: its cell stays set until `event` (recorded on the

@@ -19,7 +19,8 @@ from typing import Optional
 from . import _lib
 from ._client import Client
 from ._dtypes import dtype_code, dtype_name
-from ._errors import (ArenaFull, ClosedError, DaemonUnreachable, Exists, InvalidArgument,
+from ._errors import (ArenaFull, ClosedError, DaemonUnreachable, DeviceLost, Exists,
+                      InvalidArgument,
                       LayoutMismatch, LeaseError, LoraflipError, NoFreeSlot, NotFound,
                       NoVersion, PermissionDenied, PinsFull, ProtocolError, ReleasedError,
                       Stale, TableFull, Timeout, TooLarge, Unsupported, ValidationError)
@@ -41,7 +42,8 @@ __all__ = [
     "LoraflipError", "InvalidArgument", "NotFound", "Exists", "ArenaFull", "NoFreeSlot",
     "TableFull", "ProtocolError", "LayoutMismatch", "Timeout", "DaemonUnreachable",
     "LeaseError", "ValidationError", "NoVersion", "TooLarge", "PinsFull", "Stale",
-    "Unsupported", "PermissionDenied", "ReleasedError", "ClosedError", "LibraryNotFound",
+    "Unsupported", "PermissionDenied", "DeviceLost", "ReleasedError", "ClosedError",
+    "LibraryNotFound",
 ]
 
 _default: Optional[Client] = None

@@ -111,6 +111,11 @@ class PermissionDenied(LoraflipError, PermissionError):
         return LoraflipError.__str__(self)
 
 
+class DeviceLost(LoraflipError):
+    """LF_E_DEVICE: the GPU's context failed for good (a sticky CUDA error); restart the
+    process."""
+
+
 class ReleasedError(LoraflipError):
     """A view (array, tensor, writer) was used after its version was released or its write
     ended. The memory behind it may already hold another version, so nothing is returned."""
@@ -147,6 +152,7 @@ _BY_CODE = {
     L.LF_E_UNSUPPORTED: Unsupported,
     L.LF_E_PERMISSION: PermissionDenied,
     L.LF_E_UNKNOWN_OP: ProtocolError,
+    L.LF_E_DEVICE: DeviceLost,
 }
 
 

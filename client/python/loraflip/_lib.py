@@ -45,6 +45,7 @@ LF_E_STALE = -19
 LF_E_UNSUPPORTED = -20
 LF_E_PERMISSION = -21
 LF_E_UNKNOWN_OP = -22
+LF_E_DEVICE = -23
 
 LF_DTYPE_F32 = 1
 LF_DTYPE_F16 = 2
@@ -258,6 +259,9 @@ lf_writer_copy_in_all = _bind("lf_writer_copy_in_all", _c_int,
 lf_writer_copy_in_async = _bind("lf_writer_copy_in_async", _c_int,
                                 [lf_writer_p, _c_size_t, ctypes.c_void_p, _c_size_t, _c_int,
                                  ctypes.c_void_p])
+# int lf_writer_commit_after(lf_writer_t *writer, int device, void *stream);
+lf_writer_commit_after = _bind("lf_writer_commit_after", _c_int,
+                               [lf_writer_p, _c_int, ctypes.c_void_p])
 # int lf_writer_commit(lf_writer_t *writer, unsigned flags, uint64_t *version_out);
 lf_writer_commit = _bind("lf_writer_commit", _c_int, [lf_writer_p, ctypes.c_uint, _P(_c_uint64)])
 # int lf_writer_abort(lf_writer_t *writer);

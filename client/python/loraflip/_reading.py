@@ -247,6 +247,8 @@ class Tensor:
             raise AttributeError(f"tensor '{self.name}' is in host memory: use numpy() or "
                                  "DLPack, not __cuda_array_interface__")
         self._owner.guard.check()
+        if self._writeable:
+            self._owner._note_device_export(self.device)
         return {"shape": self.shape, "typestr": _CAI_TYPESTR[dtype_code(self.dtype)],
                 "data": (self._address if self.nbytes else 0, not self._writeable),
                 "strides": None, "version": 3}

@@ -3,6 +3,7 @@ commit or abort."""
 from __future__ import annotations
 
 import ctypes
+import sys
 import time
 from typing import Optional
 
@@ -50,6 +51,9 @@ class Writer:
         # are waited for before an abort gives the slot back, until the write ends.
         self._keep: list = []
         self._streams: dict = {}
+        # Devices whose tensors were handed out writable (DLPack, __cuda_array_interface__):
+        # whatever the caller queues on them is covered by the commit (_cover_device_writes).
+        self._exported_devices: set = set()
         client._writers.add(self)
 
     @property
@@ -107,9 +111,43 @@ class Writer:
 
     def capsule(self, address, dtype, shape, strides, max_version, device=-1):
         self._check()
+        self._note_device_export(device)
         return _dlpack.make_capsule(address, dtype, shape, strides, read_only=False,
                                     versioned=_dlpack.wants_versioned(max_version),
                                     on_release=None, device=device)
+
+    def _note_device_export(self, device: int) -> None:
+        if device >= 0:
+            self._exported_devices.add(device)
+
+    def commit_after(self, stream=None, device: int = -1) -> None:
+        """Makes the commit wait for the GPU work queued on `stream` up to the commit: a
+        torch.cuda.Stream, any stream object with `cuda_stream` or `ptr` (CuPy), a raw
+        cudaStream_t address, or None for the default stream of `device` (-1: the slot's).
+        Needed only for writes this package cannot see (your own kernels through a tensor's
+        DLPack or __cuda_array_interface__ export) on streams other than torch's current one,
+        which the commit covers by itself. Does nothing for a host-placed adapter."""
+        self._check()
+        # The library asks the runtime which device a stream belongs to.
+        handle = getattr(stream, "cuda_stream", getattr(stream, "ptr", stream))
+        rc = L.lf_writer_commit_after(self._handle, int(device), handle or None)
+        if rc != L.LF_OK:
+            raise self._copy_failed(rc, "naming a stream to the commit")
+
+    def _cover_device_writes(self) -> None:
+        """For every device whose slot tensors were handed out writable: has the commit wait for
+        the current torch stream of that device (what torch ops on the exported tensors run on)
+        or, without torch in use, for the device's default stream (CuPy's and Numba's default).
+        Without it the daemon could check and flip before those writes land."""
+        torch = sys.modules.get("torch")
+        cuda = getattr(torch, "cuda", None)
+        torch_in_use = cuda is not None and getattr(cuda, "is_initialized", lambda: True)()
+        for device in sorted(self._exported_devices):
+            stream = cuda.current_stream(device) if torch_in_use else None
+            rc = L.lf_writer_commit_after(self._handle, device,
+                                          getattr(stream, "cuda_stream", 0) or None)
+            if rc != L.LF_OK:
+                raise self._copy_failed(rc, f"covering the writes through device {device}'s views")
 
     def copy_in(self, tensor: str, value, cast: bool = False) -> None:
         """Copies a numpy array, torch tensor or RawTensor into the slot (dtype and shape must
@@ -186,6 +224,7 @@ class Writer:
         self._check()
         with self._client._use():
             out = ctypes.c_uint64()
+            self._cover_device_writes()
             try:
                 rc = L.lf_writer_commit(self._handle, self._flags, ctypes.byref(out))
             finally:
