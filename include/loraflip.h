@@ -104,7 +104,8 @@ typedef struct lf_tensor_view {
   int64_t shape[LF_MAX_DIMS];
   uint64_t nbytes;
   uint64_t version;   /* readers: the pinned version; writers: 0 (assigned at commit) */
-  int32_t device;     /* -1 for host memory, else the CUDA device ordinal */
+  int32_t device;     /* -1 for host memory, else the CUDA device ordinal in this process's
+                         numbering (CUDA_VISIBLE_DEVICES), which may differ from the daemon's */
   int32_t reserved;
 } lf_tensor_view_t;
 
@@ -143,8 +144,9 @@ LF_API int lf_spec_set_metadata(lf_spec_t *spec, const char *metadata);
  * (-1: the daemon's default). */
 LF_API int lf_spec_set_slots(lf_spec_t *spec, int slots, int history);
 /* Where the slots live: "host" (default), or "cuda:N" / "cuda:N,M,..." for GPU memory on
- * those devices (the first is written to; the daemon copies each version to the others before
- * the flip, so every tensor-parallel rank switches to the same version at once). */
+ * those devices, numbered as the daemon numbers them (its --devices list) (the first is written
+ * to; the daemon copies each version to the others before the flip, so every tensor-parallel
+ * rank switches to the same version at once). */
 LF_API int lf_spec_set_placement(lf_spec_t *spec, const char *placement);
 
 LF_API int lf_client_create_adapter(lf_client_t *client, const char *name, const lf_spec_t *spec);
@@ -278,9 +280,13 @@ LF_API uint64_t lf_pin_version(const lf_pin_t *pin);
 LF_API size_t lf_pin_tensor_count(const lf_pin_t *pin);
 LF_API int lf_pin_tensor(const lf_pin_t *pin, size_t index, lf_tensor_view_t *out);
 LF_API int lf_pin_tensor_by_name(const lf_pin_t *pin, const char *name, lf_tensor_view_t *out);
-/* The pinned version's tensor `index` on device `device` (an ordinal the adapter is placed on:
- * a tensor-parallel rank reads its own GPU's copy; all copies are the same version).
- * lf_pin_tensor gives the copy on the adapter's first device (view.device says which). */
+/* The pinned version's tensor `index` on device `device` (an ordinal, in this process's
+ * numbering, of a GPU the adapter is placed on: a tensor-parallel rank reads its own GPU's
+ * copy; all copies are the same version). lf_pin_tensor gives the copy on the adapter's first
+ * device, or on the first one this process can see when that one is hidden from it
+ * (view.device says which). The daemon publishes each GPU's UUID, so the numbering of each
+ * process is its own; a GPU this process cannot see is skipped (LF_E_UNSUPPORTED when the
+ * adapter is on none it sees). */
 LF_API int lf_pin_tensor_on_device(const lf_pin_t *pin, size_t index, int device,
                                    lf_tensor_view_t *out);
 /* The active version now (0: none yet), without pinning. */
