@@ -96,6 +96,27 @@ std::vector<float> active_tensor(TwoDevices &t, const char *name, size_t index) 
   return out;
 }
 
+// Tensor 0 of `name`'s active version on `device`, pinned for as long as this lives: device
+// memory a test can copy from.
+struct PinnedTensor {
+  lf_reader_t *reader = nullptr;
+  lf_pin_t *pin = nullptr;
+  lf_tensor_view_t view{};
+  PinnedTensor(TwoDevices &t, const char *name, int device) {
+    REQUIRE(lf_reader_open(t.daemon.dir().c_str(), &reader) == LF_OK);
+    lf_adapter_ref_t ref = 0;
+    REQUIRE(lf_reader_find(reader, name, &ref) == LF_OK);
+    REQUIRE(lf_reader_acquire(reader, ref, 0, &pin) == LF_OK);
+    REQUIRE(lf_pin_tensor_on_device(pin, 0, device, &view) == LF_OK);
+  }
+  ~PinnedTensor() {
+    lf_pin_release(pin);
+    lf_reader_close(reader);
+  }
+  PinnedTensor(const PinnedTensor &) = delete;
+  PinnedTensor &operator=(const PinnedTensor &) = delete;
+};
+
 // Publishes x into both tensors of `name` (synchronous copies).
 void publish(TwoDevices &t, const char *name, float x) {
   const std::vector<float> data = values_of(x);
@@ -112,14 +133,8 @@ TEST_CASE("a peer copy on the null stream runs on the source device, and the com
   TwoDevices t("fence-peer-null");
   publish(t, "on0", 7.0f);
   // The source: the pinned version of "on0", device memory of device 0.
-  lf_reader_t *reader = nullptr;
-  REQUIRE(lf_reader_open(t.daemon.dir().c_str(), &reader) == LF_OK);
-  lf_adapter_ref_t ref = 0;
-  REQUIRE(lf_reader_find(reader, "on0", &ref) == LF_OK);
-  lf_pin_t *source = nullptr;
-  REQUIRE(lf_reader_acquire(reader, ref, 0, &source) == LF_OK);
-  lf_tensor_view_t v0;
-  REQUIRE(lf_pin_tensor_on_device(source, 0, 0, &v0) == LF_OK);
+  const PinnedTensor source(t, "on0", 0);
+  const lf_tensor_view_t &v0 = source.view;
 
   // Device 0's default stream is held back: the peer copy waits there, while the host copy
   // into tensor 1 runs on device 1's default stream at once. An event recorded on device 1's
@@ -133,21 +148,13 @@ TEST_CASE("a peer copy on the null stream runs on the source device, and the com
   CHECK(commit_held(t, w, "on1", [] { dev::host_pause_default_stream(0, false); }) == LF_OK);
   CHECK(active_tensor(t, "on1", 0) == values_of(7.0f));
   CHECK(active_tensor(t, "on1", 1) == twos);
-  lf_pin_release(source);
-  lf_reader_close(reader);
 }
 
 TEST_CASE("a peer copy on a stream of the source device is fenced onto the slot's device") {
   TwoDevices t("fence-peer-stream");
   publish(t, "on0", 3.0f);
-  lf_reader_t *reader = nullptr;
-  REQUIRE(lf_reader_open(t.daemon.dir().c_str(), &reader) == LF_OK);
-  lf_adapter_ref_t ref = 0;
-  REQUIRE(lf_reader_find(reader, "on0", &ref) == LF_OK);
-  lf_pin_t *source = nullptr;
-  REQUIRE(lf_reader_acquire(reader, ref, 0, &source) == LF_OK);
-  lf_tensor_view_t v0;
-  REQUIRE(lf_pin_tensor_on_device(source, 0, 0, &v0) == LF_OK);
+  const PinnedTensor source(t, "on0", 0);
+  const lf_tensor_view_t &v0 = source.view;
 
   // The trainer's stream on device 0 (its own backend, as torch's would be). An interprocess
   // event of device 1 cannot be recorded on it (cudaEventRecord refuses): the commit goes
@@ -164,8 +171,6 @@ TEST_CASE("a peer copy on a stream of the source device is fenced onto the slot'
   CHECK(active_tensor(t, "on1", 0) == values_of(3.0f));
   CHECK(active_tensor(t, "on1", 1) == values_of(3.0f));
   mine->destroy_stream(0, s0.value());
-  lf_pin_release(source);
-  lf_reader_close(reader);
 }
 
 TEST_CASE("copies of one write on two streams of the slot's device are all covered") {
