@@ -152,6 +152,8 @@ TEST_CASE("every call of the host backend leaves the calling thread on the devic
     REQUIRE(d1.ok());
     same("copy_peer on the null stream",
          backend->copy_peer(d1->ptr, 1, d0->ptr, 0, 4096, nullptr).ok());
+    // The copy back reads what that one writes: it runs on device 0's default stream, later.
+    same("synchronize the source's null stream", backend->synchronize(0, nullptr).ok());
     auto s1 = backend->create_stream(1);
     REQUIRE(s1.ok());
     same("copy_peer on a stream",
