@@ -13,8 +13,9 @@
 // and kills it and removes its arena at the end. It is not a test: it prints numbers and
 // judges them against the targets, and exits 0 whether the targets are met or not.
 //
-// publish.cpp measures figures 1 and 2, acquire.cpp figure 3, report.cpp prints them; the
-// observing reader and the echo process are in observer.cpp and echo.cpp.
+// Figure 1 is measure_publish and figure 3 measure_acquire_release, both of bench/support
+// (publisher.cpp, acquire.cpp), which lf-bench-scaling uses too, as it does the observing reader
+// (observer.cpp); figure 2 is in publish.cpp, the echo process in echo.cpp, report.cpp prints.
 #include <algorithm>
 #include <atomic>
 #include <chrono>

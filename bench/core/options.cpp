@@ -42,29 +42,22 @@ std::vector<uint64_t> parse_sizes(const std::string &list) {
 
 Options parse(int argc, char **argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) fail(a + " needs a value");
-      return argv[++i];
-    };
-    if (a == "--help" || a == "-h") {
-      usage();
-      std::exit(0);
-    } else if (a == "--spin") {
+  Args args(argc, argv, usage);
+  while (args.next()) {
+    if (args.is("--spin")) {
       o.spin = true;
-    } else if (a == "--quick") {
+    } else if (args.is("--quick")) {
       o.quick = true;
-    } else if (a == "--daemon") {
-      o.daemon = value();
-    } else if (a == "--sizes") {
-      o.sizes_mib = parse_sizes(value());
-    } else if (a == "--readers") {
-      const long v = std::strtol(value().c_str(), nullptr, 10);
+    } else if (args.is("--daemon")) {
+      o.daemon = args.value();
+    } else if (args.is("--sizes")) {
+      o.sizes_mib = parse_sizes(args.value());
+    } else if (args.is("--readers")) {
+      const long v = std::strtol(args.value().c_str(), nullptr, 10);
       if (v < 1 || v > 4096) fail("--readers wants 1 to 4096");
       o.readers = size_t(v);
     } else {
-      fail("unknown option '" + a + "' (see --help)");
+      args.unknown();
     }
   }
   return o;

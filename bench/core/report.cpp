@@ -3,23 +3,11 @@
 #include <algorithm>
 #include <cinttypes>
 #include <cstdio>
-#include <fstream>
 #include <thread>
 
 namespace lfbench::core {
 
 namespace {
-
-std::string cpu_model() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("model name", 0) == 0) {
-      const size_t colon = line.find(':');
-      return colon == std::string::npos ? line : line.substr(colon + 2);
-    }
-  return "unknown";
-}
 
 const char *verdict(bool met) { return met ? "MET" : "MISSED"; }
 
@@ -31,13 +19,6 @@ const char *how_observed(const Options &opt) {
 }
 
 }  // namespace
-
-std::string loadavg() {
-  std::ifstream in("/proc/loadavg");
-  std::string line;
-  std::getline(in, line);
-  return line;
-}
 
 void print_run_header(const Options &opt, const std::string &instance, uint64_t arena_mib) {
   std::printf("lf-bench-core: loraflip core benchmark%s\n", opt.quick ? " (--quick: smoke test)" : "");

@@ -12,9 +12,6 @@
 
 namespace lfbench::core {
 
-// /proc/loadavg as it reads: other work on the machine skews every figure.
-std::string loadavg();
-
 void print_run_header(const Options &opt, const std::string &instance, uint64_t arena_mib);
 
 void print_publish_table(const Options &opt, const std::vector<PublishFigures> &rows);

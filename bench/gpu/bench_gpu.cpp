@@ -148,23 +148,18 @@ struct Options {
   int warmup = 5;
 };
 
+void usage() {
+  std::printf("usage: lf-bench-gpu [--daemon PATH] [--iterations N (50)] [--warmup N (5)]\n");
+}
+
 Options parse(int argc, char **argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) fail(a + " needs a value");
-      return argv[++i];
-    };
-    if (a == "--daemon") o.daemon = value();
-    else if (a == "--iterations") o.iterations = std::max(1, std::atoi(value().c_str()));
-    else if (a == "--warmup") o.warmup = std::max(0, std::atoi(value().c_str()));
-    else if (a == "-h" || a == "--help") {
-      std::printf("usage: lf-bench-gpu [--daemon PATH] [--iterations N (50)] [--warmup N (5)]\n");
-      std::exit(0);
-    } else {
-      fail("unknown option " + a + " (see --help)");
-    }
+  Args args(argc, argv, usage);
+  while (args.next()) {
+    if (args.is("--daemon")) o.daemon = args.value();
+    else if (args.is("--iterations")) o.iterations = std::max(1, std::atoi(args.value().c_str()));
+    else if (args.is("--warmup")) o.warmup = std::max(0, std::atoi(args.value().c_str()));
+    else args.unknown();
   }
   return o;
 }

@@ -24,7 +24,42 @@ uint64_t now_ns() {
   return uint64_t(ts.tv_sec) * 1000000000ULL + uint64_t(ts.tv_nsec);
 }
 
+std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("model name", 0) == 0) {
+      const size_t colon = line.find(':');
+      return colon == std::string::npos ? line : line.substr(colon + 2);
+    }
+  return "unknown";
+}
+
+std::string loadavg() {
+  std::ifstream in("/proc/loadavg");
+  std::string line;
+  std::getline(in, line);
+  return line;
+}
+
 void fail(const std::string &what) { throw std::runtime_error(what); }
+
+bool Args::next() {
+  if (++i_ >= argc_) return false;
+  option_ = argv_[i_];
+  if (option_ == "-h" || option_ == "--help") {
+    usage_();
+    std::exit(0);
+  }
+  return true;
+}
+
+std::string Args::value() {
+  if (i_ + 1 >= argc_) fail(option_ + " needs a value");
+  return argv_[++i_];
+}
+
+void Args::unknown() const { fail("unknown option '" + option_ + "' (see --help)"); }
 
 void check(int rc, const std::string &what, const lf_client_t *client) {
   if (rc == LF_OK) return;
@@ -41,6 +76,7 @@ Stats stats_of(std::vector<double> v) {
   const size_t n = v.size();
   s.median = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
   s.p90 = v[std::min(n - 1, size_t(std::ceil(0.9 * double(n))) - 1)];
+  s.p99 = v[std::min(n - 1, size_t(std::ceil(0.99 * double(n))) - 1)];
   return s;
 }
 

@@ -19,15 +19,45 @@ namespace lfbench {
 // process compare with the writer's.
 uint64_t now_ns();
 
+// The machine, as benchmarks name it in their output: /proc/cpuinfo's first "model name".
+std::string cpu_model();
+// /proc/loadavg as it reads: other work on the machine skews every figure.
+std::string loadavg();
+
 [[noreturn]] void fail(const std::string &what);
+
+// Walks a benchmark's command line: next() moves to the next option (printing `usage` and
+// exiting 0 on -h or --help), value() takes the word after it (fail()s when there is none),
+// unknown() fails naming the option. So each benchmark's parser is only its own options:
+//   Args args(argc, argv, usage);
+//   while (args.next())
+//     if (args.is("--quick")) o.quick = true;
+//     else if (args.is("--out")) o.out = args.value();
+//     else args.unknown();
+class Args {
+ public:
+  Args(int argc, char **argv, void (*usage)()) : argc_(argc), argv_(argv), usage_(usage) {}
+  bool next();
+  bool is(const char *option) const { return option_ == option; }
+  std::string value();
+  [[noreturn]] void unknown() const;
+
+ private:
+  int argc_;
+  char **argv_;
+  void (*usage_)();
+  int i_ = 0;
+  std::string option_;
+};
 // Fails with the status's name and, given a client, its last error.
 void check(int rc, const std::string &what, const lf_client_t *client = nullptr);
 
 struct Stats {
-  double median = 0, p90 = 0;
+  double median = 0, p90 = 0, p99 = 0;
   size_t n = 0;
 };
-// Median (mean of the two middle values for an even count) and p90 (nearest rank).
+// Median (mean of the two middle values for an even count), p90 and p99 (nearest rank: with
+// fewer than 100 values p99 is the largest).
 Stats stats_of(std::vector<double> v);
 
 // Creates an f16 LoRA adapter of `tensors` with the config PEFT would write for them (alpha =
@@ -68,6 +98,8 @@ class BenchDaemon {
   // Separate from the constructor so that the destructor cleans up after a failed start.
   void start();
   const std::string &dir() const { return dir_; }
+  // The daemon's process (its /proc entry tells its memory); -1 before start.
+  pid_t pid() const { return pid_; }
   std::string log_path() const { return dir_ + ".log"; }
   std::string read_log() const;
 

@@ -1,5 +1,5 @@
-// Figure 3: acquire + release from reader processes, against the bare atomic handshake that
-// every acquire is built on.
+// Acquire + release from reader processes in a tight loop, and the bare atomic handshake that
+// every acquire is built on (lf-bench-core's figure 3, lf-bench-scaling's figure 2).
 #pragma once
 
 #include <cstddef>
@@ -8,7 +8,7 @@
 
 #include "bench_support.hpp"
 
-namespace lfbench::core {
+namespace lfbench {
 
 struct AcquireFigures {
   Stats cpu_ns_per_op;   // per reader and chunk: thread CPU time / iterations
@@ -27,4 +27,4 @@ AcquireFigures measure_acquire_release(const std::string &dir, const std::string
 // thread CPU ns per handshake.
 Stats measure_bare_handshake(size_t samples, uint64_t iters);
 
-}  // namespace lfbench::core
+}  // namespace lfbench

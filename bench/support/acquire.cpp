@@ -10,7 +10,7 @@
 
 #include "loraflip.h"
 
-namespace lfbench::core {
+namespace lfbench {
 
 namespace {
 
@@ -136,4 +136,4 @@ Stats measure_bare_handshake(size_t samples, uint64_t iters) {
   return stats_of(ns);
 }
 
-}  // namespace lfbench::core
+}  // namespace lfbench

@@ -9,7 +9,7 @@
 
 #include "loraflip.h"
 
-namespace lfbench::core {
+namespace lfbench {
 
 // In shared memory (shared_map), written by the benchmark and the observer process.
 struct alignas(64) Observer {
@@ -43,4 +43,4 @@ void observe(Observer &o, const std::string &adapter);
 // Waits until the observer saw `version`; returns the moment it did.
 uint64_t wait_seen(Observer &o, uint64_t version);
 
-}  // namespace lfbench::core
+}  // namespace lfbench

@@ -7,7 +7,7 @@
 
 #include "bench_support.hpp"
 
-namespace lfbench::core {
+namespace lfbench {
 
 namespace {
 
@@ -84,4 +84,4 @@ uint64_t wait_seen(Observer &o, uint64_t version) {
   return o.seen_ns.load(std::memory_order_relaxed);
 }
 
-}  // namespace lfbench::core
+}  // namespace lfbench
