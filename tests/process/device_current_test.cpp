@@ -14,6 +14,7 @@
 
 #include "device/device.hpp"
 #include "support.hpp"
+#include "two_devices.hpp"
 
 extern "C" int *loraflip_host_thread_device() noexcept;
 
@@ -24,7 +25,7 @@ namespace {
 
 // Arenas of 8 MiB: device_test.cpp counts this process's mappings of 16 MiB arenas, and the
 // library keeps every block it opened mapped.
-constexpr int64_t kElements = 4096;  // per tensor: f32, so 16 KiB
+constexpr int64_t kElements = kTwoDeviceElements;
 constexpr size_t kBytes = kElements * 4;
 
 std::vector<float> values_of(float x) { return std::vector<float>(kElements, x); }
@@ -42,16 +43,8 @@ TEST_CASE("this program and libloraflip share the stand-in's current device of e
 }
 
 TEST_CASE("the client library's calls leave the calling thread on the device it was on") {
-  Daemon daemon("curdev", {"--devices", "0,1", "--device-backend", "host",
-                           "--device-arena-size", "8M"});
-  daemon.start();
-  {
-    lf_client_t *setup = nullptr;
-    REQUIRE(lf_client_open(daemon.dir().c_str(), 5000, &setup) == LF_OK);
-    REQUIRE(create_pattern_adapter(setup, "on0", 2, kElements, 1, "cuda:0") == LF_OK);
-    REQUIRE(create_pattern_adapter(setup, "on1", 2, kElements, 1, "cuda:1") == LF_OK);
-    lf_client_close(setup);
-  }
+  TwoDevices t("curdev");
+  const Daemon &daemon = t.daemon;
   // The program's own view of the device interface, as a trainer's torch would have: it sets
   // the thread's device, makes streams, and reads the device back.
   auto mine_backend = dev::make_host_backend("curdev-user", 2);
@@ -137,13 +130,9 @@ TEST_CASE("the client library's calls leave the calling thread on the device it 
 }
 
 TEST_CASE("one client writes asynchronously to adapters on two devices and both commits succeed") {
-  Daemon daemon("twodev", {"--devices", "0,1", "--device-backend", "host",
-                           "--device-arena-size", "8M"});
-  daemon.start();
-  lf_client_t *client = nullptr;
-  REQUIRE(lf_client_open(daemon.dir().c_str(), 5000, &client) == LF_OK);
-  REQUIRE(create_pattern_adapter(client, "on0", 2, kElements, 1, "cuda:0") == LF_OK);
-  REQUIRE(create_pattern_adapter(client, "on1", 2, kElements, 1, "cuda:1") == LF_OK);
+  TwoDevices t("twodev");
+  const Daemon &daemon = t.daemon;
+  lf_client_t *client = t.client;
   lf_reader_t *reader = nullptr;
   REQUIRE(lf_reader_open(daemon.dir().c_str(), &reader) == LF_OK);
   auto mine = dev::make_host_backend("twodev-user", 2);
@@ -182,7 +171,6 @@ TEST_CASE("one client writes asynchronously to adapters on two devices and both 
     x += 1.0f;
   }
   lf_reader_close(reader);
-  lf_client_close(client);
   mine->destroy_stream(0, s0.value());
   mine->destroy_stream(1, s1.value());
 }

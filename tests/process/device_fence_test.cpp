@@ -15,48 +15,19 @@
 
 #include "device/device.hpp"
 #include "support.hpp"
+#include "two_devices.hpp"
 
 using namespace lftest;
 namespace dev = loraflip::device;
 
 namespace {
 
-constexpr int64_t kElements = 4096;  // per tensor: f32, so 16 KiB
+constexpr int64_t kElements = kTwoDeviceElements;
 constexpr size_t kBytes = kElements * 4;
 // How long a stream is held back: a commit that returns within it did not wait.
 constexpr int kHoldMs = 300;
 
 std::vector<float> values_of(float x) { return std::vector<float>(kElements, x); }
-
-// A daemon serving host devices 0 and 1, with adapters "on0" and "on1" (two f32 tensors each)
-// placed on them.
-struct TwoDevices {
-  Daemon daemon;
-  lf_client_t *client = nullptr;
-  // Asks what is active while `client` waits for a commit's reply (a client serves one call at
-  // a time).
-  lf_client_t *observer = nullptr;
-  explicit TwoDevices(const std::string &name)
-      : daemon(name, {"--devices", "0,1", "--device-backend", "host", "--device-arena-size", "8M"}) {
-    daemon.start();
-    REQUIRE(lf_client_open(daemon.dir().c_str(), 5000, &client) == LF_OK);
-    REQUIRE(lf_client_open(daemon.dir().c_str(), 5000, &observer) == LF_OK);
-    REQUIRE(create_pattern_adapter(client, "on0", 2, kElements, 1, "cuda:0") == LF_OK);
-    REQUIRE(create_pattern_adapter(client, "on1", 2, kElements, 1, "cuda:1") == LF_OK);
-  }
-  ~TwoDevices() {
-    lf_client_close(client);
-    lf_client_close(observer);
-  }
-
-  uint64_t active(const char *name) {
-    char *info = nullptr;
-    REQUIRE(lf_client_info(observer, name, &info) == LF_OK);
-    const int64_t v = json_number(info, "version");
-    lf_free(info);
-    return static_cast<uint64_t>(v);
-  }
-};
 
 // Commits `w` on another thread while `hold` keeps some of its work queued, checks that the
 // commit neither returns nor flips `name` meanwhile, then lets the work go (`release`) and
