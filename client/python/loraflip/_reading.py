@@ -21,6 +21,20 @@ from ._views import Guard, PinnedArray, pinned_array
 
 # ---- readers: one per thread, as the C API wants ----
 
+class Schema(dict):
+    """Tensor name -> index in the adapter's schema, for one lookup of the name (an adapter
+    created again under it gets a new one). `layouts` keeps, per device, where each tensor
+    sits relative to the first: the schema fixes every tensor's offset in a slot, so every
+    slot and every device copy has the same layout, and torch_tensors() of a later version
+    needs one view, not one per tensor. `memo`: what integrations derive from the adapter's
+    schema and config alone (both fixed until the adapter is created again)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layouts: dict = {}
+        self.memo: dict = {}
+
+
 class Reader:
     """One lf_reader_t, used only by the thread that opened it. Pins that end on another thread
     (a DLPack consumer's deleter) are queued and released by the owner at its next call."""
@@ -51,7 +65,7 @@ class Reader:
         if rc != L.LF_OK:
             self.refs.pop(name, None)
             raise self.fail(rc)
-        entry = (ref.value, {})
+        entry = (ref.value, Schema())
         self.refs[name] = entry
         return entry
 
@@ -364,33 +378,52 @@ class Version(Mapping):
         that binds a few hundred tensors pays one export, not one each. `device` as in
         tensor(). The pin lasts while any of the tensors lives (as for any DLPack export)."""
         import torch  # the caller has it: it asks for torch tensors
-        # (name, address, bytes, dtype code, shape) of each tensor, read from ctypes once.
+        layout = self._pin.schema.layouts.get(device)
+        if layout is None:
+            layout = self._layout(device)
+            if layout is None:  # empty tensors: no span to slice
+                return {t: torch.from_dlpack(self.tensor(t, device)) for t in self._pin.schema}
+            self._pin.schema.layouts[device] = layout
+        first, first_offset, span_bytes, split, order = layout
+        v = self._view(first, device)
+        span = torch.from_dlpack(self._pin.capsule((v.data or 0) - first_offset, L.LF_DTYPE_U8,
+                                                   (span_bytes,), None, None,
+                                                   device=int(v.device)))
+        if split is not None:
+            # The usual case, one dtype: the span viewed as it and split once (one call, where
+            # slicing and viewing each tensor costs three).
+            dtype, sizes = split
+            pieces = span.view(dtype).split_with_sizes(sizes)
+            return {t: pieces[2 * i + 1].view(shape) for i, (t, _, _, _, shape) in enumerate(order)}
+        return {t: span[at:at + nbytes].view(dtype).view(shape)
+                for t, at, nbytes, dtype, shape in order}
+
+    def _layout(self, device):
+        """(first tensor, its offset in the span, span bytes, (dtype, split sizes) when one
+        dtype splits the span, [(tensor, offset, bytes, torch dtype, shape)] by address)."""
+        import torch
         parts = []
         for t in self._pin.schema:
             v = self._view(t, device)
-            parts.append((t, v.data or 0, v.nbytes, v.dtype, tuple(v.shape[:v.ndim]), v.device))
+            parts.append((t, v.data or 0, v.nbytes, v.dtype, tuple(v.shape[:v.ndim])))
         if not parts or any(p[1] == 0 for p in parts):
-            return {t: torch.from_dlpack(self.tensor(t, device)) for t, *_ in parts}  # empty ones
+            return None
         parts.sort(key=lambda p: p[1])
         start, end = parts[0][1], max(p[1] + p[2] for p in parts)
-        span = torch.from_dlpack(self._pin.capsule(start, L.LF_DTYPE_U8, (end - start,), None,
-                                                   None, device=int(parts[0][5])))
+        order = [(t, address - start, nbytes, getattr(torch, _dtypes.BY_CODE[code].long_name),
+                  shape) for t, address, nbytes, code, shape in parts]
+        split = None
         codes = {p[3] for p in parts}
         only = _dtypes.BY_CODE[codes.pop()] if len(codes) == 1 else None
         if only is not None and all((p[1] - start) % only.itemsize == 0 for p in parts):
-            # The usual case, one dtype: the span viewed as it and split once (one call, where
-            # slicing and viewing each tensor costs three).
             sizes, at = [], start
-            for _, address, nbytes, _, _, _ in parts:
+            for _, address, nbytes, _, _ in parts:
                 sizes += [(address - at) // only.itemsize, nbytes // only.itemsize]
                 at = address + nbytes
-            pieces = span.view(getattr(torch, only.long_name)).split_with_sizes(sizes)
-            return {p[0]: pieces[2 * i + 1].view(p[4]) for i, p in enumerate(parts)}
-        out = {}
-        for t, address, nbytes, code, shape, _ in parts:
-            piece = span[address - start:address - start + nbytes]
-            out[t] = piece.view(getattr(torch, _dtypes.BY_CODE[code].long_name)).view(shape)
-        return out
+            split = (getattr(torch, only.long_name), sizes)
+        first = next(iter(self._pin.schema))
+        first_offset = next(at for t, at, *_ in order if t == first)
+        return first, first_offset, end - start, split, order
 
     def copy(self) -> dict[str, np.ndarray]:
         """Copies of every tensor (bf16 as uint16 patterns unless ml_dtypes is installed)."""
