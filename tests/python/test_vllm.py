@@ -219,6 +219,20 @@ def test_the_version_stays_pinned_while_vllm_holds_the_model(client, name):
         "the scaled lora_B did not reuse the pooled buffer"
 
 
+def test_the_buffer_pool_lends_a_buffer_to_one_model_at_a_time():
+    pool = lv._BufferPool(keep=2)
+    cpu = torch.device("cpu")
+    a, b = pool.take(1000, torch.bfloat16, cpu), pool.take(1000, torch.bfloat16, cpu)
+    assert a.data_ptr() != b.data_ptr(), "one buffer lent twice"
+    part = a[10:20]
+    first = a.data_ptr()
+    del a
+    assert pool.take(1000, torch.bfloat16, cpu).data_ptr() != first, "lent while a slice lives"
+    del part
+    assert pool.take(1000, torch.bfloat16, cpu).data_ptr() == first, "not reused once free"
+    assert pool.take(1000, torch.float32, cpu).dtype == torch.float32
+
+
 def test_another_dtype_is_converted_by_vllm_and_scaled_in_its_own_copy(client, name):
     weights = adapter_tensors(9, dtype=torch.float32)
     v = client.publish(name, weights, config())

@@ -211,20 +211,23 @@ class _BufferPool:
         return torch._C._storage_Use_Count(t.untyped_storage()._cdata)
 
     def take(self, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A view of a free buffer: the view itself holds the storage, so the buffer is busy
+        from the moment it is handed out until every tensor carved from it is gone."""
         with self._lock:
-            for i, (buf, idle) in enumerate(self._buffers):
+            for buf, idle in self._buffers:
                 if (buf.numel() == numel and buf.dtype == dtype and buf.device == device
                         and self._use_count(buf) == idle):
-                    return buf
+                    return buf[:]
             buf = torch.empty(numel, dtype=dtype, device=device)
             idle = self._use_count(buf)
+            taken = buf[:]
             self._buffers.append((buf, idle))
             if len(self._buffers) > self._keep:  # forget the oldest idle one
                 for i, (b, n) in enumerate(self._buffers):
-                    if self._use_count(b) == n and b is not buf:
+                    if self._use_count(b) == n:
                         del self._buffers[i]
                         break
-            return buf
+            return taken
 
 
 _pool = _BufferPool() if hasattr(torch._C, "_storage_Use_Count") else None
