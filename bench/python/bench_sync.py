@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO / "client" / "python"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loraflip  # noqa: E402
 import loraflip.peft  # noqa: E402
-from bench_publish import start_daemon  # noqa: E402
+from bench_publish import fmt, start_daemon  # noqa: E402
 
 HIDDEN, RANK = 4096, 16
 MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -111,11 +111,6 @@ def time_parts(trainer_model, adapter_tensors, repeat):
     finally:
         stop()
     return out
-
-
-def fmt(ts):
-    ms = sorted(t * 1e3 for t in ts)
-    return f"median {statistics.median(ms):7.2f} ms  min {ms[0]:7.2f} ms  max {ms[-1]:7.2f} ms"
 
 
 def main() -> int:

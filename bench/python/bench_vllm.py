@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loraflip  # noqa: E402
 import loraflip.peft  # noqa: E402
 import loraflip.vllm  # noqa: E402
-from bench_publish import start_daemon  # noqa: E402
+from bench_publish import fmt, start_daemon  # noqa: E402
 from bench_sync import HIDDEN, MODULES, RANK, peft_skeleton  # noqa: E402
 from peft import get_peft_model_state_dict  # noqa: E402
 from vllm.lora import lora_model as vllm_lora_model  # noqa: E402
@@ -60,11 +60,6 @@ def bare_model_manager(layers: int) -> LoRAModelManager:
     m.modules, m.is_pooling_model, m.supports_mm = {}, False, False
     m._enable_moe_shared_loras = m._is_non_gated_moe = False
     return m
-
-
-def fmt(ts):
-    ms = sorted(t * 1e3 for t in ts)
-    return f"median {statistics.median(ms):7.2f} ms  min {ms[0]:7.2f} ms  max {ms[-1]:7.2f} ms"
 
 
 def main() -> int:
