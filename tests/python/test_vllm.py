@@ -377,3 +377,23 @@ def test_the_models_layer_sizes_check_the_adapter_through_the_worker(client, dae
     manager._adapter_manager.modules["model.layers.1.self_attn.qkv_proj"] = narrower
     with pytest.raises(lv.AdapterMismatch, match="layers.1.self_attn.k_proj' .* maps 64 -> 16"):
         manager._load_adapter(lv.request(name, v, runtime_dir=daemon.dir))
+
+
+def test_the_follower_of_an_async_engine_awaits_its_calls(client, daemon, name):
+    import asyncio
+
+    class AsyncEngine(Engine):  # AsyncLLM's add_lora and remove_lora are coroutines
+        async def add_lora(self, r):
+            return Engine.add_lora(self, r)
+
+        async def remove_lora(self, lora_id):
+            return Engine.remove_lora(self, lora_id)
+
+    engine = AsyncEngine()
+    follow = lv.Follower(engine, name, keep=1, runtime_dir=daemon.dir, client=client)
+    client.publish(name, adapter_tensors(30), config(), slots=3, history=0)
+    first = asyncio.run(follow.arequest())
+    client.publish(name, adapter_tensors(31), config())
+    second = asyncio.run(follow.arequest())
+    assert (first.lora_name, second.lora_name) == (f"{name}@1", f"{name}@2")
+    assert list(engine.loaded) == [second.lora_int_id]
