@@ -384,23 +384,27 @@ class Version(Mapping):
             if layout is None:  # empty tensors: no span to slice
                 return {t: torch.from_dlpack(self.tensor(t, device)) for t in self._pin.schema}
             self._pin.schema.layouts[device] = layout
-        first, first_offset, span_bytes, split, order = layout
+        first, first_offset, span_bytes, pieces, order = layout
         v = self._view(first, device)
         span = torch.from_dlpack(self._pin.capsule((v.data or 0) - first_offset, L.LF_DTYPE_U8,
                                                    (span_bytes,), None, None,
                                                    device=int(v.device)))
-        if split is not None:
-            # The usual case, one dtype: the span viewed as it and split once (one call, where
-            # slicing and viewing each tensor costs three).
-            dtype, sizes = split
-            pieces = span.view(dtype).split_with_sizes(sizes)
-            return {t: pieces[2 * i + 1].view(shape) for i, (t, _, _, _, shape) in enumerate(order)}
+        if pieces is not None:
+            # The usual case, every tensor at a multiple of its element size: one strided view
+            # each over the span seen as its dtype (one call per tensor, where slicing and
+            # viewing costs two or three).
+            bases = {dtype: span[:span_bytes - span_bytes % size].view(dtype)
+                     for dtype, size in pieces[0]}
+            return {t: bases[dtype].as_strided(shape, strides, at)
+                    for t, dtype, shape, strides, at in pieces[1]}
         return {t: span[at:at + nbytes].view(dtype).view(shape)
                 for t, at, nbytes, dtype, shape in order}
 
     def _layout(self, device):
-        """(first tensor, its offset in the span, span bytes, (dtype, split sizes) when one
-        dtype splits the span, [(tensor, offset, bytes, torch dtype, shape)] by address)."""
+        """(first tensor, its offset in the span, span bytes, strided pieces (None unless every
+        tensor sits at a multiple of its element size): ({(torch dtype, size)}, [(tensor, torch
+        dtype, shape, contiguous strides, offset in elements)]), [(tensor, byte offset, bytes,
+        torch dtype, shape)] by address)."""
         import torch
         parts = []
         for t in self._pin.schema:
@@ -412,18 +416,20 @@ class Version(Mapping):
         start, end = parts[0][1], max(p[1] + p[2] for p in parts)
         order = [(t, address - start, nbytes, getattr(torch, _dtypes.BY_CODE[code].long_name),
                   shape) for t, address, nbytes, code, shape in parts]
-        split = None
-        codes = {p[3] for p in parts}
-        only = _dtypes.BY_CODE[codes.pop()] if len(codes) == 1 else None
-        if only is not None and all((p[1] - start) % only.itemsize == 0 for p in parts):
-            sizes, at = [], start
-            for _, address, nbytes, _, _ in parts:
-                sizes += [(address - at) // only.itemsize, nbytes // only.itemsize]
-                at = address + nbytes
-            split = (getattr(torch, only.long_name), sizes)
+        pieces = None
+        if all(at % dtype.itemsize == 0 for _, at, _, dtype, _ in order):
+            dtypes = {(dtype, dtype.itemsize) for _, _, _, dtype, _ in order}
+            strided = []
+            for t, at, _, dtype, shape in order:
+                strides, step = [], 1
+                for n in reversed(shape):
+                    strides.append(step)
+                    step *= n
+                strided.append((t, dtype, shape, tuple(reversed(strides)), at // dtype.itemsize))
+            pieces = (dtypes, strided)
         first = next(iter(self._pin.schema))
         first_offset = next(at for t, at, *_ in order if t == first)
-        return first, first_offset, end - start, split, order
+        return first, first_offset, end - start, pieces, order
 
     def copy(self) -> dict[str, np.ndarray]:
         """Copies of every tensor (bf16 as uint16 patterns unless ml_dtypes is installed)."""
