@@ -15,6 +15,16 @@
  * Arithmetic: fp16 and bf16 tensors are converted to fp32, products are accumulated in fp32 and
  * y is rounded once (round to nearest even) after y + scale * B(Ax) is formed in fp32.
  *
+ * CPU variants: the CPU functions are compiled for several instruction sets (baseline, then on
+ * x86-64 AVX2+FMA+F16C, AVX-512 F/BW/VL and AVX-512 with BF16, as far as the compiler supports
+ * them); the best one the CPU runs is chosen once, at the first call, and lf_lora_cpu_isa names
+ * it. The environment variable LORAFLIP_LORA_ISA, read at that moment, asks for another variant
+ * by that name (ignored if this build lacks it or the CPU cannot run it). Variants sum in the
+ * same order but differ in the last bits (fused multiply-adds; the BF16 variant pairs products),
+ * so the bit-exactness promises below hold for one variant, that is within one process and
+ * between processes on the same kind of CPU with the same setting, not between variants. Every
+ * variant stays within the same error bound of the exact result.
+ *
  * Types and statuses are those of loraflip.h, which this header includes, so a view a reader
  * pinned (lf_tensor_view.dtype) goes straight into lf_lora_adapter_t.dtype:
  *   dtype: LF_DTYPE_F32, LF_DTYPE_F16 or LF_DTYPE_BF16; every other LF_DTYPE_* (and any unknown
@@ -25,10 +35,10 @@
  *
  * Thread-safety: every function may be called from any number of threads at once, provided calls
  * that run concurrently do not write overlapping parts of the same y or v (and, for
- * lf_lora_cuda_apply_single, do not share a cuBLAS handle). The functions keep no
- * state between calls except the CPU thread count (lf_lora_cpu_set_threads), which is a single
- * atomic value. No function keeps a pointer it was given after it returns (CPU) or after the
- * work it queued on the stream has run (CUDA).
+ * lf_lora_cuda_apply_single, do not share a cuBLAS handle). The functions keep no state between
+ * calls except the CPU thread count (lf_lora_cpu_set_threads), which is a single atomic value,
+ * and the CPU variant, chosen once. No function keeps a pointer it was given after it returns
+ * (CPU) or after the work it queued on the stream has run (CUDA).
  */
 #ifndef LORAFLIP_LORA_H
 #define LORAFLIP_LORA_H
@@ -128,6 +138,11 @@ LF_LORA_API int lf_lora_scale(float alpha, int32_t rank, int32_t kind, float *ou
  * 1 = the calling thread only. Results are bit-identical for every thread count. Small batches
  * run on the calling thread whatever this says. Error: n < 0. */
 LF_LORA_API int lf_lora_cpu_set_threads(int32_t n);
+
+/* Name of the instruction-set variant the CPU functions use: "baseline", "avx2", "avx512" or
+ * "avx512bf16" (see "CPU variants" above). Makes the choice if no call has made it yet. Never
+ * returns NULL; the string is static. */
+LF_LORA_API const char *lf_lora_cpu_isa(void);
 
 /* ---- CPU (all arrays in host memory) ----
  * Arguments are checked completely (shapes, every used index and table entry, segment offsets)

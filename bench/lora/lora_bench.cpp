@@ -1,14 +1,19 @@
-// Benchmark of LoRA apply: the CPU library against a naive per-row loop at decode-like and
-// prefill-like shapes, and (CUDA builds with a GPU) the CUDA paths against the memory-bandwidth
-// floor. Prints a table; not a test.
+// Benchmark of LoRA apply: the CPU library against a naive per-row loop and against PyTorch
+// (torch_lora_bench.py beside this file, run as a subprocess in the same run, when torch is
+// importable) at decode-like and prefill-like shapes, and (CUDA builds with a GPU) the CUDA paths
+// against the memory-bandwidth floor. Prints a table; not a test.
 //
-//   lora_bench [--quick]     --quick: fewer repetitions (for smoke runs)
+//   lora_bench [--quick] [--no-torch]   --quick: fewer repetitions (for smoke runs)
+// Environment: LORAFLIP_LORA_ISA picks the library's CPU variant (see loraflip_lora.h);
+// LF_LORA_BENCH_PYTHON the interpreter for the PyTorch rows (default python3).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <random>
 #include <string>
 #include <thread>
@@ -29,6 +34,7 @@ using loraflip::lora::f16;
 using Clock = std::chrono::steady_clock;
 
 bool g_quick = false;
+bool g_torch = true;
 
 const char *dtype_name(int32_t d) {
     return d == LF_DTYPE_F32 ? "f32" : d == LF_DTYPE_F16 ? "f16" : "bf16";
@@ -207,6 +213,49 @@ double max_rel_diff(const Host &p, const std::vector<uint8_t> &u, const std::vec
     return worst;
 }
 
+// PyTorch's median ms per shape index at `threads` threads (the better of its grouped-matmul and
+// bmm forms, see torch_lora_bench.py), or an empty map with *why set when there are no rows.
+std::map<size_t, std::pair<double, std::string>> torch_times(const std::vector<Shape> &shapes,
+                                                            unsigned threads, std::string *why) {
+    std::map<size_t, std::pair<double, std::string>> out;
+    const char *py = std::getenv("LF_LORA_BENCH_PYTHON");
+    std::string cmd = std::string(py != nullptr ? py : "python3") + " '" LF_LORA_TORCH_SCRIPT "'" +
+                      " --threads " + std::to_string(threads) + (g_quick ? " --quick" : "");
+    for (size_t i = 0; i < shapes.size(); ++i) {
+        const Shape &s = shapes[i];
+        cmd += " s" + std::to_string(i) + ":" + dtype_name(s.dtype) + ":" +
+               std::to_string(s.n_rows) + ":" + std::to_string(s.h) + ":" +
+               std::to_string(s.rank) + ":" + std::to_string(s.n_adapters) + ":" +
+               (s.segments ? "segments" : "rows");
+    }
+    cmd += " 2>&1";
+    FILE *pipe = popen(cmd.c_str(), "r");
+    if (pipe == nullptr) {
+        *why = "could not start " + cmd;
+        return out;
+    }
+    std::string text;
+    char line[512];
+    while (std::fgets(line, sizeof line, pipe) != nullptr) {
+        size_t index = 0;
+        char dt[16], method[32];
+        double ms = 0.0;
+        if (std::sscanf(line, "s%zu %15s %lf %31s", &index, dt, &ms, method) == 4) {
+            out[index] = {ms, method};
+        } else {
+            text += line;
+        }
+    }
+    const int status = pclose(pipe);
+    if (out.empty()) {
+        *why = text.empty() ? "exit status " + std::to_string(status) : text;
+        while (!why->empty() && why->back() == '\n') {
+            why->pop_back();
+        }
+    }
+    return out;
+}
+
 void cpu_section(const std::vector<Shape> &shapes) {
     const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
     // Other processes skew the figures; print the load so a reader can judge them.
@@ -217,11 +266,28 @@ void cpu_section(const std::vector<Shape> &shapes) {
         }
         std::fclose(f);
     }
-    std::printf("CPU (%u hardware threads, 1-min load average before the run %.2f); median time "
-                "per call; x = naive / library\n", hw, load);
-    std::printf("%-34s %-5s %11s %11s %11s %9s %9s %10s\n", "shape", "dtype", "naive ms",
-                "lib 1t ms", "lib all ms", "x 1t", "x all", "lib GFLOP/s");
-    for (const Shape &s : shapes) {
+    std::printf("CPU (%u hardware threads, 1-min load average before the run %.2f); library CPU "
+                "variant %s; median time per call; x = naive / library\n", hw, load,
+                lf_lora_cpu_isa());
+    // PyTorch first, all shapes per thread count in one interpreter (imports take seconds).
+    std::map<size_t, std::pair<double, std::string>> torch_one, torch_all;
+    if (g_torch) {
+        std::string why;
+        torch_one = torch_times(shapes, 1, &why);
+        if (!torch_one.empty()) {
+            torch_all = torch_times(shapes, hw, &why);
+        }
+        if (torch_one.empty() || torch_all.empty()) {
+            std::printf("PyTorch rows skipped: %s\n", why.c_str());
+        }
+    } else {
+        std::printf("PyTorch rows skipped: --no-torch\n");
+    }
+    std::printf("%-34s %-5s %10s %10s %10s %10s %10s %7s %7s %8s %9s\n", "shape", "dtype",
+                "naive ms", "lib 1t ms", "lib all ms", "torch 1t", "torch all", "x 1t", "x all",
+                "torch/lib", "(1t, all)");
+    for (size_t si = 0; si < shapes.size(); ++si) {
+        const Shape &s = shapes[si];
         Host p(s);
         // Correctness first: the library and the naive loop on the same y.
         std::vector<uint8_t> y_lib = p.y, y_naive = p.y;
@@ -246,10 +312,25 @@ void cpu_section(const std::vector<Shape> &shapes) {
         lf_lora_cpu_set_threads(0);
         const double t_all = time_calls([&] { lf_lora_apply(&p.batch, p.x.data(), y.data()); },
                                         lib_budget, 5, 2000);
-        std::printf("%-34s %-5s %11.3f %11.3f %11.3f %9.1f %9.1f %10.1f   (max rel diff vs naive "
-                    "%.1e)\n",
+        const auto t1 = torch_one.find(si), ta = torch_all.find(si);
+        const bool have_torch = t1 != torch_one.end() && ta != torch_all.end();
+        char torch_cols[96] = "         -          -                   -";
+        if (have_torch) {
+            // torch/lib > 1 means loraflip is faster.
+            std::snprintf(torch_cols, sizeof torch_cols, "%10.3f %10.3f", t1->second.first,
+                          ta->second.first);
+        }
+        char ratio_cols[64] = "";
+        if (have_torch) {
+            std::snprintf(ratio_cols, sizeof ratio_cols, "%5.2f, %5.2f (%s/%s)",
+                          t1->second.first / (t_one * 1e3), ta->second.first / (t_all * 1e3),
+                          t1->second.second.c_str(), ta->second.second.c_str());
+        }
+        std::printf("%-34s %-5s %10.3f %10.3f %10.3f %s %7.1f %7.1f   %s   (%.1f GFLOP/s all; "
+                    "max rel diff vs naive %.1e)\n",
                     s.name.c_str(), dtype_name(s.dtype), t_naive * 1e3, t_one * 1e3, t_all * 1e3,
-                    t_naive / t_one, t_naive / t_all, p.flops() / t_all * 1e-9, diff);
+                    torch_cols, t_naive / t_one, t_naive / t_all, ratio_cols,
+                    p.flops() / t_all * 1e-9, diff);
     }
 }
 
@@ -376,12 +457,16 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; ++i) {
         if (std::strcmp(argv[i], "--quick") == 0) {
             g_quick = true;
+        } else if (std::strcmp(argv[i], "--no-torch") == 0) {
+            g_torch = false;
         } else {
-            std::fprintf(stderr, "usage: %s [--quick]\n", argv[0]);
+            std::fprintf(stderr, "usage: %s [--quick] [--no-torch]\n", argv[0]);
             return 2;
         }
     }
     std::vector<Shape> shapes;
+    // The shapes of issue 16's table (decode in all three types, prefill in bf16) plus one
+    // single-adapter prefill.
     for (const int32_t d : {LF_DTYPE_BF16, LF_DTYPE_F16, LF_DTYPE_F32}) {
         shapes.push_back({"decode 64r h4096 r16 4ad per-row", d, 64, 4096, 16, 4, false});
     }

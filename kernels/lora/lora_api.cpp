@@ -82,6 +82,14 @@ int lf_lora_cpu_set_threads(int32_t n) {
     return LF_OK;
 }
 
+const char *lf_lora_cpu_isa(void) {
+    try {
+        return cpu_isa_name();
+    } catch (...) {
+        return "baseline"; // unreachable: choosing reads CPUID and an environment variable only
+    }
+}
+
 int lf_lora_shrink(const lf_lora_batch_t *batch, const void *x, float *v) {
     return guarded(batch, x, v, [&](const lf_lora_batch_t &b) { cpu_shrink(b, x, v); });
 }

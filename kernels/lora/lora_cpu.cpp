@@ -5,31 +5,32 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <memory>
 #include <thread>
 #include <vector>
 
-#include "lora_convert.h"
+#include "lora_cpu_isa.h"
 #include "lora_index.h"
 #include "lora_internal.h"
 
 namespace loraflip::lora {
 namespace {
 
-// Rows of one adapter that the shrink handles together, so each converted A row is reused this
-// often. 8 keeps the converted x tile (8 * h_in floats) inside L2 for hidden sizes up to 8192.
+// Rows of one adapter per shrink work item (the kernels convert them into an 8 * h_in float tile,
+// inside L2 for hidden sizes up to 8192); small enough that a decode batch still splits into
+// items for every thread.
 constexpr int32_t kShrinkRows = 8;
-// Rows of one adapter per expand work item: the converted B block is reused this often, so its
-// conversion and transpose become negligible, while a prefill still splits into enough items to
-// share among threads.
+// Rows of one adapter per expand work item: each B column chunk (converted and transposed once per
+// thread and adapter) is read this many times while it is in cache, while a prefill still splits
+// into enough items to share among threads.
 constexpr int32_t kExpandRows = 64;
-// Columns of y per expand work item: the transposed B block (rank * kColChunk floats, 256 KiB at
-// rank 128) stays in L2. A multiple of 8 because h_out is.
+// Columns of y per expand work item: the transposed B columns it reads (rank * kColChunk floats,
+// 256 KiB at rank 128) stay in L2. A multiple of 16 (the widest vector) because h_out is
+// converted and cached per chunk of this width.
 constexpr int32_t kColChunk = 512;
-// Row stride of the transposed block. Rows 2 KiB apart all map to the same few L1 sets (measured:
-// the transpose then took a third of the expand time), so pad by one cache line.
-constexpr int64_t kBtStride = kColChunk + 16;
 // Below this many multiply-adds per thread a call stays on fewer threads: starting a std::thread
 // costs tens of microseconds, about what one core needs for this much work.
 constexpr int64_t kMinWorkPerThread = int64_t{1} << 20;
@@ -113,202 +114,34 @@ std::vector<WorkItem> expand_items(const lf_lora_batch_t &b, const RowGroups &g)
     return items;
 }
 
-// ---- inner loops. Counts are multiples of 8. Written with GCC/Clang generic vectors (4 floats:
-// SSE2 on baseline x86-64, NEON on arm64) because GCC at -O2 keeps a small accumulator array in
-// memory; explicit vectors also fix the summation order in the source, so results do not depend
-// on what the vectorizer decides. ----
-
-using v4 = float __attribute__((vector_size(16)));
-
-inline v4 load4(const float *p) {
-    v4 v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-}
-
-inline void store4(float *p, v4 v) { std::memcpy(p, &v, sizeof v); }
-
-template <class T> void load_f32(const T *__restrict src, float *__restrict dst, int64_t n) {
-    for (int64_t k = 0; k < n; k += 8) {
-        for (int l = 0; l < 8; ++l) {
-            dst[k + l] = to_f32(src[k + l]);
-        }
-    }
-}
-
-// 16 running sums (four vectors) hide the add latency; the tail of 8 uses the first two.
-struct Dot16 {
-    v4 s0{}, s1{}, s2{}, s3{};
-
-    void add16(v4 a0, v4 a1, v4 a2, v4 a3, const float *b) {
-        s0 += a0 * load4(b);
-        s1 += a1 * load4(b + 4);
-        s2 += a2 * load4(b + 8);
-        s3 += a3 * load4(b + 12);
-    }
-    void add8(v4 a0, v4 a1, const float *b) {
-        s0 += a0 * load4(b);
-        s1 += a1 * load4(b + 4);
-    }
-    float sum() const {
-        const v4 u = (s0 + s2) + (s1 + s3);
-        return (u[0] + u[2]) + (u[1] + u[3]);
-    }
-};
-
-// Dot products of one A row with two x rows; sharing the loads of `a` halves the memory traffic.
-// Each result is bit-identical to dot1 of the same pair.
-void dot2(const float *a, const float *x0, const float *x1, int64_t n, float *out0,
-          float *out1) {
-    Dot16 d0, d1;
-    int64_t k = 0;
-    for (; k + 16 <= n; k += 16) {
-        const v4 a0 = load4(a + k), a1 = load4(a + k + 4), a2 = load4(a + k + 8),
-                 a3 = load4(a + k + 12);
-        d0.add16(a0, a1, a2, a3, x0 + k);
-        d1.add16(a0, a1, a2, a3, x1 + k);
-    }
-    if (k < n) {
-        const v4 a0 = load4(a + k), a1 = load4(a + k + 4);
-        d0.add8(a0, a1, x0 + k);
-        d1.add8(a0, a1, x1 + k);
-    }
-    *out0 = d0.sum();
-    *out1 = d1.sum();
-}
-
-float dot1(const float *a, const float *x, int64_t n) {
-    Dot16 d;
-    int64_t k = 0;
-    for (; k + 16 <= n; k += 16) {
-        d.add16(load4(a + k), load4(a + k + 4), load4(a + k + 8), load4(a + k + 12), x + k);
-    }
-    if (k < n) {
-        d.add8(load4(a + k), load4(a + k + 4), x + k);
-    }
-    return d.sum();
-}
-
-// y[0:8] = round(y[0:8] + scale * acc[0:8])
-template <class T>
-[[gnu::always_inline]] inline void add_scaled8(T *__restrict y, float scale,
-                                               const float *__restrict acc) {
-    for (int l = 0; l < 8; ++l) {
-        y[l] = from_f32<T>(to_f32(y[l]) + scale * acc[l]);
-    }
-}
-
-// Per-thread buffers of the shrink, sized once per call.
+// Per-thread buffers of the shrink, sized once per call (no zero-fill: the kernels write what
+// they read).
 struct ShrinkScratch {
-    std::vector<float> x; // [kShrinkRows][h_in] converted x rows
-    std::vector<float> w; // [h_in] one converted A row
-    std::vector<float> v; // [kShrinkRows][rank] results
-    explicit ShrinkScratch(const lf_lora_batch_t &batch)
-        : x(static_cast<size_t>(kShrinkRows) * batch.h_in), w(static_cast<size_t>(batch.h_in)),
-          v(static_cast<size_t>(kShrinkRows) * batch.max_rank) {}
+    std::unique_ptr<float[]> x, a;
+    ShrinkBuffers buf{};
+    explicit ShrinkScratch(const lf_lora_batch_t &batch) {
+        // h_in padded to kDotLanes, plus one cache line: rows a power of two apart would all map
+        // to the same few L1 sets.
+        const int64_t stride = (batch.h_in + kDotLanes - 1) / kDotLanes * kDotLanes + 16;
+        x.reset(new float[static_cast<size_t>(kShrinkRows * stride)]);
+        a.reset(new float[static_cast<size_t>(batch.max_rank * stride)]);
+        buf = {x.get(), a.get(), stride, -1};
+    }
 };
 
-// Per-thread buffers of the expand.
+// Per-thread buffers of the expand: B transposed, one column chunk converted at a time when an
+// item first needs it, and kept while later items use the same adapter.
 struct ExpandScratch {
-    std::vector<float> block; // [kColChunk][rank] converted B block
-    std::vector<float> bt;    // [rank][kBtStride] the same, transposed
+    std::unique_ptr<float[]> bt;
+    std::vector<int32_t> chunk_adapter;
+    ExpandBuffers buf{};
     explicit ExpandScratch(const lf_lora_batch_t &batch)
-        : block(static_cast<size_t>(batch.max_rank) * kColChunk),
-          bt(static_cast<size_t>(batch.max_rank) * kBtStride) {}
+        : chunk_adapter(static_cast<size_t>((batch.h_out + kColChunk - 1) / kColChunk), -1) {
+        const int64_t stride = (batch.h_out + kDotLanes - 1) / kDotLanes * kDotLanes + 16;
+        bt.reset(new float[static_cast<size_t>(batch.max_rank * stride)]);
+        buf = {bt.get(), stride, chunk_adapter.data(), kColChunk};
+    }
 };
-
-// v[row, 0:r] = A x_row for the item's rows.
-template <class T>
-void shrink_item(const lf_lora_batch_t &b, const WorkItem &it, const int32_t *rows, const T *x,
-                 float *v, ShrinkScratch &s) {
-    const lf_lora_adapter_t &ad = b.adapters[it.adapter];
-    const int64_t ldx = effective_ld(b.ldx, b.h_in);
-    auto x_row = [&](int32_t t) { return &s.x[static_cast<size_t>(t) * b.h_in]; };
-    auto v_at = [&](int32_t t, int32_t j) { return &s.v[static_cast<size_t>(t) * ad.rank + j]; };
-    for (int32_t t = 0; t < it.count; ++t) {
-        load_f32(x + row_offset(rows[t], ldx), x_row(t), b.h_in);
-    }
-    const T *a = static_cast<const T *>(ad.a);
-    for (int32_t j = 0; j < ad.rank; ++j) {
-        load_f32(a + static_cast<int64_t>(j) * b.h_in, s.w.data(), b.h_in);
-        int32_t t = 0;
-        for (; t + 2 <= it.count; t += 2) {
-            dot2(s.w.data(), x_row(t), x_row(t + 1), b.h_in, v_at(t, j), v_at(t + 1, j));
-        }
-        if (t < it.count) {
-            *v_at(t, j) = dot1(s.w.data(), x_row(t), b.h_in);
-        }
-    }
-    for (int32_t t = 0; t < it.count; ++t) {
-        std::memcpy(v + row_offset(rows[t], b.max_rank), v_at(t, 0),
-                    sizeof(float) * static_cast<size_t>(ad.rank));
-    }
-}
-
-// Columns [c, c + 8) of one row (n = 1) or four rows (n = 4): y += scale * (v_row . B^T), with
-// bt pointing at column c of the transposed block. Four rows give eight independent vector
-// sums, enough to hide the add latency (one row alone is latency-bound), within SSE's 16
-// registers. Spelled out per row because GCC at -O2 keeps arrays of vectors in memory. Each
-// element sums j = 0..r-1 in order whatever n is.
-template <class T, int n>
-void expand_block(const lf_lora_batch_t &b, const lf_lora_adapter_t &ad, const int32_t *rows,
-                  const float *v, const float *bt, T *y, int64_t ldy, int32_t col) {
-    static_assert(n == 1 || n == 4);
-    const float *v0 = v + row_offset(rows[0], b.max_rank);
-    const float *v1 = n == 4 ? v + row_offset(rows[1], b.max_rank) : v0;
-    const float *v2 = n == 4 ? v + row_offset(rows[2], b.max_rank) : v0;
-    const float *v3 = n == 4 ? v + row_offset(rows[3], b.max_rank) : v0;
-    v4 lo0{}, hi0{}, lo1{}, hi1{}, lo2{}, hi2{}, lo3{}, hi3{};
-    for (int32_t j = 0; j < ad.rank; ++j) {
-        const v4 b_lo = load4(bt + j * kBtStride);
-        const v4 b_hi = load4(bt + j * kBtStride + 4);
-        lo0 += v0[j] * b_lo;
-        hi0 += v0[j] * b_hi;
-        if constexpr (n == 4) {
-            lo1 += v1[j] * b_lo;
-            hi1 += v1[j] * b_hi;
-            lo2 += v2[j] * b_lo;
-            hi2 += v2[j] * b_hi;
-            lo3 += v3[j] * b_lo;
-            hi3 += v3[j] * b_hi;
-        }
-    }
-    const v4 los[4] = {lo0, lo1, lo2, lo3};
-    const v4 his[4] = {hi0, hi1, hi2, hi3};
-    for (int t = 0; t < n; ++t) {
-        float acc[8];
-        store4(acc, los[t]);
-        store4(acc + 4, his[t]);
-        add_scaled8(y + row_offset(rows[t], ldy) + col, ad.scale, acc);
-    }
-}
-
-constexpr int kExpandBlock = 4;
-
-// y[row, c0:c0+cn] += scale * B[c0:c0+cn, :] v[row] for the item's rows. B's block is
-// transposed first so the inner loop runs along contiguous columns.
-template <class T>
-void expand_item(const lf_lora_batch_t &b, const WorkItem &it, const int32_t *rows,
-                 const float *v, T *y, ExpandScratch &s) {
-    const lf_lora_adapter_t &ad = b.adapters[it.adapter];
-    const int64_t ldy = effective_ld(b.ldy, b.h_out);
-    const int32_t r = ad.rank;
-    load_f32(static_cast<const T *>(ad.b) + int64_t{it.c0} * r, s.block.data(), int64_t{it.cn} * r);
-    for (int32_t c = 0; c < it.cn; ++c) {
-        for (int32_t j = 0; j < r; ++j) {
-            s.bt[static_cast<size_t>(j) * kBtStride + c] = s.block[static_cast<size_t>(c) * r + j];
-        }
-    }
-    for (int32_t c = 0; c < it.cn; c += 8) {
-        int32_t t = 0;
-        for (; t + kExpandBlock <= it.count; t += kExpandBlock) {
-            expand_block<T, kExpandBlock>(b, ad, rows + t, v, s.bt.data() + c, y, ldy, it.c0 + c);
-        }
-        for (; t < it.count; ++t) {
-            expand_block<T, 1>(b, ad, rows + t, v, s.bt.data() + c, y, ldy, it.c0 + c);
-        }
-    }
-}
 
 // Runs fn(item, scratch) for every item over up to thread_budget() threads, each taking a
 // contiguous range of items of about equal work. The calling thread takes the first range.
@@ -373,53 +206,18 @@ void run_items(const lf_lora_batch_t &b, const std::vector<WorkItem> &items, Fn 
     }
 }
 
-template <class T>
-void shrink_rows(const lf_lora_batch_t &b, const RowGroups &g, const T *x, float *v) {
+void shrink_rows(const CpuKernels &k, const lf_lora_batch_t &b, const RowGroups &g,
+                 const void *x, float *v) {
     run_items<ShrinkScratch>(b, shrink_items(b, g), [&](const WorkItem &it, ShrinkScratch &s) {
-        shrink_item(b, it, &g.order[it.first], x, v, s);
+        k.shrink(b, it.adapter, &g.order[it.first], it.count, x, v, s.buf);
     });
 }
 
-template <class T>
-void expand_rows(const lf_lora_batch_t &b, const RowGroups &g, const float *v, T *y) {
+void expand_rows(const CpuKernels &k, const lf_lora_batch_t &b, const RowGroups &g,
+                 const float *v, void *y) {
     run_items<ExpandScratch>(b, expand_items(b, g), [&](const WorkItem &it, ExpandScratch &s) {
-        expand_item(b, it, &g.order[it.first], v, y, s);
+        k.expand(b, it.adapter, &g.order[it.first], it.count, it.c0, it.cn, v, y, s.buf);
     });
-}
-
-template <class T> void shrink_typed(const lf_lora_batch_t &b, const T *x, float *v) {
-    shrink_rows(b, group_rows(b), x, v);
-}
-
-template <class T> void expand_typed(const lf_lora_batch_t &b, const float *v, T *y) {
-    expand_rows(b, group_rows(b), v, y);
-}
-
-// The fused call is the two phases over a private intermediate: the expand needs every row of
-// an adapter's shrink to reuse each B block across them, and the intermediate is small
-// (n_rows * max_rank floats). Same bits as the separate calls by construction.
-template <class T> void apply_typed(const lf_lora_batch_t &b, const T *x, T *y) {
-    const RowGroups g = group_rows(b);
-    std::vector<float> v(static_cast<size_t>(b.n_rows) * static_cast<size_t>(b.max_rank));
-    shrink_rows(b, g, x, v.data());
-    expand_rows(b, g, v.data(), y);
-}
-
-// Calls fn with a null pointer of the element type of `dtype`, to pick a template instance.
-template <class Fn> void with_dtype(int32_t dtype, Fn fn) {
-    switch (dtype) {
-    case LF_DTYPE_F32:
-        fn(static_cast<float *>(nullptr));
-        break;
-    case LF_DTYPE_F16:
-        fn(static_cast<f16 *>(nullptr));
-        break;
-    case LF_DTYPE_BF16:
-        fn(static_cast<bf16 *>(nullptr));
-        break;
-    default:
-        break; // unreachable: check_batch_shape rejected it
-    }
 }
 
 int check_used_adapter(const lf_lora_batch_t &b, int32_t index, std::vector<char> &seen) {
@@ -441,9 +239,108 @@ int check_used_adapter(const lf_lora_batch_t &b, int32_t index, std::vector<char
     return LF_OK;
 }
 
+// ---- instruction-set variants, chosen once at first use ----
+
+bool always_supported() { return true; }
+
+#if defined(LF_LORA_HAVE_AVX2)
+// __builtin_cpu_supports also checks that the OS saves the wide registers (XCR0), not only CPUID.
+bool avx2_supported() {
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
+}
+#endif
+#if defined(LF_LORA_HAVE_AVX512)
+bool avx512_supported() {
+    return avx2_supported() && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+}
+#endif
+#if defined(LF_LORA_HAVE_AVX512BF16)
+bool avx512bf16_supported() { return avx512_supported() && __builtin_cpu_supports("avx512bf16"); }
+#endif
+
+struct Variant {
+    const CpuKernels &(*kernels)();
+    bool (*supported)();
+};
+
+// Best first; the baseline runs everywhere.
+constexpr Variant kVariants[] = {
+#if defined(LF_LORA_HAVE_AVX512BF16)
+    {cpu_kernels_avx512bf16, avx512bf16_supported},
+#endif
+#if defined(LF_LORA_HAVE_AVX512)
+    {cpu_kernels_avx512, avx512_supported},
+#endif
+#if defined(LF_LORA_HAVE_AVX2)
+    {cpu_kernels_avx2, avx2_supported},
+#endif
+    {cpu_kernels_baseline, always_supported},
+};
+
+const Variant *find_variant(const char *name) {
+    for (const Variant &v : kVariants) {
+        if (std::strcmp(v.kernels().name, name) == 0) {
+            return &v;
+        }
+    }
+    return nullptr;
+}
+
+// LORAFLIP_LORA_ISA names a variant to use instead of the best one (to compare them, or to get
+// the baseline's bits); a name this build lacks or this CPU cannot run is ignored.
+const CpuKernels &choose_kernels() {
+    if (const char *want = std::getenv("LORAFLIP_LORA_ISA"); want != nullptr) {
+        if (const Variant *v = find_variant(want); v != nullptr && v->supported()) {
+            return v->kernels();
+        }
+    }
+    for (const Variant &v : kVariants) {
+        if (v.supported()) {
+            return v.kernels();
+        }
+    }
+    return cpu_kernels_baseline();
+}
+
+// Set only by force_cpu_isa (tests); otherwise the choice made at first use.
+std::atomic<const CpuKernels *> g_forced{nullptr};
+
+const CpuKernels &cpu_kernels() {
+    if (const CpuKernels *k = g_forced.load(std::memory_order_acquire); k != nullptr) {
+        return *k;
+    }
+    static const CpuKernels &chosen = choose_kernels(); // thread-safe, once
+    return chosen;
+}
+
 } // namespace
 
 void set_cpu_threads(int32_t n) { g_cpu_threads.store(n, std::memory_order_relaxed); }
+
+const char *cpu_isa_name() { return cpu_kernels().name; }
+
+std::vector<CpuIsaVariant> cpu_isa_variants() {
+    std::vector<CpuIsaVariant> out;
+    for (const Variant &v : kVariants) {
+        out.push_back({v.kernels().name, v.supported()});
+    }
+    return out;
+}
+
+bool force_cpu_isa(const char *name) {
+    if (name == nullptr) {
+        g_forced.store(nullptr, std::memory_order_release);
+        return true;
+    }
+    const Variant *v = find_variant(name);
+    if (v == nullptr || !v->supported()) {
+        return false;
+    }
+    g_forced.store(&v->kernels(), std::memory_order_release);
+    return true;
+}
 
 int check_batch_shape(const lf_lora_batch_t *b) {
     if (b == nullptr || dtype_size(b->dtype) == 0 || b->n_rows < 0 || !valid_hidden(b->h_in) ||
@@ -488,16 +385,23 @@ int check_batch_data(const lf_lora_batch_t &b) {
 }
 
 void cpu_shrink(const lf_lora_batch_t &b, const void *x, float *v) {
-    with_dtype(b.dtype, [&]<class T>(T *) { shrink_typed(b, static_cast<const T *>(x), v); });
+    shrink_rows(cpu_kernels(), b, group_rows(b), x, v);
 }
 
 void cpu_expand(const lf_lora_batch_t &b, const float *v, void *y) {
-    with_dtype(b.dtype, [&]<class T>(T *) { expand_typed(b, v, static_cast<T *>(y)); });
+    expand_rows(cpu_kernels(), b, group_rows(b), v, y);
 }
 
+// The fused call is the two phases over a private intermediate: the expand needs every row of
+// an adapter's shrink to reuse each B block across them, and the intermediate is small
+// (n_rows * max_rank floats). Same bits as the separate calls by construction (one variant for
+// both phases).
 void cpu_apply(const lf_lora_batch_t &b, const void *x, void *y) {
-    with_dtype(b.dtype,
-               [&]<class T>(T *) { apply_typed(b, static_cast<const T *>(x), static_cast<T *>(y)); });
+    const CpuKernels &k = cpu_kernels();
+    const RowGroups g = group_rows(b);
+    std::vector<float> v(static_cast<size_t>(b.n_rows) * static_cast<size_t>(b.max_rank));
+    shrink_rows(k, b, g, x, v.data());
+    expand_rows(k, b, g, v.data(), y);
 }
 
 } // namespace loraflip::lora

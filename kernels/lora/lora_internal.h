@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "loraflip_lora.h"
 
@@ -24,5 +25,21 @@ void cpu_expand(const lf_lora_batch_t &batch, const float *v, void *y);
 void cpu_apply(const lf_lora_batch_t &batch, const void *x, void *y);
 
 void set_cpu_threads(int32_t n);
+
+// Name of the instruction-set variant of the CPU kernels in use (lf_lora_cpu_isa).
+const char *cpu_isa_name();
+
+// The variants this build has, best first, and whether this CPU runs each (for the tests, which
+// run every one the CPU supports against the reference).
+struct CpuIsaVariant {
+    const char *name;
+    bool supported;
+};
+std::vector<CpuIsaVariant> cpu_isa_variants();
+
+// Makes later calls in this process use the named variant, or the one chosen at first use again
+// when name is null. Returns false, changing nothing, for a variant this build lacks or this CPU
+// cannot run. Calls already running keep the variant they started with.
+bool force_cpu_isa(const char *name);
 
 } // namespace loraflip::lora

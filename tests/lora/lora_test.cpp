@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "kernels/lora/lora_convert.h"
+#include "kernels/lora/lora_internal.h"
 #include "lora_test_support.h"
 
 using namespace lora_test;
@@ -348,6 +349,127 @@ TEST_CASE("results are bit-identical whatever the number of CPU threads") {
         }
         REQUIRE(lf_lora_cpu_set_threads(0) == LF_OK);
     }
+}
+
+// ---- instruction-set variants (kernels/lora/lora_cpu_kernels.h) ----
+
+// Makes the library use one variant while alive, then the automatic choice again.
+struct ForcedIsa {
+    explicit ForcedIsa(const char *name) { ok = loraflip::lora::force_cpu_isa(name); }
+    ~ForcedIsa() { loraflip::lora::force_cpu_isa(nullptr); }
+    ForcedIsa(const ForcedIsa &) = delete;
+    ForcedIsa &operator=(const ForcedIsa &) = delete;
+    bool ok = false;
+};
+
+TEST_CASE("every CPU variant this machine runs matches the fp64 reference, others are skipped") {
+    const uint64_t seed = test_seed();
+    INFO("LF_LORA_TEST_SEED=" << seed);
+    const auto variants = loraflip::lora::cpu_isa_variants();
+    REQUIRE(!variants.empty());
+    CHECK(std::string(variants.back().name) == "baseline"); // the fallback is always built
+    CHECK(variants.back().supported);
+    for (const auto &variant : variants) {
+        CAPTURE(variant.name);
+        if (!variant.supported) {
+            MESSAGE("skipped: this CPU cannot run the " << variant.name << " variant");
+            continue;
+        }
+        ForcedIsa forced(variant.name);
+        REQUIRE(forced.ok);
+        REQUIRE(std::string(lf_lora_cpu_isa()) == variant.name);
+        std::mt19937_64 rng(seed);
+        for (const int32_t dtype : kDtypes) {
+            CAPTURE(dtype_name(dtype));
+            // h_in 520 and 264 leave 8 columns past a multiple of 16 (and of 32, the bf16 dot
+            // step), h_out 264 and 136 likewise for the expand's 16-wide vectors; 4096 is a
+            // decode size. Mixed ranks cover partial register blocks of ranks (rank % 4 != 0).
+            run_and_check(row_spec(dtype, 37, 520, 264, {4, 16, 3, 128, 9},
+                                   random_rows(rng, 37, 5, 0.2)),
+                          rng);
+            run_and_check(row_spec(dtype, 9, 4096, 1032, {16, 7}, random_rows(rng, 9, 2, 0.1)),
+                          rng);
+            run_and_check(segment_spec(dtype, 264, 136, {8, 1, 32}, {0, 1, 70, 5, 0, 3},
+                                       {0, 1, 2, LF_LORA_NO_ADAPTER, 1, 0}),
+                          rng);
+            Spec strided = row_spec(dtype, 13, 104, 48, {8, 24}, random_rows(rng, 13, 2, 0.2));
+            strided.ldx = 128;
+            strided.ldy = 72;
+            run_and_check(strided, rng);
+
+            // Deterministic per variant: the same bits for every thread count.
+            Problem p(row_spec(dtype, 200, 1024, 1032, {16, 5}, random_rows(rng, 200, 2, 0.1)),
+                      rng);
+            std::vector<uint8_t> first;
+            for (const int32_t threads : {1, 3, 0}) {
+                REQUIRE(lf_lora_cpu_set_threads(threads) == LF_OK);
+                std::vector<uint8_t> y = p.y;
+                REQUIRE(lf_lora_apply(&p.batch, p.x.data(), y.data()) == LF_OK);
+                if (first.empty()) {
+                    first = y;
+                }
+                CHECK(y == first);
+            }
+            REQUIRE(lf_lora_cpu_set_threads(0) == LF_OK);
+        }
+    }
+}
+
+TEST_CASE("for f16 and bf16 the shrink gives the same bits on every variant but avx512bf16") {
+    // Products of two 16-bit values are exact in fp32, so with the same summation order a fused
+    // multiply-add changes nothing (lora_cpu_kernels.h); only VDPBF16PS pairs products.
+    std::mt19937_64 rng(test_seed());
+    for (const int32_t dtype : {LF_DTYPE_F16, LF_DTYPE_BF16}) {
+        CAPTURE(dtype_name(dtype));
+        Problem p(row_spec(dtype, 11, 1032, 64, {16, 3}, random_rows(rng, 11, 2, 0.0)), rng);
+        std::vector<float> first;
+        std::string first_name;
+        for (const auto &variant : loraflip::lora::cpu_isa_variants()) {
+            if (!variant.supported || std::string(variant.name) == "avx512bf16") {
+                continue;
+            }
+            CAPTURE(variant.name);
+            ForcedIsa forced(variant.name);
+            REQUIRE(forced.ok);
+            std::vector<float> v(static_cast<size_t>(p.spec.n_rows) * p.spec.max_rank, 0.0f);
+            REQUIRE(lf_lora_shrink(&p.batch, p.x.data(), v.data()) == LF_OK);
+            if (first.empty()) {
+                first = v;
+                first_name = variant.name;
+            }
+            CAPTURE(first_name);
+            CHECK(std::memcmp(v.data(), first.data(), v.size() * sizeof(float)) == 0);
+        }
+    }
+}
+
+TEST_CASE("forcing a variant this build lacks changes nothing") {
+    const std::string before = lf_lora_cpu_isa();
+    CHECK_FALSE(loraflip::lora::force_cpu_isa("no-such-isa"));
+    CHECK(std::string(lf_lora_cpu_isa()) == before);
+}
+
+TEST_CASE("the variant named by LORAFLIP_LORA_ISA is used when the CPU runs it") {
+    // meson runs this once with LORAFLIP_LORA_ISA=baseline (tests/lora/meson.build); without
+    // the variable the best supported variant is in use.
+    const char *want = std::getenv("LORAFLIP_LORA_ISA");
+    const std::string in_use = lf_lora_cpu_isa();
+    MESSAGE("CPU variant in use: " << in_use);
+    const auto variants = loraflip::lora::cpu_isa_variants();
+    if (want == nullptr) {
+        const auto best = std::find_if(variants.begin(), variants.end(),
+                                       [](const auto &v) { return v.supported; });
+        REQUIRE(best != variants.end());
+        CHECK(in_use == best->name);
+        return;
+    }
+    const auto named = std::find_if(variants.begin(), variants.end(),
+                                    [&](const auto &v) { return std::string(v.name) == want; });
+    if (named == variants.end() || !named->supported) {
+        MESSAGE("skipped: " << want << " is not built or this CPU cannot run it");
+        return;
+    }
+    CHECK(in_use == want);
 }
 
 TEST_CASE("shrink writes only the first rank entries of rows that have an adapter") {
