@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "ipc/dtype.hpp"
+#include "ipc/messages.hpp"
 #include "ipc/proc.hpp"
 
 #include "daemon/registry_internal.hpp"
@@ -166,6 +167,26 @@ Result<FlipEvent> Registry::commit(const CommitRequest &q, uint64_t now_ns) {
   if (r.last_version >= ipc::kMaxVersion)
     return make_error(LF_E_TOO_LARGE, "adapter '" + std::string(r.name) +
                                           "' used every version number; drop and re-create it");
+  if (q.version) {
+    // Refused like a failed check: the lease ends (its slot comes back at once) and nothing
+    // flips. Above every number ever assigned, not only the active one: after a rollback the
+    // numbers above the active version were used, and a number never names two contents.
+    std::string refused;
+    if (*q.version < ipc::msg::Commit::kMinExplicitVersion ||
+        *q.version > ipc::msg::Commit::kMaxExplicitVersion)
+      refused = "version " + std::to_string(*q.version) + " is outside 1.." +
+                std::to_string(ipc::msg::Commit::kMaxExplicitVersion);
+    else if (*q.version <= r.last_version)
+      refused = "version " + std::to_string(*q.version) +
+                " is not above the newest version of adapter '" + std::string(r.name) + "' (" +
+                std::to_string(r.last_version) + ")";
+    if (!refused.empty()) {
+      end_lease(slot);
+      r.aborts.fetch_add(1, std::memory_order_relaxed);
+      commit_asked_ns_.erase(q.lease);
+      return make_error(LF_E_INVALID_ARGUMENT, refused);
+    }
+  }
   uint64_t sum = 0;
   // The writer's part ends when it first asks to commit; any time after that waiting on its
   // device event is the event wait (its copies were queued but still running).
@@ -185,7 +206,8 @@ Result<FlipEvent> Registry::commit(const CommitRequest &q, uint64_t now_ns) {
     return checked.error();
   }
   const uint64_t previous = ipc::active_version(r.active.load(kSeqCst));
-  const uint64_t version = ++r.last_version;
+  const uint64_t version = q.version ? *q.version : r.last_version + 1;
+  r.last_version = version;
   slot.checksum = sum;
   slot.committed_unix_ns = ipc::unix_now_ns();
   // The writer's pid and start stay with committed_lease: they answer a repeated commit.

@@ -204,7 +204,7 @@ std::string RequestHandler::dispatch(const msg::Envelope &envelope, const msgpac
       Result<Requester> who = requester_of(peer);
       if (!who) return error_reply(id, who.error());
       CommitRequest c{q.lease, static_cast<uint32_t>(std::min<uint64_t>(q.flags, UINT32_MAX)),
-                      q.checksum, std::nullopt, who.value()};
+                      q.checksum, std::nullopt, who.value(), q.version};
       if (q.event) {
         device::IpcHandle handle;
         std::memcpy(handle.bytes, q.event->bytes.data(), sizeof handle.bytes);

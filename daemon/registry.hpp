@@ -63,6 +63,9 @@ struct CommitRequest {
   std::optional<device::IpcHandle> event;
   // The process that sent the commit: only the lease's writer may commit it.
   Requester requester;
+  // The version number the writer asks for (msg::Commit::version, its limits checked by
+  // commit()); absent: the next one.
+  std::optional<uint64_t> version;
 };
 
 // What a flip changed, for the events socket and the log.

@@ -226,6 +226,19 @@ LF_API int lf_writer_commit_after(lf_writer_t *writer, int device, void *stream)
  * version the first one made, as long as that version is kept; LF_E_LEASE once the lease
  * ended without a version, after which begin again) or lf_writer_abort. */
 LF_API int lf_writer_commit(lf_writer_t *writer, unsigned flags, uint64_t *version_out);
+/* lf_writer_commit under a version number the caller chooses: a follower mirroring another
+ * node's daemon keeps the upstream's numbers, so that one number means the same bytes on
+ * every node. `version` must be above every version the adapter ever had (its last_version
+ * in lf_client_info), and at most 2^40 - 1; otherwise LF_E_INVALID_ARGUMENT, nothing flips and
+ * the lease ends (the writer is freed). With LF_COMMIT_CHECKSUM in `flags`, the daemon
+ * compares the slot's checksum with `checksum` (the upstream's, computed over the whole slot
+ * as lf_writer_commit computes it) rather than with one this call computes, and refuses a
+ * mismatch with LF_E_VALIDATION before anything flips; without it `checksum` is ignored.
+ * Otherwise as lf_writer_commit (frees the writer, except on LF_E_TIMEOUT or LF_E_CONNECTION,
+ * when the writer stays valid and the call may be repeated). Since protocol version 2 daemons
+ * of this release; an older daemon answers LF_E_PROTOCOL (unknown field). */
+LF_API int lf_writer_commit_as(lf_writer_t *writer, uint64_t version, unsigned flags,
+                               uint64_t checksum, uint64_t *version_out);
 /* Gives the slot back. Frees the writer. Accepts NULL. When the daemon cannot be reached the
  * abort is sent again before this client's next begin_write. */
 LF_API int lf_writer_abort(lf_writer_t *writer);

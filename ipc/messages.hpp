@@ -23,6 +23,7 @@
 
 #include <msgpack.hpp>
 
+#include "ipc/layout.hpp"
 #include "ipc/protocol.hpp"
 #include "ipc/result.hpp"
 
@@ -516,10 +517,19 @@ struct Commit {
   uint64_t flags = 0;                // LF_COMMIT_*
   std::optional<uint64_t> checksum;  // the writer's, compared when LF_COMMIT_CHECKSUM
   std::optional<Binary64> event;     // an interprocess event the commit waits for
+  // The version number this commit takes, asked by the writer (a follower mirroring another
+  // node's daemon keeps the upstream's numbers, so that `policy@17` is the same bytes on every
+  // node). Absent: the daemon assigns the next number. Limits: kMinExplicitVersion to
+  // kMaxExplicitVersion, and above every version the adapter ever had (its last_version),
+  // so versions still only grow and a reader can never mistake one for another.
+  std::optional<uint64_t> version;
+  static constexpr uint64_t kMinExplicitVersion = 1;
+  static constexpr uint64_t kMaxExplicitVersion = ipc::kMaxVersion;  // the active word's 40 bits
   static constexpr auto fields() {
     using R = Commit;
     return std::tuple{required("lease", &R::lease), optional("flags", &R::flags),
-                      optional("checksum", &R::checksum), optional("event", &R::event)};
+                      optional("checksum", &R::checksum), optional("event", &R::event),
+                      optional("version", &R::version)};
   }
 };
 

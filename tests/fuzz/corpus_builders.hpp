@@ -141,6 +141,14 @@ inline msg::Commit commit(uint64_t lease, uint64_t flags = LF_COMMIT_CHECK_FINIT
   return c;
 }
 
+// A commit under a number the writer chose (a follower keeping its upstream's numbers).
+inline msg::Commit commit_as(uint64_t lease, uint64_t version, uint64_t flags = 0,
+                             std::optional<uint64_t> checksum = std::nullopt) {
+  msg::Commit c = commit(lease, flags, checksum);
+  c.version = version;
+  return c;
+}
+
 inline msg::Commit commit_with_event(uint64_t lease, uint64_t flags, const msg::Binary64 &event) {
   msg::Commit c = commit(lease, flags);
   c.event = event;

@@ -137,6 +137,14 @@ void err_seeds(Seeds &s) {
       .send(create())
       .send(begin()).send(commit(1, LF_COMMIT_CHECKSUM, 12345))
       .send(begin()).send(commit(2, LF_COMMIT_CHECKSUM));
+  // Numbers a commit may not take: 0, one not above the newest, one past 40 bits.
+  add("err-commit-version")
+      .send(create())
+      .send(begin()).send(commit_as(1, 5))
+      .send(begin()).send(commit_as(2, 0))
+      .send(begin()).send(commit_as(3, 5))
+      .send(begin()).send(commit_as(4, 3))
+      .send(begin()).send(commit_as(5, uint64_t{1} << 40));
   add("err-no-free-slot")
       .send(create("policy", {.slots = 2, .history = 0}))
       .send(begin()).send(begin()).send(begin());

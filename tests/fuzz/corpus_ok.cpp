@@ -37,6 +37,13 @@ void ok_seeds(Seeds &s) {
       .send(create())
       .send(begin())
       .send(commit(1, LF_COMMIT_CHECK_FINITE | LF_COMMIT_CHECKSUM, checksum_of_zeros()));
+  // A follower's commits: the upstream's numbers, gaps allowed, and its checksum.
+  add("ok-commit-explicit-version")
+      .send(create())
+      .send(begin()).send(commit_as(1, 17))
+      .send(begin()).send(commit_as(2, 40, LF_COMMIT_CHECKSUM, checksum_of_zeros()))
+      .send(begin()).send(commit(3))
+      .send(info());
   add("ok-write-abort")
       .send(create())
       .send(begin()).send(abort_lease(1))

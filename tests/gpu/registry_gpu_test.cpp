@@ -111,7 +111,7 @@ TEST_CASE("a device adapter's commit checks run on the GPU and answer as on the 
     const Lease lease = lease_of();
     b[5] = 0x7E00;  // f16 NaN
     write(lease);
-    auto bad = f.r().commit({lease.id, both, std::nullopt, std::nullopt, self()}, kT0);
+    auto bad = f.r().commit({lease.id, both, std::nullopt, std::nullopt, self(), std::nullopt}, kT0);
     REQUIRE_FALSE(bad.ok());
     CHECK(bad.error().code == LF_E_VALIDATION);
     CHECK(bad.error().message == "tensor 'base_model.model.layers.0.q_proj.lora_B.weight' holds "
@@ -122,7 +122,7 @@ TEST_CASE("a device adapter's commit checks run on the GPU and answer as on the 
     const Lease lease = lease_of();
     bias.back() = 0xFF80;  // bf16 -infinity
     write(lease);
-    auto bad = f.r().commit({lease.id, LF_COMMIT_CHECK_FINITE, std::nullopt, std::nullopt, self()}, kT0);
+    auto bad = f.r().commit({lease.id, LF_COMMIT_CHECK_FINITE, std::nullopt, std::nullopt, self(), std::nullopt}, kT0);
     REQUIRE_FALSE(bad.ok());
     CHECK(bad.error().message.find("bias' holds -infinity at element 66") != std::string::npos);
   }
@@ -132,7 +132,7 @@ TEST_CASE("a device adapter's commit checks run on the GPU and answer as on the 
     write(lease);
     const uint64_t sum = kernels::checksum(download(f.slot(lease), lease.slot_bytes).data(),
                                            lease.slot_bytes);
-    auto wrong = f.r().commit({lease.id, both, sum + 1, std::nullopt, self()}, kT0);
+    auto wrong = f.r().commit({lease.id, both, sum + 1, std::nullopt, self(), std::nullopt}, kT0);
     REQUIRE_FALSE(wrong.ok());
     CHECK(wrong.error().message.find("checksum mismatch") != std::string::npos);
     CHECK(rec.active.load() == 0);
@@ -141,7 +141,7 @@ TEST_CASE("a device adapter's commit checks run on the GPU and answer as on the 
     write(again);
     const uint64_t sum2 = kernels::checksum(download(f.slot(again), again.slot_bytes).data(),
                                             again.slot_bytes);
-    auto right = f.r().commit({again.id, both, sum2, std::nullopt, self()}, kT0);
+    auto right = f.r().commit({again.id, both, sum2, std::nullopt, self(), std::nullopt}, kT0);
     REQUIRE_MESSAGE(right.ok(), test::why(right));
     CHECK(right->checksum == sum2);
     CHECK(ipc::active_version(rec.active.load()) == 1);

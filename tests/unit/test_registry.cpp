@@ -142,6 +142,32 @@ TEST_CASE("commit flips the active word to (version, slot) and versions strictly
   CHECK(f.arena().header().flip_seq.load() == seq0 + 20);
 }
 
+TEST_CASE("a commit takes a chosen version only above the newest, and a refused one ends the lease") {
+  Fixture f;
+  REQUIRE(f.r().create(spec("alpha")).ok());
+  Lease lease = begin(f, "alpha");
+  auto flip = f.r().commit(CommitRequest{lease.id, 0, std::nullopt, std::nullopt, self(), 17}, kT0);
+  REQUIRE_MESSAGE(flip.ok(), test::why(flip));
+  CHECK(flip->version == 17);
+  CHECK(f.record("alpha").last_version == 17);
+  for (uint64_t bad : {uint64_t{17}, uint64_t{2}, uint64_t{0}, ipc::kMaxVersion + 1}) {
+    CAPTURE(bad);
+    lease = begin(f, "alpha");
+    auto refused =
+        f.r().commit(CommitRequest{lease.id, 0, std::nullopt, std::nullopt, self(), bad}, kT0);
+    REQUIRE(!refused.ok());
+    CHECK(refused.error().code == LF_E_INVALID_ARGUMENT);
+    CHECK(ipc::active_version(f.active("alpha")) == 17);
+    CHECK(f.record("alpha").last_version == 17);
+    // The lease ended: asking again finds no lease.
+    auto again = f.r().commit(CommitRequest{lease.id, 0, std::nullopt, std::nullopt, self()}, kT0);
+    REQUIRE(!again.ok());
+    CHECK(again.error().code == LF_E_LEASE);
+  }
+  // Without a number, the next one.
+  CHECK(publish(f, "alpha") == 18);
+}
+
 TEST_CASE("history keeps exactly `history` committed versions besides the active one") {
   for (int32_t history : {0, 1, 2, 5}) {
     Fixture f;

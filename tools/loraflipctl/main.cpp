@@ -20,6 +20,7 @@
 #include "json.hpp"
 #include "loraflip.h"
 #include "render.hpp"
+#include "tools/relay/keys.hpp"
 
 namespace {
 
@@ -42,6 +43,8 @@ const char *kUsage =
     "  rollback NAME VERSION   make a kept earlier version active again\n"
     "  drop NAME               drop an adapter (readers that pin it keep their pins)\n"
     "  metrics                 Prometheus text format, for node_exporter's textfile collector\n"
+    "  keygen --out PREFIX     a CurveZMQ key pair for loraflip-relay: PREFIX.key (secret,\n"
+    "                          mode 0600) and PREFIX.pub (public); never replaces a file\n"
     "\n"
     "options:\n"
     "  --runtime-dir DIR       the daemon's runtime directory (default: $LORAFLIP_RUNTIME_DIR,\n"
@@ -50,6 +53,7 @@ const char *kUsage =
     "  --json                  print the daemon's JSON (one object per line for watch)\n"
     "  --timeout-ms N          bound on every request (default 5000)\n"
     "  --count N               watch: stop after N flips\n"
+    "  --out PREFIX            keygen: where the key files go\n"
     "  -h, --help              this text\n"
     "\n"
     "exit codes: 0 ok, 1 the daemon answered with an error, 2 usage error,\n"
@@ -63,6 +67,7 @@ struct Args {
   bool json = false;
   int timeout_ms = 5000;
   std::optional<uint64_t> count;
+  std::string out;  // keygen's file prefix
 };
 
 int usage_error(const std::string &message) {
@@ -340,6 +345,23 @@ int cmd_watch(const Args &a) {
   return kExitOk;
 }
 
+// Needs no daemon: the keys are for loraflip-relay (tools/relay/keys.hpp has the file rules).
+int cmd_keygen(const Args &a) {
+  auto keys = loraflip::relay::generate_keypair();
+  if (!keys) {
+    std::fprintf(stderr, "loraflipctl: %s\n", keys.error().message.c_str());
+    return kExitDaemonError;
+  }
+  auto written = loraflip::relay::write_keypair(a.out, keys.value());
+  if (!written) {
+    std::fprintf(stderr, "loraflipctl: %s\n", written.error().message.c_str());
+    return kExitDaemonError;
+  }
+  std::printf("%s.key (secret, mode 0600)\n%s (public: %s)\n", a.out.c_str(),
+              written.value().c_str(), keys->public_z85.c_str());
+  return kExitOk;
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -385,6 +407,10 @@ int main(int argc, char **argv) {
       uint64_t n = 0;
       if (!v || !parse_u64(*v, &n) || n == 0) return usage_error("--count wants a number >= 1");
       a.count = n;
+    } else if (key == "--out") {
+      auto v = value();
+      if (!v || v->empty()) return usage_error("--out needs a file prefix");
+      a.out = *v;
     } else if (key.size() > 1 && key[0] == '-') {
       return usage_error("unknown option '" + words[i] + "'");
     } else if (a.command.empty()) {
@@ -403,7 +429,7 @@ int main(int argc, char **argv) {
       {"status", 0, 0, cmd_status},   {"list", 0, 0, cmd_list},
       {"info", 1, 1, cmd_info},       {"watch", 0, 1, cmd_watch},
       {"rollback", 2, 2, cmd_rollback}, {"drop", 1, 1, cmd_drop},
-      {"metrics", 0, 0, cmd_metrics},
+      {"metrics", 0, 0, cmd_metrics}, {"keygen", 0, 0, cmd_keygen},
   };
   if (a.command.empty()) {
     std::fputs(kUsage, stderr);
@@ -414,6 +440,8 @@ int main(int argc, char **argv) {
     if (a.positional.size() < c.min_args || a.positional.size() > c.max_args)
       return usage_error("wrong number of arguments for '" + a.command + "'");
     if (a.count && a.command != "watch") return usage_error("--count is for watch only");
+    if (a.out.empty() != (a.command != "keygen"))
+      return usage_error(a.out.empty() ? "keygen needs --out PREFIX" : "--out is for keygen only");
     return c.run(a);
   }
   return usage_error("unknown command '" + a.command + "'");

@@ -302,12 +302,19 @@ int lf_writer_commit_after(lf_writer_t *w, int device, void *stream) {
   });
 }
 
-int lf_writer_commit(lf_writer_t *w, unsigned flags, uint64_t *version_out) {
+}  // extern "C"
+
+namespace {
+
+// lf_writer_commit and lf_writer_commit_as: `version` and `expected` (the checksum the slot
+// must have) are absent for the daemon's next number and the writer's own checksum.
+int commit_writer(lf_writer_t *w, unsigned flags, std::optional<uint64_t> version,
+                  std::optional<uint64_t> expected, uint64_t *version_out) {
   if (w == nullptr) return LF_E_INVALID_ARGUMENT;
   lf_client *c = w->client;
   std::lock_guard lock(c->mutex);
   const int status = guarded(&c->last_error, [&] {
-    ipc::msg::Commit q{w->lease, flags, std::nullopt, std::nullopt};
+    ipc::msg::Commit q{w->lease, flags, std::nullopt, std::nullopt, version};
     if (!w->streams.empty()) {
       // The daemon waits on this event (without blocking) before it checks and flips.
       Result<Event *> event = record_commit_event(c, *w);
@@ -321,7 +328,7 @@ int lf_writer_commit(lf_writer_t *w, unsigned flags, uint64_t *version_out) {
         return fail(&c->last_error, make_error(LF_E_UNSUPPORTED, "LF_COMMIT_CHECKSUM covers "
                                                "host-placed adapters; device slots are checked "
                                                "with LF_COMMIT_CHECK_FINITE"));
-      q.checksum = loraflip::kernels::checksum(w->base, w->slot_bytes);
+      q.checksum = expected ? *expected : loraflip::kernels::checksum(w->base, w->slot_bytes);
     }
     auto reply = c->connection.call<ipc::msg::FlipResult>(q);
     if (!reply) return fail(&c->last_error, reply.error());
@@ -332,6 +339,22 @@ int lf_writer_commit(lf_writer_t *w, unsigned flags, uint64_t *version_out) {
   // commit answers the version the first one made) or abort.
   if (!outcome_unknown(status)) delete w;
   return status;
+}
+
+}  // namespace
+
+extern "C" {
+
+int lf_writer_commit(lf_writer_t *w, unsigned flags, uint64_t *version_out) {
+  return commit_writer(w, flags, std::nullopt, std::nullopt, version_out);
+}
+
+int lf_writer_commit_as(lf_writer_t *w, uint64_t version, unsigned flags, uint64_t checksum,
+                        uint64_t *version_out) {
+  return commit_writer(w, flags, version,
+                       (flags & LF_COMMIT_CHECKSUM) ? std::optional<uint64_t>(checksum)
+                                                    : std::nullopt,
+                       version_out);
 }
 
 int lf_writer_abort(lf_writer_t *w) {

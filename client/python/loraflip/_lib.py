@@ -264,6 +264,10 @@ lf_writer_commit_after = _bind("lf_writer_commit_after", _c_int,
                                [lf_writer_p, _c_int, ctypes.c_void_p])
 # int lf_writer_commit(lf_writer_t *writer, unsigned flags, uint64_t *version_out);
 lf_writer_commit = _bind("lf_writer_commit", _c_int, [lf_writer_p, ctypes.c_uint, _P(_c_uint64)])
+# int lf_writer_commit_as(lf_writer_t *writer, uint64_t version, unsigned flags,
+#                         uint64_t checksum, uint64_t *version_out);
+lf_writer_commit_as = _bind("lf_writer_commit_as", _c_int,
+                            [lf_writer_p, _c_uint64, ctypes.c_uint, _c_uint64, _P(_c_uint64)])
 # int lf_writer_abort(lf_writer_t *writer);
 lf_writer_abort = _bind("lf_writer_abort", _c_int, [lf_writer_p])
 

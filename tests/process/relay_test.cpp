@@ -1,0 +1,363 @@
+// loraflip-relay across real processes on 127.0.0.1: one upstream daemon and relay, followers
+// each with a daemon and a relay of their own, and peers that must be refused. Also the
+// daemon's side of following: commits under a chosen version number and checksum.
+#include <doctest/doctest.h>
+
+#include <arpa/inet.h>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <memory>
+#include <netinet/in.h>
+#include <sstream>
+#include <string>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <vector>
+
+#include <zmq.hpp>
+
+#include "kernels/validate.hpp"
+#include "loraflip.h"
+#include "support.hpp"
+
+namespace {
+
+using lftest::Daemon;
+
+std::string env_path(const char *name) {
+  const char *p = std::getenv(name);
+  REQUIRE_MESSAGE(p != nullptr, "set ", name, " (meson does)");
+  return p;
+}
+
+// A port nobody listens on now (the kernel's choice for port 0). Another process could take
+// it before the relay binds; on a test machine's loopback that does not happen in practice.
+int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) == 0);
+  socklen_t len = sizeof a;
+  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr *>(&a), &len) == 0);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+std::string read_file(const std::string &path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// A loraflip-relay child; SIGTERM and reaped on destruction.
+struct Relay {
+  pid_t pid = -1;
+  std::string log;
+  Relay(const std::vector<std::string> &args, std::string log_path) : log(std::move(log_path)) {
+    const std::string binary = env_path("LORAFLIP_RELAY");
+    pid = lftest::spawn([&] {
+      std::vector<char *> argv{const_cast<char *>(binary.c_str())};
+      for (const std::string &a : args) argv.push_back(const_cast<char *>(a.c_str()));
+      argv.push_back(nullptr);
+      if (!std::freopen(log.c_str(), "w", stderr)) return 98;
+      ::execv(binary.c_str(), argv.data());
+      return 97;
+    });
+    REQUIRE(pid > 0);
+  }
+  ~Relay() { stop(); }
+  int stop() {
+    if (pid <= 0) return -1;
+    ::kill(pid, SIGTERM);
+    const int code = lftest::wait_child(pid);
+    pid = -1;
+    return code;
+  }
+};
+
+// Runs a command line; its exit code.
+int run(const std::string &command) {
+  const int status = std::system(command.c_str());
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+}
+
+struct TempDir {
+  std::string path;
+  TempDir() {
+    char tmpl[] = "/tmp/lf-relay-test-XXXXXX";
+    REQUIRE(::mkdtemp(tmpl) != nullptr);
+    path = tmpl;
+  }
+  ~TempDir() { run("rm -rf '" + path + "'"); }
+};
+
+std::string keygen(const TempDir &dir, const std::string &name) {
+  const std::string prefix = dir.path + "/" + name;
+  REQUIRE(run(env_path("LORAFLIPCTL") + " keygen --out " + prefix + " >/dev/null") == 0);
+  return prefix;
+}
+
+std::string public_key(const std::string &prefix) {
+  std::string text = read_file(prefix + ".pub");
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  return text;
+}
+
+lf_client_t *open_client(const Daemon &d) {
+  lf_client_t *c = nullptr;
+  REQUIRE(lf_client_open(d.dir().c_str(), 5000, &c) == LF_OK);
+  return c;
+}
+
+uint64_t last_version(lf_client_t *c, const char *name) {
+  char *json = nullptr;
+  if (lf_client_info(c, name, &json) != LF_OK) return 0;
+  const std::string text(json);
+  lf_free(json);
+  return static_cast<uint64_t>(lftest::json_number(text, "last_version"));
+}
+
+// The "tensors" part of an info reply: names, dtypes, shapes and offsets, to compare schemas.
+std::string tensors_of(lf_client_t *c, const char *name) {
+  char *json = nullptr;
+  if (lf_client_info(c, name, &json) != LF_OK) return "";
+  const std::string text(json);
+  lf_free(json);
+  const size_t at = text.find("\"tensors\":");
+  return at == std::string::npos ? "" : text.substr(at);
+}
+
+// What a follower's readers saw: versions in the order seen, torn words, and backward steps.
+struct Watch {
+  lf_reader_t *reader = nullptr;
+  lf_adapter_ref_t ref = 0;
+  bool found = false;
+  uint64_t last = 0, torn = 0, backward = 0, seen = 0;
+  explicit Watch(const Daemon &d) { REQUIRE(lf_reader_open(d.dir().c_str(), &reader) == LF_OK); }
+  ~Watch() { lf_reader_close(reader); }
+  void poll(const char *name) {
+    if (!found) found = lf_reader_find(reader, name, &ref) == LF_OK;
+    if (!found) return;
+    lf_pin_t *pin = nullptr;
+    if (lf_reader_acquire(reader, ref, 0, &pin) != LF_OK) return;
+    const uint64_t v = lf_pin_version(pin);
+    torn += lftest::count_torn(pin);
+    if (v < last) ++backward;
+    if (v != last) ++seen;
+    last = v;
+    lf_pin_release(pin);
+  }
+};
+
+uint64_t publish(lf_client_t *c, const char *name, uint64_t generation) {
+  lf_writer_t *w = nullptr;
+  const int st = lf_client_begin_write(c, name, 0, &w);
+  REQUIRE_MESSAGE(st == LF_OK, lf_client_last_error(c));
+  lftest::fill_pattern(w, generation);
+  uint64_t v = 0;
+  REQUIRE(lf_writer_commit(w, LF_COMMIT_CHECKSUM, &v) == LF_OK);
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("a commit may take a chosen version above the newest, and only with a matching checksum") {
+  Daemon d("relay-commit-as");
+  d.start();
+  lf_client_t *c = open_client(d);
+  // 1250 x 16 f32 per tensor: 80000 bytes, so the slot has padding between tensors.
+  REQUIRE(lftest::create_pattern_adapter(c, "policy", 3, 20000, 2) == LF_OK);
+  lf_reader_t *r = nullptr;
+  REQUIRE(lf_reader_open(d.dir().c_str(), &r) == LF_OK);
+  lf_adapter_ref_t ref = 0;
+  REQUIRE(lf_reader_find(r, "policy", &ref) == LF_OK);
+  uint64_t active = 0, made = 0;
+
+  lf_writer_t *w = nullptr;
+  REQUIRE(lf_client_begin_write(c, "policy", 0, &w) == LF_OK);
+  lftest::fill_pattern(w, 17);
+  CHECK(lf_writer_commit_as(w, 17, 0, 0, &made) == LF_OK);
+  CHECK(made == 17);
+  REQUIRE(lf_reader_active_version(r, ref, &active) == LF_OK);
+  CHECK(active == 17);
+
+  // Not above the newest (equal, below, 0) and past 40 bits: refused, nothing flips.
+  for (uint64_t bad : {uint64_t{17}, uint64_t{3}, uint64_t{0}, uint64_t{1} << 40}) {
+    REQUIRE(lf_client_begin_write(c, "policy", 0, &w) == LF_OK);
+    lftest::fill_pattern(w, 99);
+    CHECK(lf_writer_commit_as(w, bad, 0, 0, &made) == LF_E_INVALID_ARGUMENT);
+    REQUIRE(lf_reader_active_version(r, ref, &active) == LF_OK);
+    CHECK(active == 17);
+  }
+  CHECK(last_version(c, "policy") == 17);
+
+  // A checksum that is not the slot's: refused before the flip.
+  REQUIRE(lf_client_begin_write(c, "policy", 0, &w) == LF_OK);
+  lftest::fill_pattern(w, 40);
+  CHECK(lf_writer_commit_as(w, 40, LF_COMMIT_CHECKSUM, 12345, &made) == LF_E_VALIDATION);
+  REQUIRE(lf_reader_active_version(r, ref, &active) == LF_OK);
+  CHECK(active == 17);
+  CHECK(last_version(c, "policy") == 17);
+
+  // The right checksum passes: computed as the daemon does, over the whole slot, padding
+  // included (what an upstream relay sends). A gap in the numbers is fine.
+  REQUIRE(lf_client_begin_write(c, "policy", 0, &w) == LF_OK);
+  lftest::fill_pattern(w, 40);
+  lf_tensor_view_t v0{};
+  REQUIRE(lf_writer_tensor(w, 0, &v0) == LF_OK);
+  char *json = nullptr;
+  REQUIRE(lf_client_info(c, "policy", &json) == LF_OK);
+  const auto slot_bytes = static_cast<uint64_t>(lftest::json_number(json, "slot_bytes"));
+  lf_free(json);
+  const uint64_t sum = loraflip::kernels::checksum(v0.data, slot_bytes);
+  CHECK(lf_writer_commit_as(w, 40, LF_COMMIT_CHECKSUM, sum, &made) == LF_OK);
+  CHECK(made == 40);
+  lf_pin_t *pin = nullptr;
+  REQUIRE(lf_reader_acquire(r, ref, 0, &pin) == LF_OK);
+  CHECK(lf_pin_version(pin) == 40);
+  CHECK(lftest::count_torn(pin) == 0);
+  lf_pin_release(pin);
+  // The next plain commit continues above the chosen number.
+  CHECK(publish(c, "policy", 41) == 41);
+  lf_reader_close(r);
+  lf_client_close(c);
+}
+
+TEST_CASE("three followers mirror 50 versions in order, with the upstream's numbers and bytes; "
+          "a wrong key and plain TCP are refused") {
+  TempDir keys;
+  const std::string up_key = keygen(keys, "upstream");
+  std::vector<std::string> follower_keys;
+  for (int i = 0; i < 3; ++i) follower_keys.push_back(keygen(keys, "follower" + std::to_string(i)));
+  const std::string stranger_key = keygen(keys, "stranger");  // not in the allow file
+  {
+    std::ofstream allow(keys.path + "/allow");
+    allow << "# the followers of this test\n";
+    for (const std::string &k : follower_keys) allow << public_key(k) << "\n";
+  }
+  // A secret key that others may read is refused at once.
+  REQUIRE(run("cp " + stranger_key + ".key " + keys.path + "/loose.key && chmod 640 " +
+              keys.path + "/loose.key") == 0);
+
+  Daemon upstream("relay-up");
+  upstream.start();
+  lf_client_t *up = open_client(upstream);
+  // 1250 x 16 f32 per tensor: padding between tensors, and several 64 KiB chunks per version.
+  // Slots: the active version, 3 kept, the one the serving relay may pin while it copies it
+  // out (an older one by then), and the trainer's: history + 3, so no begin ever waits.
+  {
+    lf_spec_t *spec = nullptr;
+    REQUIRE(lf_spec_new(&spec) == LF_OK);
+    for (int t = 0; t < 4; ++t) {
+      const int64_t shape[2] = {1250, 16};
+      const std::string name = "base_model.model.model.layers." + std::to_string(t) +
+                               ".self_attn.q_proj.lora_" + (t % 2 ? "B" : "A") + ".weight";
+      REQUIRE(lf_spec_add_tensor(spec, name.c_str(), LF_DTYPE_F32, 2, shape) == LF_OK);
+    }
+    REQUIRE(lf_spec_set_lora(spec, 16, 32.0, "q_proj", 0) == LF_OK);
+    REQUIRE(lf_spec_set_slots(spec, 6, 3) == LF_OK);
+    REQUIRE(lf_client_create_adapter(up, "policy", spec) == LF_OK);
+    lf_spec_free(spec);
+  }
+  const std::string listen = "tcp://127.0.0.1:" + std::to_string(free_port());
+  Relay serve({"serve", "--runtime-dir", upstream.dir(), "--listen", listen, "--secret-key",
+               up_key + ".key", "--allow", keys.path + "/allow"},
+              upstream.dir() + ".relay.log");
+
+  std::vector<std::unique_ptr<Daemon>> daemons;
+  std::vector<std::unique_ptr<Relay>> relays;
+  for (int i = 0; i < 4; ++i) {
+    daemons.push_back(std::make_unique<Daemon>("relay-f" + std::to_string(i)));
+    daemons.back()->start();
+    const std::string key = i < 3 ? follower_keys[i] : stranger_key;
+    relays.push_back(std::make_unique<Relay>(
+        std::vector<std::string>{"follow", "--runtime-dir", daemons.back()->dir(), "--upstream",
+                                 listen, "--server-key", up_key + ".pub", "--secret-key",
+                                 key + ".key", "--chunk-bytes", "65536", "--window", "4"},
+        daemons.back()->dir() + ".relay.log"));
+  }
+
+  {
+    const std::string dir = daemons[0]->dir();
+    // The follower's key file readable by its group: refused before anything is sent.
+    Relay loose({"follow", "--runtime-dir", dir, "--upstream", listen, "--server-key",
+                 up_key + ".pub", "--secret-key", keys.path + "/loose.key"},
+                dir + ".loose.log");
+    CHECK(lftest::wait_child(loose.pid) == 1);
+    loose.pid = -1;
+    CHECK(read_file(dir + ".loose.log").find("refused") != std::string::npos);
+    // Plain TCP anywhere but loopback: refused.
+    Relay remote({"follow", "--runtime-dir", dir, "--upstream", "tcp://192.0.2.1:9",
+                  "--insecure"},
+                 dir + ".remote.log");
+    CHECK(lftest::wait_child(remote.pid) == 1);
+    remote.pid = -1;
+  }
+
+  std::vector<std::unique_ptr<Watch>> watches;
+  for (int i = 0; i < 3; ++i) watches.push_back(std::make_unique<Watch>(*daemons[i]));
+
+  // The trainer publishes 50 versions as fast as it can; the followers' readers look all along.
+  for (uint64_t g = 1; g <= 50; ++g) {
+    REQUIRE(publish(up, "policy", g) == g);
+    for (auto &w : watches) w->poll("policy");
+  }
+  const int64_t took = lftest::wait_until(
+      [&] {
+        bool all = true;
+        for (auto &w : watches) {
+          w->poll("policy");
+          all = all && w->last == 50;
+        }
+        return all;
+      },
+      60000);
+  CHECK_MESSAGE(took >= 0, "followers did not reach version 50; see ", daemons[0]->dir(),
+                ".relay.log");
+  const std::string schema = tensors_of(up, "policy");
+  for (int i = 0; i < 3; ++i) {
+    CAPTURE(i);
+    CHECK(watches[i]->last == 50);
+    CHECK(watches[i]->torn == 0);      // every byte of every version seen is the upstream's
+    CHECK(watches[i]->backward == 0);  // versions only went forward
+    CHECK(watches[i]->seen >= 1);
+    lf_client_t *fc = open_client(*daemons[i]);
+    CHECK(last_version(fc, "policy") == 50);
+    CHECK(tensors_of(fc, "policy") == schema);
+    lf_client_close(fc);
+  }
+
+  // A plain-TCP peer on the CurveZMQ port gets nothing back.
+  {
+    zmq::context_t context(1);
+    zmq::socket_t plain(context, zmq::socket_type::dealer);
+    plain.set(zmq::sockopt::linger, 0);
+    plain.connect(listen);
+    const std::string want =
+        "\x83\xa2op\xa4want\xa2id\x01\xa4" "args\x82\xa8protocol\x01\xa8" "adapters\x90";
+    (void)plain.send(zmq::buffer(want), zmq::send_flags::dontwait);
+    zmq::pollitem_t item{plain.handle(), 0, ZMQ_POLLIN, 0};
+    CHECK(zmq::poll(&item, 1, std::chrono::milliseconds(1500)) == 0);
+  }
+  // The stranger's daemon got nothing: no adapter at all; the upstream said why.
+  lf_client_t *sc = open_client(*daemons[3]);
+  char *list = nullptr;
+  REQUIRE(lf_client_list(sc, &list) == LF_OK);
+  CHECK(std::string(list).find("policy") == std::string::npos);
+  lf_free(list);
+  lf_client_close(sc);
+  CHECK(read_file(upstream.dir() + ".relay.log").find("not in the allow file") !=
+        std::string::npos);
+  // And the upstream is as its trainer left it.
+  CHECK(last_version(up, "policy") == 50);
+
+  for (auto &r : relays) CHECK(r->stop() == 0);
+  CHECK(serve.stop() == 0);
+  lf_client_close(up);
+}

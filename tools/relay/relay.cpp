@@ -1,0 +1,917 @@
+#include "tools/relay/relay.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+#include <zmq.hpp>
+#include <zmq_addon.hpp>
+
+#include "ipc/dtype.hpp"
+#include "ipc/messages.hpp"
+#include "ipc/protocol.hpp"
+#include "ipc/schema.hpp"
+#include "json.hpp"
+#include "kernels/validate.hpp"
+#include "loraflip.h"
+#include "tools/relay/keys.hpp"
+#include "tools/relay/wire.hpp"
+
+namespace loraflip::relay {
+
+namespace {
+
+namespace msg = ipc::msg;
+using Clock = std::chrono::steady_clock;
+using ctl::Json;
+
+// The ZAP endpoint libzmq asks (RFC 27): fixed by the standard.
+constexpr const char *kZapEndpoint = "inproc://zeromq.zap.01";
+constexpr const char *kWakeEndpoint = "inproc://loraflip-relay-wake";
+// A follower's request that got no answer in this long counts as a lost connection.
+constexpr auto kReplyTimeout = std::chrono::seconds(5);
+// A fetch session (an older version kept for a follower mid-transfer) ends when unused this long.
+constexpr auto kSessionIdle = std::chrono::seconds(60);
+// Per peer: a follower asks for at most FollowOptions::window chunks at once (and one want), so
+// this is never reached by one that keeps the protocol; past it ROUTER drops that peer's
+// replies rather than wait (the follower asks again), and the others go on.
+constexpr int kRouterHwm = 300;
+
+// zmq::poll that takes a signal (SIGTERM: the loops then see `stop`) as "nothing happened".
+int poll_for(zmq::pollitem_t *items, size_t n, int64_t ms) {
+  try {
+    return zmq::poll(items, n, std::chrono::milliseconds(ms));
+  } catch (const zmq::error_t &e) {
+    if (e.num() == EINTR) return 0;
+    throw;
+  }
+}
+
+int64_t ms_until(Clock::time_point t) {
+  return std::max<int64_t>(
+      0, std::chrono::duration_cast<std::chrono::milliseconds>(t - Clock::now()).count());
+}
+
+std::string json_of(int status, char *json) {
+  std::string text = status == LF_OK && json != nullptr ? std::string(json) : std::string();
+  lf_free(json);
+  return text;
+}
+
+std::string client_error(lf_client_t *client, int status) {
+  return std::string(lf_strerror(status)) + ": " + lf_client_last_error(client);
+}
+
+// Opens the local daemon's client, retrying while it is not up yet (started in any order).
+lf_client_t *open_client(const std::string &dir, const std::atomic<bool> &stop) {
+  bool said = false;
+  while (!stop.load()) {
+    lf_client_t *client = nullptr;
+    if (lf_client_open(dir.c_str(), 5000, &client) == LF_OK) return client;
+    if (!said) spdlog::warn("waiting for loraflipd at {}: {}", dir, lf_last_error_message());
+    said = true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  return nullptr;
+}
+
+// An offer built from the local daemon's info (JSON of lf_client_info).
+std::optional<wire::Offer> offer_from_info(const Json &info, uint64_t version) {
+  wire::Offer o;
+  o.name = info["name"].str();
+  o.version = version;
+  o.slot_bytes = info["slot_bytes"].u64();
+  o.slots = info["slots"].items().size();
+  o.history = info["history"].u64();
+  o.metadata = info["metadata"].str();
+  const Json &lora = info["lora"];
+  o.lora.rank = lora["rank"].u64();
+  o.lora.alpha = lora["alpha"].f64();
+  o.lora.use_rslora = lora["use_rslora"].boolean();
+  for (const Json &m : lora["target_modules"].items()) o.lora.target_modules.names.push_back(m.str());
+  for (const Json &t : info["tensors"].items()) {
+    msg::InfoTensor d;
+    d.name = t["name"].str();
+    d.dtype.code = ipc::dtype_from_name(t["dtype"].str());
+    for (const Json &dim : t["shape"].items()) d.shape.push_back(dim.i64());
+    d.offset = t["offset"].u64();
+    d.nbytes = t["nbytes"].u64();
+    o.tensors.push_back(std::move(d));
+  }
+  if (o.tensors.empty() || o.slot_bytes == 0) return std::nullopt;
+  return o;
+}
+
+// ---------------------------------------------------------------------------------------------
+// serve
+
+// One version as the upstream holds it for followers: the description and the slot image,
+// copied out of the arena. A copy, not a pin held for the transfer: a pin kept while a slow
+// follower downloads would keep its slot from the trainer's writers, so a slow link could stall
+// the upstream; the copy costs one memcpy per version.
+struct Snapshot {
+  wire::Offer offer;
+  std::vector<std::byte> image;
+};
+
+// Answers libzmq's ZAP requests (RFC 27) on its own thread: CURVE peers whose public key is in
+// the allow file are served, every other peer is refused before any message of it is read.
+class ZapHandler {
+ public:
+  ZapHandler(zmq::context_t &context, std::set<std::string> allowed)
+      : socket_(context, zmq::socket_type::rep), allowed_(std::move(allowed)) {
+    socket_.set(zmq::sockopt::linger, 0);
+    socket_.bind(kZapEndpoint);  // before the ROUTER binds: no handshake goes unchecked
+    thread_ = std::thread([this] { run(); });
+  }
+  ~ZapHandler() {
+    stop_.store(true);
+    thread_.join();
+  }
+
+ private:
+  void run() {
+    while (!stop_.load()) {
+      zmq::pollitem_t item{socket_.handle(), 0, ZMQ_POLLIN, 0};
+      try {
+        if (poll_for(&item, 1, 200) == 0) continue;
+        std::vector<zmq::message_t> frames;
+        if (!zmq::recv_multipart(socket_, std::back_inserter(frames))) continue;
+        reply(frames);
+      } catch (const zmq::error_t &e) {
+        if (e.num() == ETERM) return;
+        spdlog::error("ZAP handler: {}", e.what());
+      }
+    }
+  }
+  void reply(const std::vector<zmq::message_t> &f) {
+    // version, request id, domain, address, routing id, mechanism, credentials...
+    std::string request_id = f.size() > 1 ? f[1].to_string() : std::string();
+    const std::string address = f.size() > 3 ? f[3].to_string() : std::string();
+    bool ok = false;
+    std::string why = "malformed ZAP request";
+    if (f.size() >= 7 && f[0].to_string() == "1.0") {
+      const std::string mechanism = f[5].to_string();
+      if (mechanism != "CURVE") {
+        why = "mechanism " + mechanism + " (only CURVE is served)";
+      } else if (f[6].size() != 32) {
+        why = "no CURVE key";
+      } else {
+        char z85[kZ85KeyChars + 1];
+        zmq_z85_encode(z85, static_cast<const uint8_t *>(f[6].data()), 32);
+        ok = allowed_.count(z85) != 0;
+        why = std::string("key ") + z85 + " is not in the allow file";
+      }
+    }
+    if (!ok) spdlog::warn("refused a follower at {}: {}", address, why);
+    const std::string code = ok ? "200" : "400", text = ok ? "OK" : why, none;
+    std::vector<zmq::const_buffer> out{zmq::str_buffer("1.0"), zmq::buffer(request_id),
+                                       zmq::buffer(code), zmq::buffer(text), zmq::buffer(none),
+                                       zmq::buffer(none)};
+    zmq::send_multipart(socket_, out);
+  }
+
+  zmq::socket_t socket_;
+  std::set<std::string> allowed_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+// Wakes the serve loop at each flip of the local daemon (its events socket), so that a new
+// version is copied out at once rather than at the next periodic scan.
+class FlipWatcher {
+ public:
+  FlipWatcher(zmq::context_t &context, std::string dir) : dir_(std::move(dir)) {
+    pull_ = zmq::socket_t(context, zmq::socket_type::pull);
+    pull_.set(zmq::sockopt::linger, 0);
+    pull_.bind(kWakeEndpoint);
+    thread_ = std::thread([this, &context] { run(context); });
+  }
+  ~FlipWatcher() {
+    stop_.store(true);
+    thread_.join();
+  }
+  zmq::socket_t &socket() { return pull_; }
+  void drain() {
+    zmq::message_t m;
+    while (pull_.recv(m, zmq::recv_flags::dontwait)) {
+    }
+  }
+
+ private:
+  void run(zmq::context_t &context) {
+    zmq::socket_t push(context, zmq::socket_type::push);
+    push.set(zmq::sockopt::linger, 0);
+    push.set(zmq::sockopt::sndhwm, 4);  // a wake-up is a wake-up: extra ones may go
+    push.connect(kWakeEndpoint);
+    lf_events_t *events = nullptr;
+    while (!stop_.load()) {
+      if (events == nullptr && lf_events_open(dir_.c_str(), nullptr, &events) != LF_OK) {
+        events = nullptr;
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        continue;
+      }
+      lf_event_t e;
+      if (lf_events_next_event(events, 200, &e) == LF_OK)
+        (void)push.send(zmq::str_buffer("f"), zmq::send_flags::dontwait);
+    }
+    lf_events_close(events);
+  }
+
+  std::string dir_;
+  zmq::socket_t pull_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+class Server {
+ public:
+  Server(const ServeOptions &o, lf_client_t *client, lf_reader_t *reader)
+      : o_(o), client_(client), reader_(reader) {}
+
+  // Copies out every served adapter's newest version that is not held yet.
+  void scan(bool list_again) {
+    if (list_again || names_.empty()) {
+      if (!o_.adapters.empty()) {
+        names_ = o_.adapters;
+      } else {
+        char *json = nullptr;
+        const int st = lf_client_list(client_, &json);
+        std::string text = json_of(st, json);
+        std::string err;
+        if (auto list = Json::parse(text, &err)) {
+          names_.clear();
+          for (const Json &a : (*list)["adapters"].items()) names_.push_back(a["name"].str());
+        }
+      }
+    }
+    for (const std::string &name : names_) refresh(name);
+  }
+
+  // The offers a want gets now: every served version newer than what the follower has.
+  std::vector<wire::Offer> offers_for(const wire::Want &w) const {
+    std::vector<wire::Offer> out;
+    for (const auto &[name, snap] : snapshots_) {
+      uint64_t after = 0;
+      bool named = false;
+      for (const wire::Have &h : w.adapters)
+        if (h.name == name) after = h.after, named = true;
+      if ((named || w.all) && snap->offer.version > after) out.push_back(snap->offer);
+    }
+    return out;
+  }
+
+  void handle(zmq::socket_t &router, std::vector<zmq::message_t> &frames) {
+    if (frames.size() != 2) return;  // not a follower of this protocol: nothing to answer
+    const std::string peer = frames[0].to_string();
+    const zmq::message_t &body = frames[1];
+    const uint64_t id = msg::scan_request_id(body.data(), body.size());
+    auto decoded = ipc::decode(body.data(), body.size());
+    if (!decoded) return send(router, peer, ipc::encode_error(id, decoded.error()));
+    auto env = msg::decode_map<msg::Envelope>(decoded->get(), "request");
+    if (!env) return send(router, peer, ipc::encode_error(id, env.error()));
+    static const msgpack::object kEmptyMap = [] {
+      msgpack::object o;
+      o.type = msgpack::type::MAP;
+      o.via.map.size = 0;
+      o.via.map.ptr = nullptr;
+      return o;
+    }();
+    const msgpack::object &args = env->args.object ? *env->args.object : kEmptyMap;
+    if (env->op == wire::Want::kOp) {
+      auto w = msg::decode_map<wire::Want>(args, "args");
+      Status s = w ? wire::check(w.value()) : Status(w.error());
+      if (!s) return send(router, peer, ipc::encode_error(id, s.error()));
+      std::vector<wire::Offer> offers = offers_for(w.value());
+      if (offers.empty() && w->wait_ms > 0) {
+        const auto deadline = Clock::now() + std::chrono::milliseconds(w->wait_ms);
+        parked_.push_back({peer, id, std::move(w).value(), deadline});
+        return;
+      }
+      return answer_want(router, peer, id, offers);
+    }
+    if (env->op == wire::Fetch::kOp) {
+      auto f = msg::decode_map<wire::Fetch>(args, "args");
+      Status s = f ? wire::check(f.value()) : Status(f.error());
+      if (!s) return send(router, peer, ipc::encode_error(id, s.error()));
+      return answer_fetch(router, peer, id, f.value());
+    }
+    send(router, peer, ipc::encode_error(id, make_error(LF_E_UNKNOWN_OP, "unknown op")));
+  }
+
+  // Answers the parked wants that now have offers, or whose wait is over (with none).
+  void answer_parked(zmq::socket_t &router) {
+    const auto now = Clock::now();
+    for (size_t i = 0; i < parked_.size();) {
+      std::vector<wire::Offer> offers = offers_for(parked_[i].want);
+      if (offers.empty() && now < parked_[i].deadline) {
+        ++i;
+        continue;
+      }
+      answer_want(router, parked_[i].peer, parked_[i].id, offers);
+      parked_.erase(parked_.begin() + static_cast<std::ptrdiff_t>(i));
+    }
+    for (auto it = sessions_.begin(); it != sessions_.end();)
+      it = now - it->second.used > kSessionIdle ? sessions_.erase(it) : std::next(it);
+  }
+
+ private:
+  struct Parked {
+    std::string peer;
+    uint64_t id;
+    wire::Want want;
+    Clock::time_point deadline;
+  };
+  struct Session {
+    std::shared_ptr<const Snapshot> snap;
+    Clock::time_point used;
+  };
+
+  void send(zmq::socket_t &router, const std::string &peer, const std::string &body) {
+    // dontwait: a peer whose pipe is full (or gone) loses this reply and asks again; the
+    // upstream never waits on one follower.
+    if (!router.send(zmq::buffer(peer), zmq::send_flags::sndmore | zmq::send_flags::dontwait))
+      return;
+    (void)router.send(zmq::buffer(body), zmq::send_flags::dontwait);
+  }
+
+  void answer_want(zmq::socket_t &router, const std::string &peer, uint64_t id,
+                   const std::vector<wire::Offer> &offers) {
+    // Adapters in turn: the first offer after the one this follower got last.
+    wire::WantResult result;
+    if (!offers.empty()) {
+      std::string &last = last_offered_[peer];
+      const wire::Offer *pick = &offers.front();
+      for (const wire::Offer &o : offers)
+        if (o.name > last) {
+          pick = &o;
+          break;
+        }
+      last = pick->name;
+      result.offer = *pick;
+      // The version offered stays fetchable by this follower while it transfers it, even when
+      // newer ones come meanwhile: a follower slower than the trainer still completes one.
+      sessions_[peer + '\0' + pick->name] = {snapshots_.at(pick->name), Clock::now()};
+    }
+    send(router, peer, msg::encode_result(id, result));
+  }
+
+  void answer_fetch(zmq::socket_t &router, const std::string &peer, uint64_t id,
+                    const wire::Fetch &f) {
+    std::shared_ptr<const Snapshot> snap;
+    if (auto it = snapshots_.find(f.name); it != snapshots_.end() && it->second->offer.version == f.version)
+      snap = it->second;
+    if (auto it = sessions_.find(peer + '\0' + f.name); it != sessions_.end()) {
+      it->second.used = Clock::now();
+      if (!snap && it->second.snap->offer.version == f.version) snap = it->second.snap;
+    }
+    if (!snap)
+      return send(router, peer, ipc::encode_error(id, make_error(LF_E_NO_VERSION,
+                  f.name + "@" + std::to_string(f.version) + " is no longer served")));
+    if (f.offset >= snap->image.size() || f.bytes > snap->image.size() - f.offset)
+      return send(router, peer, ipc::encode_error(id, make_error(LF_E_INVALID_ARGUMENT,
+                  "fetch past the end of the slot image")));
+    const std::string header = msg::encode_result(
+        id, wire::FetchResult{f.name, f.version, f.offset, f.bytes});
+    // The chunk goes without a copy: the message holds a reference to the snapshot until
+    // ZeroMQ has sent it (the free function runs on its I/O thread).
+    auto *hold = new std::shared_ptr<const Snapshot>(snap);
+    zmq::message_t chunk(const_cast<std::byte *>(snap->image.data() + f.offset), f.bytes,
+                         [](void *, void *hint) {
+                           delete static_cast<std::shared_ptr<const Snapshot> *>(hint);
+                         },
+                         hold);
+    if (!router.send(zmq::buffer(peer), zmq::send_flags::sndmore | zmq::send_flags::dontwait))
+      return;
+    if (!router.send(zmq::buffer(header), zmq::send_flags::sndmore | zmq::send_flags::dontwait))
+      return;
+    (void)router.send(chunk, zmq::send_flags::dontwait);
+  }
+
+  void refresh(const std::string &name) {
+    auto ref_it = refs_.find(name);
+    if (ref_it == refs_.end()) {
+      lf_adapter_ref_t ref = 0;
+      if (lf_reader_find(reader_, name.c_str(), &ref) != LF_OK) return;
+      ref_it = refs_.emplace(name, ref).first;
+    }
+    uint64_t active = 0;
+    if (const int st = lf_reader_active_version(reader_, ref_it->second, &active); st != LF_OK) {
+      refs_.erase(ref_it);  // dropped (or re-created): found again at the next scan
+      return;
+    }
+    auto held = snapshots_.find(name);
+    if (active == 0 || (held != snapshots_.end() && held->second->offer.version >= active)) return;
+    copy_out(name, ref_it->second);
+  }
+
+  void copy_out(const std::string &name, lf_adapter_ref_t ref) {
+    lf_pin_t *pin = nullptr;
+    if (lf_reader_acquire(reader_, ref, 0, &pin) != LF_OK) return;
+    const uint64_t version = lf_pin_version(pin);
+    char *json = nullptr;
+    const int st = lf_client_info(client_, name.c_str(), &json);
+    const std::string text = json_of(st, json);
+    std::string err;
+    std::optional<Json> info = Json::parse(text, &err);
+    std::optional<wire::Offer> offer;
+    if (info) offer = offer_from_info(*info, version);
+    lf_tensor_view_t view{};
+    if (!offer || lf_pin_tensor(pin, 0, &view) != LF_OK || view.device >= 0) {
+      lf_pin_release(pin);
+      if (warned_.insert(name).second)
+        spdlog::error("not serving '{}': {}", name,
+                      !offer ? "its info could not be read"
+                             : "device placement is not served yet (host placement only)");
+      return;
+    }
+    // The checksum covers the whole slot, padding between tensors included, so the follower
+    // gets the slot image byte for byte (the pin keeps it unchanged while it is copied).
+    const auto *base = static_cast<const std::byte *>(view.data) - offer->tensors[0].offset;
+    auto snap = std::make_shared<Snapshot>();
+    snap->image.assign(base, base + offer->slot_bytes);
+    lf_pin_release(pin);
+    offer->checksum = kernels::checksum(snap->image.data(), snap->image.size());
+    // The daemon's own checksum of that version, when its writer asked for one: a mismatch
+    // means the bytes are not what was committed, and they are not served.
+    for (const Json &slot : (*info)["slots"].items()) {
+      if (slot["version"].u64() != version || slot["checksum"].u64() == 0) continue;
+      if (slot["checksum"].u64() != offer->checksum) {
+        spdlog::error("{}@{}: the copy's checksum differs from the daemon's; not served", name,
+                      version);
+        return;
+      }
+    }
+    if (Status s = wire::check(*offer); !s) {
+      spdlog::error("not serving {}@{}: {}", name, version, s.error().message);
+      return;
+    }
+    snap->offer = std::move(offer).value();
+    spdlog::info("serving {}@{} ({} bytes)", name, version, snap->image.size());
+    snapshots_[name] = std::move(snap);
+    warned_.erase(name);
+  }
+
+  const ServeOptions &o_;
+  lf_client_t *client_;
+  lf_reader_t *reader_;
+  std::vector<std::string> names_;
+  std::map<std::string, lf_adapter_ref_t> refs_;
+  std::map<std::string, std::shared_ptr<const Snapshot>> snapshots_;
+  std::map<std::string, Session> sessions_;  // peer routing id + '\0' + adapter
+  std::vector<Parked> parked_;
+  std::map<std::string, std::string> last_offered_;  // peer -> adapter offered last
+  std::set<std::string> warned_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// follow
+
+// The local side of one followed adapter.
+struct Local {
+  uint64_t last_version = 0;
+  bool refused = false;  // its local schema differs from the upstream's: not followed
+};
+
+enum class Fetched { kOk, kGone, kLost, kStopped };
+
+class Follower {
+ public:
+  Follower(const FollowOptions &o, zmq::context_t &context, lf_client_t *client,
+           const KeyPair *keys, const std::string &server_key)
+      : o_(o), context_(context), client_(client), keys_(keys), server_key_(server_key) {
+    for (const std::string &name : o_.adapters) wanted_.insert(name);
+  }
+
+  int run(const std::atomic<bool> &stop) {
+    auto backoff = std::chrono::milliseconds(100);
+    connect();
+    bool said = false;
+    while (!stop.load()) {
+      wire::Want w{wire::kRelayProtocol, {}, wanted_.empty(), 2000};
+      for (const std::string &name : wanted_) w.adapters.push_back({name, local(name).last_version});
+      if (wanted_.empty())
+        for (const auto &[name, l] : locals_) w.adapters.push_back({name, l.last_version});
+      const uint64_t id = ++next_id_;
+      std::vector<zmq::message_t> reply;
+      if (!send(msg::encode_request(id, w)) ||
+          !receive(id, Clock::now() + std::chrono::milliseconds(w.wait_ms) + kReplyTimeout, stop,
+                   &reply)) {
+        if (stop.load()) break;
+        if (!said)
+          spdlog::warn("no answer from {} (down, unreachable, or it refused this node's key: "
+                       "see its log); trying again", o_.upstream);
+        said = true;
+        connect();
+        std::this_thread::sleep_for(backoff);
+        backoff = std::min(backoff * 2, std::chrono::milliseconds(5000));
+        continue;
+      }
+      if (said) spdlog::info("upstream {} answers", o_.upstream);
+      said = false;
+      backoff = std::chrono::milliseconds(100);
+      auto result = decode_reply<wire::WantResult>(reply);
+      if (!result) {
+        spdlog::error("upstream: {}", result.error().message);
+        std::this_thread::sleep_for(std::chrono::seconds(1));
+        continue;
+      }
+      if (result->offer && mirror(*result->offer, stop) == Fetched::kLost) connect();
+    }
+    return 0;
+  }
+
+ private:
+  void connect() {
+    socket_ = zmq::socket_t(context_, zmq::socket_type::dealer);
+    socket_.set(zmq::sockopt::linger, 0);
+    // The biggest frame a follower takes: a chunk, or an offer list within the decoder's limit.
+    socket_.set(zmq::sockopt::maxmsgsize,
+                static_cast<int64_t>(std::max<uint64_t>(wire::kMaxChunkBytes, ipc::kMaxMessageBytes)));
+    socket_.set(zmq::sockopt::rcvhwm, static_cast<int>(o_.window) * 2 + 16);
+    if (keys_ != nullptr) {
+      socket_.set(zmq::sockopt::curve_serverkey, server_key_);
+      socket_.set(zmq::sockopt::curve_publickey, keys_->public_z85);
+      socket_.set(zmq::sockopt::curve_secretkey, keys_->secret_z85);
+    }
+    socket_.connect(o_.upstream);
+  }
+
+  bool send(const std::string &body) {
+    return socket_.send(zmq::buffer(body), zmq::send_flags::dontwait).has_value();
+  }
+
+  // Waits for the reply of request `id` (replies of earlier, abandoned requests are skipped).
+  bool receive(uint64_t id, Clock::time_point deadline, const std::atomic<bool> &stop,
+               std::vector<zmq::message_t> *out) {
+    while (!stop.load()) {
+      const int64_t left = ms_until(deadline);
+      if (left == 0) return false;
+      zmq::pollitem_t item{socket_.handle(), 0, ZMQ_POLLIN, 0};
+      if (poll_for(&item, 1, std::min<int64_t>(left, 200)) == 0)
+        continue;
+      std::vector<zmq::message_t> frames;
+      if (!zmq::recv_multipart(socket_, std::back_inserter(frames), zmq::recv_flags::dontwait))
+        continue;
+      if (frames.empty() || msg::scan_request_id(frames[0].data(), frames[0].size()) != id)
+        continue;
+      *out = std::move(frames);
+      return true;
+    }
+    return false;
+  }
+
+  template <class R>
+  Result<R> decode_reply(const std::vector<zmq::message_t> &frames) {
+    auto decoded = ipc::decode(frames[0].data(), frames[0].size());
+    if (!decoded) return decoded.error();
+    auto root = ipc::MapView::of(decoded->get(), "reply");
+    if (!root) return root.error();
+    auto ok = root->boolean("ok");
+    if (!ok) return ok.error();
+    if (!ok.value()) {
+      auto e = root->map("error");
+      if (!e) return e.error();
+      auto code = e->integer("code");
+      auto text = e->str("message");
+      return make_error(code ? static_cast<int>(code.value()) : LF_E_PROTOCOL,
+                        text ? std::string(text.value()) : "error");
+    }
+    const msgpack::object *result = root->find("result");
+    if (result == nullptr) return make_error(LF_E_PROTOCOL, "reply without a result");
+    return msg::decode_map<R>(*result, "result");
+  }
+
+  // The local adapter's state, read from the local daemon the first time.
+  Local &local(const std::string &name) {
+    auto it = locals_.find(name);
+    if (it != locals_.end()) return it->second;
+    Local l;
+    char *json = nullptr;
+    const int st = lf_client_info(client_, name.c_str(), &json);
+    std::string err;
+    if (auto info = Json::parse(json_of(st, json), &err)) l.last_version = (*info)["last_version"].u64();
+    return locals_.emplace(name, l).first->second;
+  }
+
+  // Creates the adapter locally as the upstream has it, or checks that the local one has the
+  // same layout: the follower writes the upstream's slot image as it is.
+  Status prepare(const wire::Offer &offer) {
+    char *json = nullptr;
+    int st = lf_client_info(client_, offer.name.c_str(), &json);
+    std::string text = json_of(st, json);
+    if (st == LF_E_NOT_FOUND) {
+      lf_spec_t *spec = nullptr;
+      if (lf_spec_new(&spec) != LF_OK) return make_error(LF_E_INTERNAL, "lf_spec_new");
+      int r = LF_OK;
+      for (const msg::InfoTensor &t : offer.tensors)
+        if (r == LF_OK)
+          r = lf_spec_add_tensor(spec, t.name.c_str(), t.dtype.code, static_cast<int>(t.shape.size()),
+                                 t.shape.data());
+      if (r == LF_OK && offer.lora.rank > 0) {
+        std::string modules;
+        for (const std::string &m : offer.lora.target_modules.names)
+          modules += (modules.empty() ? "" : ",") + m;
+        r = lf_spec_set_lora(spec, static_cast<int>(offer.lora.rank), offer.lora.alpha,
+                             modules.c_str(), offer.lora.use_rslora ? 1 : 0);
+      }
+      if (r == LF_OK) r = lf_spec_set_metadata(spec, offer.metadata.c_str());
+      if (r == LF_OK)
+        r = lf_spec_set_slots(spec, static_cast<int>(offer.slots), static_cast<int>(offer.history));
+      if (r == LF_OK) r = lf_client_create_adapter(client_, offer.name.c_str(), spec);
+      lf_spec_free(spec);
+      if (r != LF_OK && r != LF_E_EXISTS)
+        return make_error(r, "creating it locally: " + client_error(client_, r));
+      spdlog::info("created '{}' locally as the upstream has it", offer.name);
+      json = nullptr;
+      st = lf_client_info(client_, offer.name.c_str(), &json);
+      text = json_of(st, json);
+    }
+    if (st != LF_OK) return make_error(st, client_error(client_, st));
+    std::string err;
+    auto info = Json::parse(text, &err);
+    if (!info) return make_error(LF_E_PROTOCOL, "local info: " + err);
+    const auto &tensors = (*info)["tensors"].items();
+    bool same = (*info)["slot_bytes"].u64() == offer.slot_bytes &&
+                (*info)["placement"].str() == "host" && tensors.size() == offer.tensors.size();
+    for (size_t i = 0; same && i < tensors.size(); ++i) {
+      const msg::InfoTensor &u = offer.tensors[i];
+      same = tensors[i]["name"].str() == u.name && tensors[i]["offset"].u64() == u.offset &&
+             ipc::dtype_from_name(tensors[i]["dtype"].str()) == u.dtype.code &&
+             tensors[i]["shape"].items().size() == u.shape.size();
+      for (size_t d = 0; same && d < u.shape.size(); ++d)
+        same = tensors[i]["shape"].items()[d].i64() == u.shape[d];
+    }
+    if (!same)
+      return make_error(LF_E_INVALID_ARGUMENT,
+                        "the local adapter's schema or placement differs from the upstream's "
+                        "(host placement, same tensors, is what is followed today)");
+    locals_[offer.name].last_version = (*info)["last_version"].u64();
+    return {};
+  }
+
+  Fetched mirror(const wire::Offer &offer, const std::atomic<bool> &stop) {
+    if (!wanted_.empty() && !wanted_.count(offer.name)) return Fetched::kOk;
+    if (Status s = wire::check(offer); !s) {
+      spdlog::error("upstream offered a bad version of '{}': {}", offer.name, s.error().message);
+      return Fetched::kOk;
+    }
+    Local &l = local(offer.name);
+    if (l.refused) return Fetched::kOk;
+    if (Status s = prepare(offer); !s) {
+      spdlog::error("not following '{}': {}", offer.name, s.error().message);
+      locals_[offer.name].refused = true;
+      return Fetched::kOk;
+    }
+    if (offer.version <= locals_[offer.name].last_version) return Fetched::kOk;
+    std::vector<std::byte> image(offer.slot_bytes);
+    const Fetched got = fetch(offer, &image, stop);
+    if (got != Fetched::kOk) return got;
+    // The transfer is checked before any slot is taken: a corrupted image is fetched again
+    // (the next want offers it again), never written.
+    const uint64_t sum = kernels::checksum(image.data(), image.size());
+    if (sum != offer.checksum) {
+      spdlog::error("{}@{}: checksum mismatch after transfer ({} != {}); fetching again",
+                    offer.name, offer.version, sum, offer.checksum);
+      return Fetched::kOk;
+    }
+    commit(offer, image);
+    return Fetched::kOk;
+  }
+
+  Fetched fetch(const wire::Offer &offer, std::vector<std::byte> *image,
+                const std::atomic<bool> &stop) {
+    const uint64_t chunk = std::clamp(o_.chunk_bytes, wire::kMinChunkBytes, wire::kMaxChunkBytes);
+    std::map<uint64_t, uint64_t> in_flight;  // request id -> offset
+    uint64_t next = 0, received = 0;
+    while (received < offer.slot_bytes) {
+      if (stop.load()) return Fetched::kStopped;
+      while (in_flight.size() < o_.window && next < offer.slot_bytes) {
+        const uint64_t bytes = std::min(chunk, offer.slot_bytes - next);
+        const uint64_t id = ++next_id_;
+        if (!send(msg::encode_request(id, wire::Fetch{offer.name, offer.version, next, bytes})))
+          return Fetched::kLost;
+        in_flight[id] = next;
+        next += bytes;
+      }
+      // One chunk within the reply timeout, or the link is taken as lost.
+      const auto deadline = Clock::now() + kReplyTimeout;
+      std::vector<zmq::message_t> frames;
+      bool got = false;
+      while (!got && !stop.load()) {
+        const int64_t left = ms_until(deadline);
+        if (left == 0) return Fetched::kLost;
+        zmq::pollitem_t item{socket_.handle(), 0, ZMQ_POLLIN, 0};
+        if (poll_for(&item, 1, std::min<int64_t>(left, 200)) == 0)
+          continue;
+        frames.clear();
+        if (!zmq::recv_multipart(socket_, std::back_inserter(frames), zmq::recv_flags::dontwait))
+          continue;
+        if (frames.empty()) continue;
+        got = in_flight.count(msg::scan_request_id(frames[0].data(), frames[0].size())) != 0;
+      }
+      if (!got) return Fetched::kStopped;
+      const uint64_t id = msg::scan_request_id(frames[0].data(), frames[0].size());
+      const uint64_t offset = in_flight[id];
+      in_flight.erase(id);
+      auto header = decode_reply<wire::FetchResult>(frames);
+      if (!header) {
+        if (header.error().code == LF_E_NO_VERSION) return Fetched::kGone;
+        spdlog::error("fetching {}@{}: {}", offer.name, offer.version, header.error().message);
+        return Fetched::kGone;
+      }
+      const uint64_t expected = std::min(chunk, offer.slot_bytes - offset);
+      if (frames.size() != 2 || header->name != offer.name || header->version != offer.version ||
+          header->offset != offset || header->bytes != expected || frames[1].size() != expected) {
+        spdlog::error("fetching {}@{}: a chunk that does not match its request", offer.name,
+                      offer.version);
+        return Fetched::kLost;
+      }
+      std::memcpy(image->data() + offset, frames[1].data(), expected);
+      received += expected;
+    }
+    return Fetched::kOk;
+  }
+
+  void commit(const wire::Offer &offer, const std::vector<std::byte> &image) {
+    lf_writer_t *w = nullptr;
+    int st = lf_client_begin_write(client_, offer.name.c_str(), 60000, &w);
+    if (st != LF_OK) {
+      spdlog::error("{}@{}: begin_write: {}", offer.name, offer.version, client_error(client_, st));
+      return;
+    }
+    lf_tensor_view_t view{};
+    lf_writer_tensor(w, 0, &view);
+    // The lease lends the whole slot; the image covers it all, padding between tensors
+    // included, so that the daemon's checksum of the slot is the upstream's.
+    auto *base = static_cast<std::byte *>(view.data) - offer.tensors[0].offset;
+    std::memcpy(base, image.data(), image.size());
+    uint64_t made = 0;
+    st = lf_writer_commit_as(w, offer.version, LF_COMMIT_CHECKSUM, offer.checksum, &made);
+    if (st == LF_E_TIMEOUT || st == LF_E_CONNECTION) {
+      // The outcome is unknown: asking again answers the version the first one made.
+      st = lf_writer_commit_as(w, offer.version, LF_COMMIT_CHECKSUM, offer.checksum, &made);
+      if (st == LF_E_TIMEOUT || st == LF_E_CONNECTION) lf_writer_abort(w);
+    }
+    if (st != LF_OK) {
+      spdlog::error("{}@{}: commit refused: {}", offer.name, offer.version,
+                    client_error(client_, st));
+      locals_.erase(offer.name);  // read again from the daemon before the next try
+      return;
+    }
+    locals_[offer.name].last_version = made;
+    spdlog::info("{}@{} flipped ({} bytes)", offer.name, made, image.size());
+  }
+
+  const FollowOptions &o_;
+  zmq::context_t &context_;
+  lf_client_t *client_;
+  const KeyPair *keys_;
+  std::string server_key_;
+  zmq::socket_t socket_;
+  uint64_t next_id_ = 0;
+  std::set<std::string> wanted_;
+  std::map<std::string, Local> locals_;
+};
+
+}  // namespace
+
+Status check_endpoint(const std::string &endpoint, bool insecure) {
+  if (endpoint.rfind("tcp://", 0) != 0)
+    return make_error(LF_E_INVALID_ARGUMENT, "'" + endpoint + "' is not a tcp:// endpoint");
+  if (!insecure) return {};
+  const std::string host = endpoint.substr(6, endpoint.rfind(':') - 6);
+  const bool loopback = host.rfind("127.", 0) == 0 || host == "[::1]" || host == "localhost";
+  if (!loopback)
+    return make_error(LF_E_PERMISSION, "--insecure (plain TCP) is refused on '" + endpoint +
+                                           "': loopback addresses only");
+  return {};
+}
+
+int serve(const ServeOptions &o, const std::atomic<bool> &stop) {
+  if (Status s = check_endpoint(o.listen, o.insecure); !s) {
+    spdlog::error("{}", s.error().message);
+    return 1;
+  }
+  std::optional<KeyPair> keys;
+  std::set<std::string> allowed;
+  if (!o.insecure) {
+    auto k = load_secret_key(o.secret_key);
+    auto a = k ? load_allow_file(o.allow) : Result<std::set<std::string>>(k.error());
+    if (!a) {
+      spdlog::error("{}", a.error().message);
+      return 1;
+    }
+    if (!zmq_has("curve")) {
+      spdlog::error("this libzmq has no CURVE");
+      return 1;
+    }
+    keys = k.value();
+    allowed = std::move(a).value();
+  } else {
+    spdlog::warn("serving plain TCP on {} (--insecure): anyone who reaches it reads the adapters",
+                 o.listen);
+  }
+  lf_client_t *client = open_client(o.runtime_dir, stop);
+  if (client == nullptr) return 0;
+  lf_reader_t *reader = nullptr;
+  if (lf_reader_open(o.runtime_dir.c_str(), &reader) != LF_OK) {
+    spdlog::error("cannot open a reader: {}", lf_last_error_message());
+    lf_client_close(client);
+    return 1;
+  }
+  int code = 0;
+  try {
+    zmq::context_t context(1);
+    std::optional<ZapHandler> zap;
+    if (keys) zap.emplace(context, allowed);
+    zmq::socket_t router(context, zmq::socket_type::router);
+    router.set(zmq::sockopt::linger, 0);
+    router.set(zmq::sockopt::sndhwm, kRouterHwm);
+    router.set(zmq::sockopt::rcvhwm, kRouterHwm);
+    router.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(ipc::kMaxMessageBytes));
+    if (keys) {
+      router.set(zmq::sockopt::curve_server, true);
+      router.set(zmq::sockopt::curve_secretkey, keys->secret_z85);
+      router.set(zmq::sockopt::zap_domain, "loraflip");
+    }
+    router.bind(o.listen);
+    spdlog::info("serving {} on {} ({})", o.runtime_dir, o.listen,
+                 keys ? "CurveZMQ, " + std::to_string(allowed.size()) + " allowed keys"
+                      : std::string("plain TCP"));
+    FlipWatcher watcher(context, o.runtime_dir);
+    Server server(o, client, reader);
+    auto next_list = Clock::now();
+    while (!stop.load()) {
+      zmq::pollitem_t items[] = {{router.handle(), 0, ZMQ_POLLIN, 0},
+                                 {watcher.socket().handle(), 0, ZMQ_POLLIN, 0}};
+      poll_for(items, 2, 100);
+      watcher.drain();
+      // Versions are compared in shared memory (no request to the daemon); the list of
+      // adapters is asked again once a second, for adapters created since.
+      const bool list_again = Clock::now() >= next_list;
+      if (list_again) next_list = Clock::now() + std::chrono::seconds(1);
+      server.scan(list_again);
+      for (int n = 0; n < 1000; ++n) {
+        std::vector<zmq::message_t> frames;
+        if (!zmq::recv_multipart(router, std::back_inserter(frames), zmq::recv_flags::dontwait))
+          break;
+        server.handle(router, frames);
+      }
+      server.answer_parked(router);
+    }
+  } catch (const std::exception &e) {
+    spdlog::error("serve: {}", e.what());
+    code = 1;
+  }
+  lf_reader_close(reader);
+  lf_client_close(client);
+  return code;
+}
+
+int follow(const FollowOptions &o, const std::atomic<bool> &stop) {
+  if (Status s = check_endpoint(o.upstream, o.insecure); !s) {
+    spdlog::error("{}", s.error().message);
+    return 1;
+  }
+  std::optional<KeyPair> keys;
+  std::string server_key;
+  if (!o.insecure) {
+    auto k = load_secret_key(o.secret_key);
+    auto sk = k ? load_public_key(o.server_key) : Result<std::string>(k.error());
+    if (!sk) {
+      spdlog::error("{}", sk.error().message);
+      return 1;
+    }
+    keys = k.value();
+    server_key = sk.value();
+  }
+  for (const std::string &name : o.adapters)
+    if (Status s = ipc::check_adapter_name(name); !s) {
+      spdlog::error("--adapters: {}", s.error().message);
+      return 1;
+    }
+  lf_client_t *client = open_client(o.runtime_dir, stop);
+  if (client == nullptr) return 0;
+  int code = 0;
+  try {
+    zmq::context_t context(1);
+    Follower follower(o, context, client, keys ? &*keys : nullptr, server_key);
+    spdlog::info("following {} into {} ({})", o.upstream, o.runtime_dir,
+                 keys ? "CurveZMQ" : "plain TCP");
+    code = follower.run(stop);
+  } catch (const std::exception &e) {
+    spdlog::error("follow: {}", e.what());
+    code = 1;
+  }
+  lf_client_close(client);
+  return code;
+}
+
+}  // namespace loraflip::relay

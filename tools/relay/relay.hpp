@@ -1,0 +1,43 @@
+// loraflip-relay: mirrors adapters from one node's loraflipd to others over ZeroMQ TCP with
+// CurveZMQ. `serve` runs beside the upstream daemon and answers followers; `follow` runs beside
+// a follower's daemon and writes each version it receives through the normal writer API, under
+// the upstream's version number (lf_writer_commit_as) and checksum. The daemons stay unaware
+// of the network. main.cpp parses options; the logic is here so that tests could link it.
+#pragma once
+
+#include <atomic>
+#include <string>
+#include <vector>
+
+#include "ipc/result.hpp"
+
+namespace loraflip::relay {
+
+struct ServeOptions {
+  std::string runtime_dir;          // the local (upstream) daemon's
+  std::string listen;               // tcp://ADDR:PORT
+  std::string secret_key;           // this node's key file (PREFIX.key)
+  std::string allow;                // the followers' public keys
+  std::vector<std::string> adapters;  // empty: every adapter of the daemon
+  bool insecure = false;            // plain TCP, loopback only
+};
+
+struct FollowOptions {
+  std::string runtime_dir;          // the local (follower) daemon's
+  std::string upstream;             // tcp://HOST:PORT
+  std::string server_key;           // the upstream's public key file
+  std::string secret_key;           // this node's key file
+  std::vector<std::string> adapters;  // empty: every adapter the upstream serves
+  bool insecure = false;
+  uint64_t chunk_bytes = uint64_t{1} << 20;  // per fetch: sized for the link
+  uint32_t window = 8;              // fetches in flight: the credit a follower grants itself
+};
+
+// Refuses anything but tcp://, and plain TCP (insecure) anywhere but on a loopback address.
+Status check_endpoint(const std::string &endpoint, bool insecure);
+
+// Run until `stop` is set (a signal); the exit code of the program.
+int serve(const ServeOptions &options, const std::atomic<bool> &stop);
+int follow(const FollowOptions &options, const std::atomic<bool> &stop);
+
+}  // namespace loraflip::relay
