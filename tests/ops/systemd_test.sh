@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Checks the systemd files: the unit passes `systemd-analyze verify` (with ExecStart pointed at
-# the daemon just built, since verify wants an executable there) without a single warning, its
-# sandbox scores at most 3.0 in `systemd-analyze security`, and the sysusers and tmpfiles
-# entries parse. Exits 77 (meson's "skipped") where systemd-analyze is missing.
-# usage: systemd_test.sh SYSTEMD_DIR LORAFLIPD
+# Checks the systemd files: the units (the daemon's and the relay's) pass `systemd-analyze
+# verify` (with ExecStart pointed at the programs just built, since verify wants an executable
+# there) without a single warning, their sandboxes score at most 3.0 in `systemd-analyze
+# security`, and the sysusers and tmpfiles entries parse. Exits 77 (meson's "skipped") where
+# systemd-analyze is missing.
+# usage: systemd_test.sh SYSTEMD_DIR LORAFLIPD LORAFLIP_RELAY
 set -uo pipefail
-src=$1 daemon=$2
+src=$1 daemon=$2 relay=$3
 if ! command -v systemd-analyze >/dev/null; then
   echo "SKIP: systemd-analyze is not installed (Debian: apt-get install systemd)"
   exit 77
@@ -50,6 +51,26 @@ if systemd-analyze security --help 2>&1 | grep -q -- '--offline'; then
   fi
 else
   echo "note: systemd-analyze security --offline needs systemd 250; score not checked"
+fi
+
+# The relay's unit, beside a daemon unit of the same instance (its Requires= names it).
+relay_unit="$dir/loraflip-relay@ops.service"
+sed "s|^ExecStart=/usr/bin/loraflip-relay |ExecStart=$relay |" "$src/loraflip-relay@.service" >"$relay_unit"
+grep -q "^ExecStart=$relay " "$relay_unit" || fail "the relay unit has no 'ExecStart=/usr/bin/loraflip-relay ' line to rewrite"
+systemd-analyze verify "$relay_unit" >"$dir/verify-relay.log" 2>&1
+rc=$?
+cat "$dir/verify-relay.log"
+[ "$rc" = 0 ] || fail "systemd-analyze verify of the relay unit exited $rc"
+if grep -F "$(basename "$relay_unit")" "$dir/verify-relay.log" >/dev/null; then
+  fail "systemd-analyze verify complained about the relay unit"
+fi
+if systemd-analyze security --help 2>&1 | grep -q -- '--offline'; then
+  systemd-analyze security --offline=yes "$relay_unit" >"$dir/security-relay.log" 2>&1
+  score=$(sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p' "$dir/security-relay.log")
+  echo "systemd-analyze security (relay): exposure ${score:-unknown}"
+  if [ -z "$score" ] || ! awk -v s="$score" 'BEGIN { exit !(s <= 3.0) }'; then
+    fail "relay unit exposure ${score:-unknown} is not at most 3.0"
+  fi
 fi
 
 if command -v systemd-sysusers >/dev/null; then
