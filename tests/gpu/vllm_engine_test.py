@@ -15,7 +15,6 @@ import json
 import os
 import sys
 import tempfile
-import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,24 +79,12 @@ def peft_folder(where: Path, tensors: dict) -> str:
     return str(where)
 
 
-def installed_plugin(where: Path) -> str:
-    """The package's entry point as an installed distribution's metadata would declare it, so
-    that vLLM's plugin loader finds it in every process it starts."""
-    declared = tomllib.loads((REPO / "client/python/pyproject.toml").read_text())
-    plugins = declared["project"]["entry-points"]["vllm.general_plugins"]
-    dist = where / "loraflip-0.1.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: loraflip\nVersion: 0.1.0\n")
-    (dist / "entry_points.txt").write_text(
-        "[vllm.general_plugins]\n" + "".join(f"{k} = {v}\n" for k, v in plugins.items()))
-    return str(where)
-
-
 def main() -> int:
     from conftest import Daemon
+    from plugin_dist import install_entry_points
     root = Path(tempfile.mkdtemp(prefix="lf-vllm-"))
     os.environ["PYTHONPATH"] = os.pathsep.join(
-        [installed_plugin(root / "site"), str(REPO / "client" / "python"),
+        [install_entry_points(root / "site"), str(REPO / "client" / "python"),
          os.environ.get("PYTHONPATH", "")])
     daemon = Daemon("vllm", arena="256M", extra=["--devices", "0"]).start()
     os.environ["LORAFLIP_RUNTIME_DIR"] = daemon.dir

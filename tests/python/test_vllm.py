@@ -12,7 +12,6 @@ import math
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ torch = pytest.importorskip("torch", reason="the vLLM plugin needs torch (script
 pytest.importorskip("vllm", reason="the vLLM plugin needs vllm (scripts/setup installs it)")
 
 import loraflip  # noqa: E402
+import plugin_dist  # noqa: E402
 import loraflip.vllm as lv  # noqa: E402
 from vllm.lora import lora_model as vllm_lora_model  # noqa: E402
 from vllm.lora import model_manager as vllm_model_manager  # noqa: E402
@@ -299,14 +299,8 @@ def test_a_path_that_is_not_loraflips_still_loads_from_disk(tmp_path):
 def test_vllms_plugin_loader_finds_and_runs_the_entry_point(tmp_path):
     """The entry point pyproject.toml declares, installed as a distribution's metadata, loaded
     by vLLM's own loader in a fresh process."""
-    declared = tomllib.loads((REPO / "client/python/pyproject.toml").read_text())
-    plugins = declared["project"]["entry-points"]["vllm.general_plugins"]
-    assert plugins == {"loraflip": "loraflip.vllm:register"}
-    dist = tmp_path / "loraflip-0.1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: loraflip\nVersion: 0.1.0\n")
-    (dist / "entry_points.txt").write_text(
-        "[vllm.general_plugins]\n" + "".join(f"{k} = {v}\n" for k, v in plugins.items()))
+    assert plugin_dist.declared_plugins() == {"loraflip": "loraflip.vllm:register"}
+    plugin_dist.install_entry_points(tmp_path)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(tmp_path), str(REPO / "client/python"), os.environ.get("PYTHONPATH", "")]))
     code = ("from vllm.plugins import load_general_plugins\n"
