@@ -11,6 +11,7 @@
 #include "device/device.hpp"
 #include "device/slot_check.hpp"
 #include "ipc/dtype.hpp"
+#include "ipc/split_runs.hpp"
 #include "kernels/validate.hpp"
 
 namespace loraflip::device {
@@ -73,36 +74,20 @@ NonFinite scan_tensors(const std::byte *slot, std::span<const TensorExtent> tens
 }
 
 // A slot of tens of MiB is scanned at the speed one core reads memory, and the scan sits
-// between a writer's commit and the flip; a second core reads about as fast again. Below
-// kParallelBytes the threads' start costs more than they save.
-constexpr uint64_t kParallelBytes = uint64_t{8} << 20;
-constexpr uint64_t kBytesPerThread = uint64_t{4} << 20;
-constexpr unsigned kMaxThreads = 4;
-
-// Splits the tensors into contiguous runs of about equal bytes, scans the runs on their own
-// threads (the first on this one) and answers the finding of the lowest run that has one: the
-// same answer as one scan in order.
+// between a writer's commit and the flip: the runs go to threads of their own (ipc::runs_for
+// says when that pays), and the finding of the lowest run that has one is the answer, the same
+// as one scan in order.
 NonFinite scan_tensors_parallel(const std::byte *slot, std::span<const TensorExtent> tensors) {
   uint64_t total = 0;
   for (const TensorExtent &e : tensors) total += e.bytes;
-  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  const auto runs = static_cast<unsigned>(
-      std::min<uint64_t>({cores, kMaxThreads, total / kBytesPerThread, tensors.size()}));
-  if (total < kParallelBytes || runs < 2) return scan_tensors(slot, tensors, 0, tensors.size());
-  std::vector<size_t> starts{0};
-  uint64_t seen = 0;
-  for (size_t t = 0; t < tensors.size() && starts.size() < runs; ++t) {
-    seen += tensors[t].bytes;
-    if (seen * runs >= total * starts.size() && t + 1 < tensors.size()) starts.push_back(t + 1);
-  }
-  starts.push_back(tensors.size());
+  const unsigned runs = ipc::runs_for(total, tensors.size());
+  if (runs < 2) return scan_tensors(slot, tensors, 0, tensors.size());
+  const std::vector<size_t> starts =
+      ipc::split_runs(tensors.size(), runs, [&](size_t t) { return tensors[t].bytes; });
   std::vector<NonFinite> found(starts.size() - 1);
-  {
-    std::vector<std::jthread> helpers;
-    for (size_t r = 1; r + 1 < starts.size(); ++r)
-      helpers.emplace_back([&, r] { found[r] = scan_tensors(slot, tensors, starts[r], starts[r + 1]); });
-    found[0] = scan_tensors(slot, tensors, starts[0], starts[1]);
-  }  // the helpers join here
+  ipc::for_each_run(starts, [&](size_t run, size_t begin, size_t end) {
+    found[run] = scan_tensors(slot, tensors, begin, end);
+  });
   for (const NonFinite &f : found)
     if (f.tensor != SIZE_MAX) return f;
   return {};

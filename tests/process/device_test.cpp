@@ -387,6 +387,64 @@ TEST_CASE("a killed daemon's device adapters come back from their host copies") 
   lf_client_close(client);
 }
 
+TEST_CASE("lf_writer_copy_in_all copies a large slot in runs on several threads, byte for byte") {
+  // 96 tensors of 128 KiB (12 MiB, above ipc::kParallelBytes), each with its own values, and a
+  // second write that leaves every third tensor as it was (NULL source): every byte must land
+  // where its tensor is, whichever run copied it.
+  Daemon daemon("copy-runs", {"--arena-size", "128M"});
+  daemon.start();
+  lf_client_t *client = nullptr;
+  REQUIRE(lf_client_open(daemon.dir().c_str(), 5000, &client) == LF_OK);
+  constexpr size_t kTensors = 96;
+  const int64_t shape[2] = {32, 1024};
+  const size_t bytes = 32 * 1024 * sizeof(float);
+  lf_spec_t *spec = nullptr;
+  REQUIRE(lf_spec_new(&spec) == LF_OK);
+  for (size_t t = 0; t < kTensors; ++t) {
+    const std::string name = "base_model.model.model.layers." + std::to_string(t / 2) +
+                             ".self_attn.q_proj.lora_" + (t % 2 ? "B" : "A") + ".weight";
+    REQUIRE(lf_spec_add_tensor(spec, name.c_str(), LF_DTYPE_F32, 2, shape) == LF_OK);
+  }
+  REQUIRE(lf_client_create_adapter(client, "runs", spec) == LF_OK);
+  lf_spec_free(spec);
+  auto values = [&](size_t t, float round) {
+    std::vector<float> v(bytes / sizeof(float));
+    for (size_t i = 0; i < v.size(); ++i) v[i] = round * 1000.0f + float(t) + float(i % 97) / 128.0f;
+    return v;
+  };
+  std::vector<std::vector<float>> first, second;
+  std::vector<const void *> srcs(kTensors), partial(kTensors);
+  std::vector<size_t> sizes(kTensors, bytes);
+  for (size_t t = 0; t < kTensors; ++t) {
+    first.push_back(values(t, 1));
+    second.push_back(values(t, 2));
+    srcs[t] = first[t].data();
+    partial[t] = t % 3 == 0 ? nullptr : second[t].data();
+  }
+  lf_writer_t *w = nullptr;
+  REQUIRE(lf_client_begin_write(client, "runs", 0, &w) == LF_OK);
+  REQUIRE(lf_writer_copy_in_all(w, srcs.data(), sizes.data()) == LF_OK);
+  REQUIRE(lf_writer_copy_in_all(w, partial.data(), sizes.data()) == LF_OK);
+  uint64_t version = 0;
+  REQUIRE(lf_writer_commit(w, LF_COMMIT_CHECK_FINITE | LF_COMMIT_CHECKSUM, &version) == LF_OK);
+  lf_reader_t *reader = nullptr;
+  REQUIRE(lf_reader_open(daemon.dir().c_str(), &reader) == LF_OK);
+  lf_adapter_ref_t ref = 0;
+  REQUIRE(lf_reader_find(reader, "runs", &ref) == LF_OK);
+  lf_pin_t *pin = nullptr;
+  REQUIRE(lf_reader_acquire(reader, ref, version, &pin) == LF_OK);
+  for (size_t t = 0; t < kTensors; ++t) {
+    CAPTURE(t);
+    lf_tensor_view_t v;
+    REQUIRE(lf_pin_tensor(pin, t, &v) == LF_OK);
+    const std::vector<float> &want = t % 3 == 0 ? first[t] : second[t];
+    CHECK(std::memcmp(v.data, want.data(), bytes) == 0);
+  }
+  lf_pin_release(pin);
+  lf_reader_close(reader);
+  lf_client_close(client);
+}
+
 TEST_CASE("lf_writer_copy_in_all copies every tensor in one call, checking every size first") {
   Daemon daemon("copy-all", {"--devices", "0", "--device-backend", "host", "--device-arena-size", "16M"});
   daemon.start();

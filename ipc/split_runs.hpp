@@ -1,0 +1,54 @@
+// Splitting a slot's tensors into runs of about equal bytes, for work that one core does at the
+// speed it reads or writes memory (the daemon's finite check, the writer's copies): on a slot of
+// tens of MiB a second core moves about as many bytes again.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <thread>
+#include <vector>
+
+namespace loraflip::ipc {
+
+// Below this many bytes in all, a thread's start costs more than it saves.
+inline constexpr uint64_t kParallelBytes = uint64_t{8} << 20;
+inline constexpr uint64_t kBytesPerRun = uint64_t{4} << 20;
+inline constexpr unsigned kMaxRuns = 4;
+
+// How many runs `total` bytes over `items` pieces are worth on this machine: 1 below
+// kParallelBytes, else at most one per core, kMaxRuns, one per kBytesPerRun and one per item.
+inline unsigned runs_for(uint64_t total, size_t items) {
+  if (total < kParallelBytes) return 1;
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  return static_cast<unsigned>(
+      std::max<uint64_t>(1, std::min<uint64_t>({cores, kMaxRuns, total / kBytesPerRun, items})));
+}
+
+// Cuts items [0, n) into at most `runs` contiguous runs of about equal bytes (`bytes_of(i)` is
+// item i's size). Returns each run's first item, then n: run r is [starts[r], starts[r + 1]).
+template <typename BytesOf>
+std::vector<size_t> split_runs(size_t n, unsigned runs, BytesOf bytes_of) {
+  uint64_t total = 0;
+  for (size_t i = 0; i < n; ++i) total += bytes_of(i);
+  std::vector<size_t> starts{0};
+  uint64_t seen = 0;
+  for (size_t i = 0; i < n && starts.size() < runs; ++i) {
+    seen += bytes_of(i);
+    if (seen * runs >= total * starts.size() && i + 1 < n) starts.push_back(i + 1);
+  }
+  starts.push_back(n);
+  return starts;
+}
+
+// Runs work(run, first, end) on each run of split_runs' `starts`, the first on the calling
+// thread and the others on threads of their own; returns once all are done.
+template <typename Work>
+void for_each_run(const std::vector<size_t> &starts, Work work) {
+  std::vector<std::jthread> helpers;
+  for (size_t r = 1; r + 1 < starts.size(); ++r)
+    helpers.emplace_back([&, r] { work(r, starts[r], starts[r + 1]); });
+  work(size_t{0}, starts[0], starts[1]);
+}  // the helpers join here
+
+}  // namespace loraflip::ipc
