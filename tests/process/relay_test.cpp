@@ -55,23 +55,34 @@ std::string read_file(const std::string &path) {
   return s.str();
 }
 
-// A loraflip-relay child; SIGTERM and reaped on destruction.
+// A loraflip-relay child; SIGTERM and reaped on destruction. `env`: NAME=VALUE pairs added to
+// its environment (the test hooks). Its log is appended to, so that a restarted relay's log
+// follows the killed one's.
 struct Relay {
   pid_t pid = -1;
   std::string log;
-  Relay(const std::vector<std::string> &args, std::string log_path) : log(std::move(log_path)) {
+  Relay(const std::vector<std::string> &args, std::string log_path,
+        const std::vector<std::string> &env = {})
+      : log(std::move(log_path)) {
     const std::string binary = env_path("LORAFLIP_RELAY");
     pid = lftest::spawn([&] {
+      for (const std::string &e : env) ::putenv(const_cast<char *>(e.c_str()));
       std::vector<char *> argv{const_cast<char *>(binary.c_str())};
       for (const std::string &a : args) argv.push_back(const_cast<char *>(a.c_str()));
       argv.push_back(nullptr);
-      if (!std::freopen(log.c_str(), "w", stderr)) return 98;
+      if (!std::freopen(log.c_str(), "a", stderr)) return 98;
       ::execv(binary.c_str(), argv.data());
       return 97;
     });
     REQUIRE(pid > 0);
   }
   ~Relay() { stop(); }
+  void kill9() {
+    if (pid <= 0) return;
+    ::kill(pid, SIGKILL);
+    lftest::wait_child(pid);
+    pid = -1;
+  }
   int stop() {
     if (pid <= 0) return -1;
     ::kill(pid, SIGTERM);
@@ -145,7 +156,11 @@ struct Watch {
     if (!found) found = lf_reader_find(reader, name, &ref) == LF_OK;
     if (!found) return;
     lf_pin_t *pin = nullptr;
-    if (lf_reader_acquire(reader, ref, 0, &pin) != LF_OK) return;
+    if (const int st = lf_reader_acquire(reader, ref, 0, &pin); st != LF_OK) {
+      // Dropped (and perhaps re-created, with its numbers started again): looked up anew.
+      if (st == LF_E_STALE) found = false, last = 0;
+      return;
+    }
     const uint64_t v = lf_pin_version(pin);
     torn += lftest::count_torn(pin);
     if (v < last) ++backward;
@@ -361,3 +376,296 @@ TEST_CASE("three followers mirror 50 versions in order, with the upstream's numb
   CHECK(serve.stop() == 0);
   lf_client_close(up);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Faults, drops and re-creations: in a test suite of their own, so that meson runs them as a
+// test of their own ('relay-faults') beside the one above.
+
+namespace {
+
+// An adapter of `tensors` f32 tensors of rows x 16 with slots for history 3 and the serving
+// relay's pin (as in the test above), so that a trainer publishing fast never waits for a slot.
+void create_adapter(lf_client_t *c, const char *name, int tensors, int64_t rows) {
+  lf_spec_t *spec = nullptr;
+  REQUIRE(lf_spec_new(&spec) == LF_OK);
+  for (int t = 0; t < tensors; ++t) {
+    const int64_t shape[2] = {rows, 16};
+    const std::string tensor = "base_model.model.model.layers." + std::to_string(t) +
+                               ".self_attn.q_proj.lora_" + (t % 2 ? "B" : "A") + ".weight";
+    REQUIRE(lf_spec_add_tensor(spec, tensor.c_str(), LF_DTYPE_F32, 2, shape) == LF_OK);
+  }
+  REQUIRE(lf_spec_set_lora(spec, 16, 32.0, "q_proj", 0) == LF_OK);
+  REQUIRE(lf_spec_set_slots(spec, 6, 3) == LF_OK);
+  REQUIRE_MESSAGE(lf_client_create_adapter(c, name, spec) == LF_OK, lf_client_last_error(c));
+  lf_spec_free(spec);
+}
+
+bool log_has(const std::string &path, const std::string &text) {
+  return read_file(path).find(text) != std::string::npos;
+}
+
+// One upstream daemon and its serving relay, and followers each with a daemon and a relay, on
+// loopback under CurveZMQ. Relays can be killed and started again on the same addresses.
+struct Mesh {
+  TempDir keys;
+  std::string up_key, listen;
+  std::vector<std::string> follower_keys, serve_env, follow_extra;
+  Daemon upstream{"relay-up"};
+  lf_client_t *up = nullptr;
+  std::unique_ptr<Relay> serve;
+  std::vector<std::unique_ptr<Daemon>> daemons;
+  std::vector<std::unique_ptr<Relay>> relays;
+
+  Mesh(int followers, std::vector<std::string> serve_environment = {},
+       std::vector<std::string> follow_options = {"--chunk-bytes", "65536", "--window", "4"})
+      : serve_env(std::move(serve_environment)), follow_extra(std::move(follow_options)) {
+    up_key = keygen(keys, "upstream");
+    std::ofstream allow(keys.path + "/allow");
+    for (int i = 0; i < followers; ++i) {
+      follower_keys.push_back(keygen(keys, "follower" + std::to_string(i)));
+      allow << public_key(follower_keys.back()) << "\n";
+    }
+    allow.close();
+    upstream.start();
+    up = open_client(upstream);
+    listen = "tcp://127.0.0.1:" + std::to_string(free_port());
+    start_serve();
+    for (int i = 0; i < followers; ++i) {
+      daemons.push_back(std::make_unique<Daemon>("relay-f" + std::to_string(i)));
+      daemons.back()->start();
+      relays.emplace_back();
+      start_follower(i);
+    }
+  }
+  ~Mesh() {
+    relays.clear();
+    serve.reset();
+    lf_client_close(up);
+  }
+  std::string serve_log() const { return upstream.dir() + ".relay.log"; }
+  std::string follow_log(int i) const { return daemons[i]->dir() + ".relay.log"; }
+  void start_serve() {
+    serve = std::make_unique<Relay>(
+        std::vector<std::string>{"serve", "--runtime-dir", upstream.dir(), "--listen", listen,
+                                 "--secret-key", up_key + ".key", "--allow", keys.path + "/allow"},
+        serve_log(), serve_env);
+  }
+  void start_follower(int i) {
+    std::vector<std::string> args{"follow", "--runtime-dir", daemons[i]->dir(), "--upstream",
+                                  listen, "--server-key", up_key + ".pub", "--secret-key",
+                                  follower_keys[i] + ".key"};
+    args.insert(args.end(), follow_extra.begin(), follow_extra.end());
+    relays[i] = std::make_unique<Relay>(args, follow_log(i));
+  }
+};
+
+// Polls every follower's reader until each shows `version` of `name`; the time it took, or -1
+// after 60 s (a deadline only: nothing here depends on how fast it goes).
+int64_t wait_all(std::vector<std::unique_ptr<Watch>> &watches, const char *name, uint64_t version) {
+  return lftest::wait_until(
+      [&] {
+        bool all = true;
+        for (auto &w : watches) {
+          w->poll(name);
+          all = all && w->last == version;
+        }
+        return all;
+      },
+      60000);
+}
+
+}  // namespace
+
+TEST_SUITE("faults") {
+
+TEST_CASE("a follower's relay killed mid-transfer catches up to the newest version once restarted") {
+  // 4 tensors of 65536 x 16 f32, 16 MiB per version, in 4 KiB chunks one at a time: 4096 round
+  // trips, so that a kill soon after the upstream offers a version lands mid-transfer (and if
+  // it did not, the catch-up asserted below is still what must hold).
+  Mesh mesh(1, {}, {"--chunk-bytes", "4096", "--window", "1"});
+  create_adapter(mesh.up, "policy", 4, 65536);
+  std::vector<std::unique_ptr<Watch>> watches;
+  watches.push_back(std::make_unique<Watch>(*mesh.daemons[0]));
+  REQUIRE(publish(mesh.up, "policy", 1) == 1);
+  REQUIRE_MESSAGE(wait_all(watches, "policy", 1) >= 0, "see ", mesh.follow_log(0));
+
+  REQUIRE(publish(mesh.up, "policy", 2) == 2);
+  // The follower's status file says when it is receiving version 2: killed then.
+  const std::string status = mesh.daemons[0]->dir() + "/relay-follow.json";
+  REQUIRE(lftest::wait_until(
+              [&] { return log_has(status, "\"receiving_version\":2,\"receiving_bytes\":"); },
+              30000) >= 0);
+  mesh.relays[0]->kill9();
+  watches[0]->poll("policy");
+  MESSAGE("killed the follower's relay with version ", watches[0]->last, " active there");
+  for (uint64_t g = 3; g <= 5; ++g) REQUIRE(publish(mesh.up, "policy", g) == g);
+  mesh.start_follower(0);
+  CHECK_MESSAGE(wait_all(watches, "policy", 5) >= 0, "see ", mesh.follow_log(0));
+  CHECK(watches[0]->torn == 0);
+  CHECK(watches[0]->backward == 0);
+  lf_client_t *fc = open_client(*mesh.daemons[0]);
+  CHECK(last_version(fc, "policy") == 5);
+  lf_client_close(fc);
+}
+
+TEST_CASE("followers resume by themselves after the upstream's relay is killed and restarted") {
+  Mesh mesh(2);
+  create_adapter(mesh.up, "policy", 4, 20000);
+  std::vector<std::unique_ptr<Watch>> watches;
+  for (auto &d : mesh.daemons) watches.push_back(std::make_unique<Watch>(*d));
+  REQUIRE(publish(mesh.up, "policy", 1) == 1);
+  REQUIRE_MESSAGE(wait_all(watches, "policy", 1) >= 0, "see ", mesh.follow_log(0));
+
+  mesh.serve->kill9();
+  for (uint64_t g = 2; g <= 4; ++g) REQUIRE(publish(mesh.up, "policy", g) == g);
+  // Nothing can reach the followers while the upstream's relay is down.
+  for (auto &w : watches) {
+    w->poll("policy");
+    CHECK(w->last == 1);
+  }
+  mesh.start_serve();
+  CHECK_MESSAGE(wait_all(watches, "policy", 4) >= 0, "see ", mesh.follow_log(0));
+  for (auto &w : watches) {
+    CHECK(w->torn == 0);
+    CHECK(w->backward == 0);
+  }
+  // The followers said they lost the upstream and found it again.
+  CHECK(log_has(mesh.follow_log(0), "no answer from"));
+  CHECK(log_has(mesh.follow_log(0), "answers"));
+  // And the relays stayed up all along: still the same processes, stopped cleanly.
+  for (auto &r : mesh.relays) CHECK(r->stop() == 0);
+}
+
+TEST_CASE("a corrupted chunk is caught by the checksum, never flipped, and the version is "
+          "fetched again") {
+  // The third chunk the upstream sends has one bit flipped (a test hook of loraflip-relay).
+  Mesh mesh(1, {"LORAFLIP_RELAY_TEST_CORRUPT_CHUNK=3"});
+  create_adapter(mesh.up, "policy", 4, 20000);  // 4 x 1.2 MiB: 20 chunks of 64 KiB
+  std::vector<std::unique_ptr<Watch>> watches;
+  watches.push_back(std::make_unique<Watch>(*mesh.daemons[0]));
+  REQUIRE(publish(mesh.up, "policy", 1) == 1);
+  CHECK_MESSAGE(wait_all(watches, "policy", 1) >= 0, "see ", mesh.follow_log(0));
+  CHECK(log_has(mesh.serve_log(), "test hook: corrupted chunk 3"));
+  CHECK(log_has(mesh.follow_log(0), "policy@1: checksum mismatch after transfer"));
+  // Every version the follower's reader saw was whole, and the daemon flipped once.
+  CHECK(watches[0]->torn == 0);
+  lf_client_t *fc = open_client(*mesh.daemons[0]);
+  char *json = nullptr;
+  REQUIRE(lf_client_info(fc, "policy", &json) == LF_OK);
+  CHECK(lftest::json_number(json, "commits") == 1);
+  CHECK(lftest::json_number(json, "aborts") == 0);
+  const int64_t slot_bytes = lftest::json_number(json, "slot_bytes");
+  lf_free(json);
+  lf_client_close(fc);
+
+  // The follower's status, as its relay wrote it and as loraflipctl shows it.
+  const std::string dir = mesh.daemons[0]->dir();
+  const std::string status = read_file(dir + "/relay-follow.json");
+  CAPTURE(status);
+  CHECK(status.find("\"upstream\":\"" + mesh.listen + "\"") != std::string::npos);
+  CHECK(lftest::json_number(status, "last_version") == 1);
+  CHECK(lftest::json_number(status, "lag_versions") == 0);
+  CHECK(lftest::json_number(status, "lag_ms") == 0);
+  CHECK(lftest::json_number(status, "checksum_failures") == 1);
+  CHECK(lftest::json_number(status, "retries") == 1);
+  CHECK(lftest::json_number(status, "flips") == 1);
+  CHECK(lftest::json_number(status, "bytes") == 2 * slot_bytes);  // fetched twice
+  const std::string ctl = env_path("LORAFLIPCTL") + " --runtime-dir " + dir;
+  REQUIRE(run(ctl + " status > " + dir + ".status.txt") == 0);
+  const std::string shown = read_file(dir + ".status.txt");
+  CAPTURE(shown);
+  CHECK(shown.find("following " + mesh.listen) != std::string::npos);
+  CHECK(shown.find("CHECKSUM FAILS") != std::string::npos);
+  REQUIRE(run(ctl + " status --json > " + dir + ".status.json") == 0);
+  CHECK(read_file(dir + ".status.json").find("\"follower\":{\"upstream\"") != std::string::npos);
+  REQUIRE(run(ctl + " metrics > " + dir + ".metrics.txt") == 0);
+  const std::string metrics = read_file(dir + ".metrics.txt");
+  CAPTURE(metrics);
+  CHECK(metrics.find("loraflip_follower_checksum_failures_total{") != std::string::npos);
+  CHECK(metrics.find("adapter=\"policy\"} 1\n") != std::string::npos);
+  CHECK(metrics.find("loraflip_follower_version{") != std::string::npos);
+  CHECK(metrics.find("loraflip_follower_connected{") != std::string::npos);
+}
+
+TEST_CASE("a follower's status shows how far behind it is while the upstream is out of reach") {
+  Mesh mesh(1);
+  create_adapter(mesh.up, "policy", 4, 20000);
+  std::vector<std::unique_ptr<Watch>> watches;
+  watches.push_back(std::make_unique<Watch>(*mesh.daemons[0]));
+  REQUIRE(publish(mesh.up, "policy", 1) == 1);
+  REQUIRE(wait_all(watches, "policy", 1) >= 0);
+  const std::string path = mesh.daemons[0]->dir() + "/relay-follow.json";
+  // Caught up and connected.
+  CHECK(lftest::wait_until([&] { return log_has(path, "\"connected\":true"); }, 30000) >= 0);
+  CHECK(lftest::json_number(read_file(path), "lag_versions") == 0);
+  // The upstream's relay gone: the follower says it is not connected.
+  mesh.serve->kill9();
+  CHECK(lftest::wait_until([&] { return log_has(path, "\"connected\":false"); }, 60000) >= 0);
+  // Back, with two versions the follower has not got yet: it catches up and says it did.
+  REQUIRE(publish(mesh.up, "policy", 2) == 2);
+  REQUIRE(publish(mesh.up, "policy", 3) == 3);
+  mesh.start_serve();
+  CHECK(wait_all(watches, "policy", 3) >= 0);
+  CHECK(lftest::wait_until(
+            [&] {
+              const std::string s = read_file(path);
+              return lftest::json_number(s, "last_version") == 3 &&
+                     lftest::json_number(s, "upstream_version") == 3 &&
+                     lftest::json_number(s, "lag_versions") == 0 &&
+                     s.find("\"connected\":true") != std::string::npos;
+            },
+            30000) >= 0);
+  CHECK(lftest::json_number(read_file(path), "flips") == 2);  // 1, then 3 (2 skipped)
+}
+
+TEST_CASE("a follower drops its copy when the upstream drops the adapter, and re-creates it, new "
+          "schema included, when the upstream re-creates it") {
+  Mesh mesh(1);
+  lf_client_t *fc = open_client(*mesh.daemons[0]);
+  // The follower's own adapter, unknown upstream: never dropped by the upstream.
+  create_adapter(fc, "mine", 2, 1000);
+  REQUIRE(publish(fc, "mine", 1) == 1);
+  create_adapter(mesh.up, "policy", 4, 20000);
+  std::vector<std::unique_ptr<Watch>> watches;
+  watches.push_back(std::make_unique<Watch>(*mesh.daemons[0]));
+  for (uint64_t g = 1; g <= 3; ++g) REQUIRE(publish(mesh.up, "policy", g) == g);
+  REQUIRE_MESSAGE(wait_all(watches, "policy", 3) >= 0, "see ", mesh.follow_log(0));
+
+  const auto exists = [&](const char *name) {
+    char *json = nullptr;
+    const int st = lf_client_info(fc, name, &json);
+    lf_free(json);
+    return st == LF_OK;
+  };
+  REQUIRE(lf_client_drop_adapter(mesh.up, "policy") == LF_OK);
+  CHECK_MESSAGE(lftest::wait_until([&] { return !exists("policy"); }, 60000) >= 0, "see ",
+                mesh.follow_log(0));
+  CHECK(exists("mine"));
+
+  // Re-created with another schema: its numbers start again at 1.
+  create_adapter(mesh.up, "policy", 3, 5000);
+  for (uint64_t g = 1; g <= 2; ++g) REQUIRE(publish(mesh.up, "policy", g) == g);
+  CHECK_MESSAGE(wait_all(watches, "policy", 2) >= 0, "see ", mesh.follow_log(0));
+  CHECK(last_version(fc, "policy") == 2);
+  CHECK(tensors_of(fc, "policy") == tensors_of(mesh.up, "policy"));
+
+  // Dropped and re-created at once, between two looks of the relays: the new creation is
+  // told apart from the old one by its incarnation, not by a gap.
+  REQUIRE(lf_client_drop_adapter(mesh.up, "policy") == LF_OK);
+  create_adapter(mesh.up, "policy", 2, 3000);
+  REQUIRE(publish(mesh.up, "policy", 1) == 1);
+  CHECK_MESSAGE(lftest::wait_until(
+                    [&] {
+                      watches[0]->poll("policy");
+                      return tensors_of(fc, "policy") == tensors_of(mesh.up, "policy") &&
+                             last_version(fc, "policy") == 1;
+                    },
+                    60000) >= 0,
+                "see ", mesh.follow_log(0));
+  CHECK(watches[0]->torn == 0);
+  CHECK(exists("mine"));
+  CHECK(last_version(fc, "mine") == 1);
+  lf_client_close(fc);
+}
+
+}  // TEST_SUITE("faults")

@@ -10,13 +10,16 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "ipc/paths.hpp"
 #include "json.hpp"
 #include "loraflip.h"
 #include "render.hpp"
@@ -35,7 +38,8 @@ const char *kUsage =
     "usage: loraflipctl [options] COMMAND [ARGS]\n"
     "\n"
     "commands:\n"
-    "  status                  the daemon's counters (adapters, readers, pins, flips, arena)\n"
+    "  status                  the daemon's counters (adapters, readers, pins, flips, arena),\n"
+    "                          and per followed adapter when loraflip-relay follows another node\n"
     "  list                    adapters and their active versions\n"
     "  info NAME               one adapter: config, counters, slots, tensors\n"
     "  watch [NAME]            print flips as they happen (all adapters without NAME), until\n"
@@ -185,6 +189,31 @@ void print(const std::string &text) {
   std::fflush(stdout);
 }
 
+int64_t unix_ms_now() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// The status file `loraflip-relay follow` keeps in the daemon's runtime directory, when this
+// node follows another (the daemon itself knows nothing of the network); nullopt when there is
+// none or it does not parse (then it is not shown: it is rewritten whole, by rename, so a bad
+// one is not a half-written one but someone else's file).
+std::optional<Json> follower_status(const Args &a, std::string *raw) {
+  const char *env = std::getenv("LORAFLIP_RUNTIME_DIR");
+  const std::string dir = a.runtime_dir ? *a.runtime_dir
+                          : env != nullptr && *env ? std::string(env)
+                                                   : loraflip::ipc::default_runtime_dir("default");
+  std::ifstream in(dir + "/relay-follow.json");
+  if (!in) return std::nullopt;
+  std::string text((std::istreambuf_iterator<char>(in)), {});
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  std::string error;
+  std::optional<Json> parsed = Json::parse(text, &error);
+  if (parsed && raw != nullptr) *raw = std::move(text);
+  return parsed;
+}
+
 int cmd_status(const Args &a) {
   int exit_code = kExitOk;
   Client c = connect(a, &exit_code);
@@ -192,7 +221,17 @@ int cmd_status(const Args &a) {
   std::string raw;
   auto stats = fetch_stats(c.get(), &raw, &exit_code);
   if (!stats) return exit_code;
-  print(a.json ? raw + "\n" : loraflip::ctl::render_status(*stats));
+  std::string follower_raw;
+  const std::optional<Json> follower = follower_status(a, &follower_raw);
+  if (a.json) {
+    // The daemon's object with the follower's beside its keys: {"...": ..., "follower": {...}}.
+    if (follower && !raw.empty() && raw.back() == '}')
+      raw = raw.substr(0, raw.size() - 1) + ",\"follower\":" + follower_raw + "}";
+    print(raw + "\n");
+  } else {
+    print(loraflip::ctl::render_status(*stats));
+    if (follower) print("\n" + loraflip::ctl::render_follower(*follower, unix_ms_now()));
+  }
   return kExitOk;
 }
 
@@ -287,6 +326,9 @@ int cmd_metrics(const Args &a) {
     }
   }
   print(loraflip::ctl::render_metrics(true, instance, *stats, infos));
+  if (const std::optional<Json> follower = follower_status(a, nullptr))
+    print(loraflip::ctl::render_follower_metrics((*stats)["instance"].str(), *follower,
+                                                 unix_ms_now()));
   return kExitOk;
 }
 

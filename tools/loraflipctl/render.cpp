@@ -313,4 +313,88 @@ std::string render_metrics(bool up, const std::string &instance, const Json &st,
   return out;
 }
 
+namespace {
+
+// The lag as of now: the follower wrote when it fell behind, and 0 while caught up.
+int64_t lag_ms_now(const Json &a, int64_t now_ms) {
+  const int64_t since = static_cast<int64_t>(a["behind_since_unix_ms"].u64());
+  return since == 0 ? 0 : std::max<int64_t>(0, now_ms - since);
+}
+
+// A follower that has not rewritten its file for this long is not running (it rewrites it at
+// least at every long poll, 2 s, and every 500 ms while it transfers): 3 missed polls.
+constexpr int64_t kStaleMs = 6000;
+
+}  // namespace
+
+std::string render_follower(const Json &f, int64_t now_ms) {
+  const int64_t age = now_ms - static_cast<int64_t>(f["updated_unix_ms"].u64());
+  std::string out = "following " + f["upstream"].str() + " (relay pid " + num(f["pid"]) + ", " +
+                    (f["connected"].boolean() ? "connected" : "not connected") + ", status " +
+                    human_duration(static_cast<double>(std::max<int64_t>(0, age)) / 1000) +
+                    " old" + (age > kStaleMs ? ": STALE, is loraflip-relay running?" : "") +
+                    ")\n";
+  Table t({"ADAPTER", "VERSION", "UPSTREAM", "LAG", "LAG MS", "BYTES", "FLIPS", "RETRIES",
+           "CHECKSUM FAILS", "RECEIVING"},
+          {false, true, true, true, true, true, true, true, true, false});
+  for (const Json &a : f["adapters"].items()) {
+    const uint64_t receiving = a["receiving_version"].u64();
+    t.add({a["name"].str(), num(a["last_version"]), num(a["upstream_version"]),
+           num(a["lag_versions"]), std::to_string(lag_ms_now(a, now_ms)),
+           human_bytes(a["bytes"].u64()), num(a["flips"]), num(a["retries"]),
+           num(a["checksum_failures"]),
+           receiving == 0 ? "-"
+                          : "@" + std::to_string(receiving) + " " +
+                                human_bytes(a["receiving_bytes"].u64())});
+  }
+  return out + t.str();
+}
+
+std::string render_follower_metrics(const std::string &instance, const Json &f, int64_t now_ms) {
+  std::string out;
+  const std::string base = "loraflip_instance=\"" + escape_label(instance) + "\",upstream=\"" +
+                           escape_label(f["upstream"].str()) + "\"";
+  out += "# HELP loraflip_follower_status_age_seconds Seconds since loraflip-relay follow last "
+         "wrote its status.\n# TYPE loraflip_follower_status_age_seconds gauge\n";
+  char age[32];
+  std::snprintf(age, sizeof age, "%.3f",
+                static_cast<double>(now_ms - static_cast<int64_t>(f["updated_unix_ms"].u64())) /
+                    1000);
+  out += "loraflip_follower_status_age_seconds{" + base + "} " + age + "\n";
+  out += "# HELP loraflip_follower_connected Whether the follower's upstream answered its last "
+         "request.\n# TYPE loraflip_follower_connected gauge\n";
+  out += "loraflip_follower_connected{" + base + "} " + (f["connected"].boolean() ? "1" : "0") +
+         "\n";
+  struct Family {
+    const char *name, *type, *help, *key;
+  };
+  static const Family families[] = {
+      {"loraflip_follower_version", "gauge", "Newest version flipped here from the upstream.", "last_version"},
+      {"loraflip_follower_upstream_version", "gauge", "Newest version the upstream offered.", "upstream_version"},
+      {"loraflip_follower_lag_versions", "gauge", "Upstream versions not flipped here yet.", "lag_versions"},
+      {"loraflip_follower_lag_seconds", "gauge", "How long this node has been behind the upstream (0: caught up).", nullptr},
+      {"loraflip_follower_bytes_total", "counter", "Bytes received since the relay started.", "bytes"},
+      {"loraflip_follower_flips_total", "counter", "Versions flipped since the relay started.", "flips"},
+      {"loraflip_follower_retries_total", "counter", "Transfers that did not end in a flip and were asked again.", "retries"},
+      {"loraflip_follower_checksum_failures_total", "counter", "Transfers whose checksum did not match (never flipped).", "checksum_failures"},
+  };
+  for (const Family &m : families) {
+    out += std::string("# HELP ") + m.name + " " + m.help + "\n# TYPE " + m.name + " " + m.type +
+           "\n";
+    for (const Json &a : f["adapters"].items()) {
+      std::string value;
+      if (m.key != nullptr) {
+        value = std::to_string(a[m.key].u64());
+      } else {
+        char lag[32];
+        std::snprintf(lag, sizeof lag, "%.3f", static_cast<double>(lag_ms_now(a, now_ms)) / 1000);
+        value = lag;
+      }
+      out += std::string(m.name) + "{" + base + ",adapter=\"" + escape_label(a["name"].str()) +
+             "\"} " + value + "\n";
+    }
+  }
+  return out;
+}
+
 }  // namespace loraflip::ctl

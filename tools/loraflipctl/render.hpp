@@ -39,6 +39,16 @@ std::string render_info(const Json &info);
 std::string render_metrics(bool up, const std::string &instance, const Json &stats,
                            const std::vector<Json> &infos);
 
+// A following relay's status file (loraflip-relay follow writes RUNTIME_DIR/relay-follow.json;
+// docs/operations.md, "Following another node"): per followed adapter the upstream, the last
+// version received, the lag in versions and ms, bytes, retries and checksum failures. `now_ms`
+// (unix ms) turns the time the follower fell behind into the lag as of now, so a file written
+// a while ago still tells the lag it implies; a file that stopped changing is shown as stale.
+std::string render_follower(const Json &follower, int64_t now_ms);
+// The same as Prometheus families (loraflip_follower_*), labelled with `instance`.
+std::string render_follower_metrics(const std::string &instance, const Json &follower,
+                                    int64_t now_ms);
+
 // A label value as Prometheus wants it: backslash, double quote and newline escaped.
 std::string escape_label(const std::string &value);
 

@@ -2,12 +2,16 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <optional>
 #include <set>
 #include <thread>
+#include <unistd.h>
 
 #include <spdlog/spdlog.h>
 #include <zmq.hpp>
@@ -85,6 +89,7 @@ lf_client_t *open_client(const std::string &dir, const std::atomic<bool> &stop) 
 std::optional<wire::Offer> offer_from_info(const Json &info, uint64_t version) {
   wire::Offer o;
   o.name = info["name"].str();
+  o.incarnation = (info["index"].u64() << 32) | (info["incarnation"].u64() & 0xffffffffu);
   o.version = version;
   o.slot_bytes = info["slot_bytes"].u64();
   o.slots = info["slots"].items().size();
@@ -232,8 +237,9 @@ class FlipWatcher {
 
 class Server {
  public:
-  Server(const ServeOptions &o, lf_client_t *client, lf_reader_t *reader)
-      : o_(o), client_(client), reader_(reader) {}
+  // `corrupt_chunk`: the test hook (serve() reads it from the environment), 0 when off.
+  Server(const ServeOptions &o, lf_client_t *client, lf_reader_t *reader, uint64_t corrupt_chunk)
+      : o_(o), client_(client), reader_(reader), corrupt_at_(corrupt_chunk) {}
 
   // Copies out every served adapter's newest version that is not held yet.
   void scan(bool list_again) {
@@ -251,20 +257,31 @@ class Server {
         }
       }
     }
-    for (const std::string &name : names_) refresh(name);
+    std::set<std::string> present;
+    for (const std::string &name : names_)
+      if (refresh(name)) present.insert(name);
+    // A dropped adapter is no longer offered; followers that have it are told it is gone.
+    for (auto it = snapshots_.begin(); it != snapshots_.end();)
+      it = present.count(it->first) ? std::next(it) : snapshots_.erase(it);
+    present_ = std::move(present);
   }
 
-  // The offers a want gets now: every served version newer than what the follower has.
-  std::vector<wire::Offer> offers_for(const wire::Want &w) const {
-    std::vector<wire::Offer> out;
+  // What a want gets now: every served version newer than what the follower has (or of
+  // another creation of the adapter than its copy's), and the adapters it got from here that
+  // are no longer here.
+  void candidates(const wire::Want &w, std::vector<wire::Offer> *offers,
+                  std::vector<std::string> *gone) const {
     for (const auto &[name, snap] : snapshots_) {
-      uint64_t after = 0;
-      bool named = false;
+      const wire::Have *have = nullptr;
       for (const wire::Have &h : w.adapters)
-        if (h.name == name) after = h.after, named = true;
-      if ((named || w.all) && snap->offer.version > after) out.push_back(snap->offer);
+        if (h.name == name) have = &h;
+      if (have == nullptr && !w.all) continue;
+      const bool newer = have == nullptr || snap->offer.version > have->after ||
+                         (have->incarnation != 0 && have->incarnation != snap->offer.incarnation);
+      if (newer) offers->push_back(snap->offer);
     }
-    return out;
+    for (const wire::Have &h : w.adapters)
+      if (h.incarnation != 0 && !present_.count(h.name)) gone->push_back(h.name);
   }
 
   void handle(zmq::socket_t &router, std::vector<zmq::message_t> &frames) {
@@ -288,13 +305,15 @@ class Server {
       auto w = msg::decode_map<wire::Want>(args, "args");
       Status s = w ? wire::check(w.value()) : Status(w.error());
       if (!s) return send(router, peer, ipc::encode_error(id, s.error()));
-      std::vector<wire::Offer> offers = offers_for(w.value());
-      if (offers.empty() && w->wait_ms > 0) {
+      std::vector<wire::Offer> offers;
+      std::vector<std::string> gone;
+      candidates(w.value(), &offers, &gone);
+      if (offers.empty() && gone.empty() && w->wait_ms > 0) {
         const auto deadline = Clock::now() + std::chrono::milliseconds(w->wait_ms);
         parked_.push_back({peer, id, std::move(w).value(), deadline});
         return;
       }
-      return answer_want(router, peer, id, offers);
+      return answer_want(router, peer, id, offers, std::move(gone));
     }
     if (env->op == wire::Fetch::kOp) {
       auto f = msg::decode_map<wire::Fetch>(args, "args");
@@ -309,12 +328,14 @@ class Server {
   void answer_parked(zmq::socket_t &router) {
     const auto now = Clock::now();
     for (size_t i = 0; i < parked_.size();) {
-      std::vector<wire::Offer> offers = offers_for(parked_[i].want);
-      if (offers.empty() && now < parked_[i].deadline) {
+      std::vector<wire::Offer> offers;
+      std::vector<std::string> gone;
+      candidates(parked_[i].want, &offers, &gone);
+      if (offers.empty() && gone.empty() && now < parked_[i].deadline) {
         ++i;
         continue;
       }
-      answer_want(router, parked_[i].peer, parked_[i].id, offers);
+      answer_want(router, parked_[i].peer, parked_[i].id, offers, std::move(gone));
       parked_.erase(parked_.begin() + static_cast<std::ptrdiff_t>(i));
     }
     for (auto it = sessions_.begin(); it != sessions_.end();)
@@ -342,9 +363,10 @@ class Server {
   }
 
   void answer_want(zmq::socket_t &router, const std::string &peer, uint64_t id,
-                   const std::vector<wire::Offer> &offers) {
+                   const std::vector<wire::Offer> &offers, std::vector<std::string> gone) {
     // Adapters in turn: the first offer after the one this follower got last.
     wire::WantResult result;
+    result.gone = std::move(gone);
     if (!offers.empty()) {
       std::string &last = last_offered_[peer];
       const wire::Offer *pick = &offers.front();
@@ -365,11 +387,14 @@ class Server {
   void answer_fetch(zmq::socket_t &router, const std::string &peer, uint64_t id,
                     const wire::Fetch &f) {
     std::shared_ptr<const Snapshot> snap;
-    if (auto it = snapshots_.find(f.name); it != snapshots_.end() && it->second->offer.version == f.version)
+    const auto is_asked = [&f](const Snapshot &s) {
+      return s.offer.version == f.version && s.offer.incarnation == f.incarnation;
+    };
+    if (auto it = snapshots_.find(f.name); it != snapshots_.end() && is_asked(*it->second))
       snap = it->second;
     if (auto it = sessions_.find(peer + '\0' + f.name); it != sessions_.end()) {
       it->second.used = Clock::now();
-      if (!snap && it->second.snap->offer.version == f.version) snap = it->second.snap;
+      if (!snap && is_asked(*it->second.snap)) snap = it->second.snap;
     }
     if (!snap)
       return send(router, peer, ipc::encode_error(id, make_error(LF_E_NO_VERSION,
@@ -379,6 +404,18 @@ class Server {
                   "fetch past the end of the slot image")));
     const std::string header = msg::encode_result(
         id, wire::FetchResult{f.name, f.version, f.offset, f.bytes});
+    if (++chunks_sent_ == corrupt_at_) {
+      // The test hook: this one chunk goes as a copy with one bit flipped, so that a follower's
+      // checksum must catch it. Never set outside tests (serve() logs it when it is).
+      zmq::message_t bad(snap->image.data() + f.offset, f.bytes);
+      static_cast<unsigned char *>(bad.data())[f.bytes / 2] ^= 0x10;
+      spdlog::warn("test hook: corrupted chunk {} ({}@{}, offset {})", chunks_sent_, f.name,
+                   f.version, f.offset);
+      if (router.send(zmq::buffer(peer), zmq::send_flags::sndmore | zmq::send_flags::dontwait) &&
+          router.send(zmq::buffer(header), zmq::send_flags::sndmore | zmq::send_flags::dontwait))
+        (void)router.send(bad, zmq::send_flags::dontwait);
+      return;
+    }
     // The chunk goes without a copy: the message holds a reference to the snapshot until
     // ZeroMQ has sent it (the free function runs on its I/O thread).
     auto *hold = new std::shared_ptr<const Snapshot>(snap);
@@ -394,21 +431,33 @@ class Server {
     (void)router.send(chunk, zmq::send_flags::dontwait);
   }
 
-  void refresh(const std::string &name) {
-    auto ref_it = refs_.find(name);
-    if (ref_it == refs_.end()) {
-      lf_adapter_ref_t ref = 0;
-      if (lf_reader_find(reader_, name.c_str(), &ref) != LF_OK) return;
-      ref_it = refs_.emplace(name, ref).first;
+  // Copies out the adapter's active version when it is newer than the one held; false when
+  // the daemon has no adapter of that name (dropped, or never created).
+  bool refresh(const std::string &name) {
+    // Twice at most: a reference gone stale (dropped, perhaps re-created under the same name)
+    // is found again at once, and what was held of the old creation is let go.
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      auto ref_it = refs_.find(name);
+      if (ref_it == refs_.end()) {
+        lf_adapter_ref_t ref = 0;
+        const int st = lf_reader_find(reader_, name.c_str(), &ref);
+        // Only "no such adapter" counts as absent: any other failure says nothing about it,
+        // and absence makes followers drop their copies.
+        if (st != LF_OK) return st != LF_E_NOT_FOUND;
+        ref_it = refs_.emplace(name, ref).first;
+      }
+      uint64_t active = 0;
+      if (lf_reader_active_version(reader_, ref_it->second, &active) != LF_OK) {
+        refs_.erase(ref_it);
+        snapshots_.erase(name);
+        continue;
+      }
+      auto held = snapshots_.find(name);
+      if (active != 0 && (held == snapshots_.end() || held->second->offer.version < active))
+        copy_out(name, ref_it->second);
+      return true;
     }
-    uint64_t active = 0;
-    if (const int st = lf_reader_active_version(reader_, ref_it->second, &active); st != LF_OK) {
-      refs_.erase(ref_it);  // dropped (or re-created): found again at the next scan
-      return;
-    }
-    auto held = snapshots_.find(name);
-    if (active == 0 || (held != snapshots_.end() && held->second->offer.version >= active)) return;
-    copy_out(name, ref_it->second);
+    return false;
   }
 
   void copy_out(const std::string &name, lf_adapter_ref_t ref) {
@@ -468,6 +517,9 @@ class Server {
   std::vector<Parked> parked_;
   std::map<std::string, std::string> last_offered_;  // peer -> adapter offered last
   std::set<std::string> warned_;
+  std::set<std::string> present_;  // the served adapters the daemon has, as of the last scan
+  const uint64_t corrupt_at_;      // test hook: the chunk (1-based) to corrupt; 0 = none
+  uint64_t chunks_sent_ = 0;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -476,8 +528,35 @@ class Server {
 // The local side of one followed adapter.
 struct Local {
   uint64_t last_version = 0;
+  // The upstream creation (wire::Offer::incarnation) the local copy mirrors; 0 until this relay
+  // created it or flipped a version of it. Only such copies are dropped or re-created when the
+  // upstream drops or re-creates the adapter: a follower's own adapters are left alone.
+  uint64_t incarnation = 0;
   bool refused = false;  // its local schema differs from the upstream's: not followed
+  // For the status file (docs/operations.md, "Following another node"), since this start.
+  uint64_t upstream_version = 0;   // the newest version the upstream offered
+  int64_t behind_since_ms = 0;     // unix ms when a version above last_version was first
+                                   // offered; 0 while caught up
+  uint64_t bytes = 0, flips = 0, retries = 0, checksum_failures = 0;
+  uint64_t receiving_version = 0, receiving_bytes = 0;  // the transfer under way, if any
 };
+
+int64_t unix_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// A JSON string; the endpoint comes from the command line, names are checked adapter names.
+std::string quoted(const std::string &text) {
+  std::string out = "\"";
+  for (const char c : text) {
+    if (c == '"' || c == '\\') out += '\\', out += c;
+    else if (static_cast<unsigned char>(c) < 0x20) out += ' ';
+    else out += c;
+  }
+  return out + "\"";
+}
 
 enum class Fetched { kOk, kGone, kLost, kStopped };
 
@@ -485,19 +564,25 @@ class Follower {
  public:
   Follower(const FollowOptions &o, zmq::context_t &context, lf_client_t *client,
            const KeyPair *keys, const std::string &server_key)
-      : o_(o), context_(context), client_(client), keys_(keys), server_key_(server_key) {
+      : o_(o), context_(context), client_(client), keys_(keys), server_key_(server_key),
+        status_path_(o.status_file.empty() ? o.runtime_dir + "/relay-follow.json" : o.status_file) {
     for (const std::string &name : o_.adapters) wanted_.insert(name);
+    recall();
   }
 
   int run(const std::atomic<bool> &stop) {
     auto backoff = std::chrono::milliseconds(100);
     connect();
+    write_status(true);
     bool said = false;
     while (!stop.load()) {
       wire::Want w{wire::kRelayProtocol, {}, wanted_.empty(), 2000};
-      for (const std::string &name : wanted_) w.adapters.push_back({name, local(name).last_version});
+      for (const std::string &name : wanted_) {
+        const Local &l = local(name);
+        w.adapters.push_back({name, l.last_version, l.incarnation});
+      }
       if (wanted_.empty())
-        for (const auto &[name, l] : locals_) w.adapters.push_back({name, l.last_version});
+        for (const auto &[name, l] : locals_) w.adapters.push_back({name, l.last_version, l.incarnation});
       const uint64_t id = ++next_id_;
       std::vector<zmq::message_t> reply;
       if (!send(msg::encode_request(id, w)) ||
@@ -508,6 +593,8 @@ class Follower {
           spdlog::warn("no answer from {} (down, unreachable, or it refused this node's key: "
                        "see its log); trying again", o_.upstream);
         said = true;
+        connected_ = false;
+        write_status(true);
         connect();
         std::this_thread::sleep_for(backoff);
         backoff = std::min(backoff * 2, std::chrono::milliseconds(5000));
@@ -515,6 +602,7 @@ class Follower {
       }
       if (said) spdlog::info("upstream {} answers", o_.upstream);
       said = false;
+      connected_ = true;
       backoff = std::chrono::milliseconds(100);
       auto result = decode_reply<wire::WantResult>(reply);
       if (!result) {
@@ -522,7 +610,14 @@ class Follower {
         std::this_thread::sleep_for(std::chrono::seconds(1));
         continue;
       }
+      for (const std::string &name : result->gone) {
+        auto it = locals_.find(name);
+        if (it == locals_.end() || it->second.incarnation == 0) continue;  // not ours to drop
+        spdlog::info("'{}' was dropped upstream; dropping the local copy", name);
+        drop_local(name);
+      }
       if (result->offer && mirror(*result->offer, stop) == Fetched::kLost) connect();
+      write_status(!result->gone.empty() || result->offer);
     }
     return 0;
   }
@@ -628,6 +723,7 @@ class Follower {
       lf_spec_free(spec);
       if (r != LF_OK && r != LF_E_EXISTS)
         return make_error(r, "creating it locally: " + client_error(client_, r));
+      if (r == LF_OK) locals_[offer.name].incarnation = offer.incarnation;
       spdlog::info("created '{}' locally as the upstream has it", offer.name);
       json = nullptr;
       st = lf_client_info(client_, offer.name.c_str(), &json);
@@ -662,23 +758,42 @@ class Follower {
       spdlog::error("upstream offered a bad version of '{}': {}", offer.name, s.error().message);
       return Fetched::kOk;
     }
-    Local &l = local(offer.name);
-    if (l.refused) return Fetched::kOk;
+    if (const Local &l = local(offer.name); l.incarnation != 0 && l.incarnation != offer.incarnation) {
+      // Re-created upstream (perhaps with another schema): its numbers started again, so the
+      // old copy goes and the adapter is created again as the upstream has it now.
+      spdlog::info("'{}' was re-created upstream; dropping the local copy to follow the new one",
+                   offer.name);
+      if (!drop_local(offer.name)) return Fetched::kOk;
+    }
+    if (local(offer.name).refused) return Fetched::kOk;
     if (Status s = prepare(offer); !s) {
       spdlog::error("not following '{}': {}", offer.name, s.error().message);
       locals_[offer.name].refused = true;
       return Fetched::kOk;
     }
-    if (offer.version <= locals_[offer.name].last_version) return Fetched::kOk;
+    Local &l = locals_[offer.name];
+    if (offer.version <= l.last_version) return Fetched::kOk;
+    l.upstream_version = std::max(l.upstream_version, offer.version);
+    if (l.behind_since_ms == 0) l.behind_since_ms = unix_ms();
+    l.receiving_version = offer.version;
+    l.receiving_bytes = 0;
+    write_status(true);
     std::vector<std::byte> image(offer.slot_bytes);
-    const Fetched got = fetch(offer, &image, stop);
-    if (got != Fetched::kOk) return got;
+    const Fetched got = fetch(offer, &image, stop, &l);
+    l.receiving_version = l.receiving_bytes = 0;
+    if (got != Fetched::kOk) {
+      if (got != Fetched::kStopped) ++l.retries;
+      return got;
+    }
+    l.bytes += image.size();
     // The transfer is checked before any slot is taken: a corrupted image is fetched again
     // (the next want offers it again), never written.
     const uint64_t sum = kernels::checksum(image.data(), image.size());
     if (sum != offer.checksum) {
       spdlog::error("{}@{}: checksum mismatch after transfer ({} != {}); fetching again",
                     offer.name, offer.version, sum, offer.checksum);
+      ++l.checksum_failures;
+      ++l.retries;
       return Fetched::kOk;
     }
     commit(offer, image);
@@ -686,7 +801,7 @@ class Follower {
   }
 
   Fetched fetch(const wire::Offer &offer, std::vector<std::byte> *image,
-                const std::atomic<bool> &stop) {
+                const std::atomic<bool> &stop, Local *progress) {
     const uint64_t chunk = std::clamp(o_.chunk_bytes, wire::kMinChunkBytes, wire::kMaxChunkBytes);
     std::map<uint64_t, uint64_t> in_flight;  // request id -> offset
     uint64_t next = 0, received = 0;
@@ -695,7 +810,8 @@ class Follower {
       while (in_flight.size() < o_.window && next < offer.slot_bytes) {
         const uint64_t bytes = std::min(chunk, offer.slot_bytes - next);
         const uint64_t id = ++next_id_;
-        if (!send(msg::encode_request(id, wire::Fetch{offer.name, offer.version, next, bytes})))
+        if (!send(msg::encode_request(
+                id, wire::Fetch{offer.name, offer.incarnation, offer.version, next, bytes})))
           return Fetched::kLost;
         in_flight[id] = next;
         next += bytes;
@@ -735,6 +851,8 @@ class Follower {
       }
       std::memcpy(image->data() + offset, frames[1].data(), expected);
       received += expected;
+      progress->receiving_bytes = received;
+      write_status(false);
     }
     return Fetched::kOk;
   }
@@ -762,11 +880,102 @@ class Follower {
     if (st != LF_OK) {
       spdlog::error("{}@{}: commit refused: {}", offer.name, offer.version,
                     client_error(client_, st));
-      locals_.erase(offer.name);  // read again from the daemon before the next try
+      // Read last_version again from the daemon before the next try; the rest stays known.
+      Local keep = locals_[offer.name];
+      ++keep.retries;
+      locals_.erase(offer.name);
+      keep.last_version = local(offer.name).last_version;
+      locals_[offer.name] = keep;
       return;
     }
-    locals_[offer.name].last_version = made;
+    Local &l = locals_[offer.name];
+    l.last_version = made;
+    l.incarnation = offer.incarnation;
+    ++l.flips;
+    if (made >= l.upstream_version) l.behind_since_ms = 0;
+    write_status(true);
     spdlog::info("{}@{} flipped ({} bytes)", offer.name, made, image.size());
+  }
+
+  // Drops the local copy (gone or re-created upstream); false when the daemon refused, in which
+  // case the next want asks again.
+  bool drop_local(const std::string &name) {
+    const int st = lf_client_drop_adapter(client_, name.c_str());
+    if (st != LF_OK && st != LF_E_NOT_FOUND) {
+      spdlog::error("dropping '{}' locally: {}", name, client_error(client_, st));
+      return false;
+    }
+    locals_.erase(name);
+    write_status(true);
+    return true;
+  }
+
+  // The status file: what `loraflipctl status` and `metrics` show of this follower. Written
+  // whole to a temporary file and renamed over the old one, so a reader never sees half of
+  // one; at most every 500 ms during a transfer, and at each flip, drop and lost link.
+  void write_status(bool now) {
+    const auto t = Clock::now();
+    if (!now && t < next_status_) return;
+    next_status_ = t + std::chrono::milliseconds(500);
+    const int64_t wall = unix_ms();
+    std::string j = "{\"upstream\":" + quoted(o_.upstream) + ",\"pid\":" +
+                    std::to_string(::getpid()) + ",\"connected\":" +
+                    (connected_ ? "true" : "false") + ",\"updated_unix_ms\":" +
+                    std::to_string(wall) + ",\"adapters\":[";
+    bool first = true;
+    for (const auto &[name, l] : locals_) {
+      if (l.incarnation == 0 && l.upstream_version == 0) continue;  // nothing of it followed yet
+      const uint64_t lag_versions =
+          l.upstream_version > l.last_version ? l.upstream_version - l.last_version : 0;
+      const int64_t lag_ms = l.behind_since_ms != 0 ? std::max<int64_t>(0, wall - l.behind_since_ms) : 0;
+      j += std::string(first ? "" : ",") + "{\"name\":" + quoted(name) +
+           ",\"incarnation\":" + std::to_string(l.incarnation) +
+           ",\"last_version\":" + std::to_string(l.last_version) +
+           ",\"upstream_version\":" + std::to_string(std::max(l.upstream_version, l.last_version)) +
+           ",\"lag_versions\":" + std::to_string(lag_versions) +
+           ",\"lag_ms\":" + std::to_string(lag_ms) +
+           ",\"behind_since_unix_ms\":" + std::to_string(l.behind_since_ms) +
+           ",\"bytes\":" + std::to_string(l.bytes) + ",\"flips\":" + std::to_string(l.flips) +
+           ",\"retries\":" + std::to_string(l.retries) +
+           ",\"checksum_failures\":" + std::to_string(l.checksum_failures) +
+           ",\"receiving_version\":" + std::to_string(l.receiving_version) +
+           ",\"receiving_bytes\":" + std::to_string(l.receiving_bytes) + "}";
+      first = false;
+    }
+    j += "]}\n";
+    const std::string tmp = status_path_ + ".tmp";
+    bool ok = false;
+    if (std::FILE *f = std::fopen(tmp.c_str(), "w"); f != nullptr) {
+      ok = std::fwrite(j.data(), 1, j.size(), f) == j.size();
+      ok = std::fclose(f) == 0 && ok;
+      ok = ok && std::rename(tmp.c_str(), status_path_.c_str()) == 0;
+    }
+    if (!ok && !status_warned_) {
+      spdlog::warn("cannot write the status file {}: {} (status and metrics will not show this "
+                   "follower)", status_path_, std::strerror(errno));
+      status_warned_ = true;
+    }
+  }
+
+  // Which upstream creation each local copy mirrors, from the status file of the last run
+  // against the same upstream: so that an adapter dropped or re-created upstream while this
+  // relay was down is still dropped or re-created here.
+  void recall() {
+    std::FILE *f = std::fopen(status_path_.c_str(), "r");
+    if (f == nullptr) return;
+    std::string text;
+    char buf[4096];
+    for (size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) text.append(buf, n);
+    std::fclose(f);
+    std::string err;
+    auto status = Json::parse(text, &err);
+    if (!status || (*status)["upstream"].str() != o_.upstream) return;
+    for (const Json &a : (*status)["adapters"].items()) {
+      const std::string &name = a["name"].str();
+      if (!ipc::check_adapter_name(name) || a["incarnation"].u64() == 0) continue;
+      if (!wanted_.empty() && !wanted_.count(name)) continue;
+      local(name).incarnation = a["incarnation"].u64();
+    }
   }
 
   const FollowOptions &o_;
@@ -778,6 +987,9 @@ class Follower {
   uint64_t next_id_ = 0;
   std::set<std::string> wanted_;
   std::map<std::string, Local> locals_;
+  std::string status_path_;
+  Clock::time_point next_status_{};
+  bool connected_ = false, status_warned_ = false;
 };
 
 }  // namespace
@@ -818,6 +1030,14 @@ int serve(const ServeOptions &o, const std::atomic<bool> &stop) {
     spdlog::warn("serving plain TCP on {} (--insecure): anyone who reaches it reads the adapters",
                  o.listen);
   }
+  // Test only (tests/process/relay_fault_test.cpp): flips one bit of the Nth chunk this relay
+  // sends (1-based, counted over all followers), to show that followers catch it. Read once.
+  uint64_t corrupt_chunk = 0;
+  if (const char *hook = std::getenv("LORAFLIP_RELAY_TEST_CORRUPT_CHUNK"); hook != nullptr) {
+    corrupt_chunk = std::strtoull(hook, nullptr, 10);
+    spdlog::warn("LORAFLIP_RELAY_TEST_CORRUPT_CHUNK={}: chunk {} will be corrupted (a test hook; "
+                 "never set it in service)", hook, corrupt_chunk);
+  }
   lf_client_t *client = open_client(o.runtime_dir, stop);
   if (client == nullptr) return 0;
   lf_reader_t *reader = nullptr;
@@ -846,7 +1066,7 @@ int serve(const ServeOptions &o, const std::atomic<bool> &stop) {
                  keys ? "CurveZMQ, " + std::to_string(allowed.size()) + " allowed keys"
                       : std::string("plain TCP"));
     FlipWatcher watcher(context, o.runtime_dir);
-    Server server(o, client, reader);
+    Server server(o, client, reader, corrupt_chunk);
     auto next_list = Clock::now();
     while (!stop.load()) {
       zmq::pollitem_t items[] = {{router.handle(), 0, ZMQ_POLLIN, 0},

@@ -31,6 +31,7 @@ struct FollowOptions {
   bool insecure = false;
   uint64_t chunk_bytes = uint64_t{1} << 20;  // per fetch: sized for the link
   uint32_t window = 8;              // fetches in flight: the credit a follower grants itself
+  std::string status_file;          // empty: <runtime_dir>/relay-follow.json
 };
 
 // Refuses anything but tcp://, and plain TCP (insecure) anywhere but on a loopback address.

@@ -41,6 +41,8 @@ Status check(const Fetch &f) {
 Status check(const Offer &o) {
   if (Status s = ipc::check_adapter_name(o.name); !s) return s;
   if (o.version < 1 || o.version > ipc::kMaxVersion) return bad("offer of version 0 or past 2^40");
+  // Not 0: a follower keeps 0 for "no incarnation known".
+  if (o.incarnation < 1) return bad("offer without an incarnation");
   if (o.slot_bytes < 1 || o.slot_bytes > kMaxSlotBytes) return bad("offer of a slot size out of range");
   if (o.slots < 2 || o.slots > ipc::kMaxSlots || o.history + 1 >= o.slots)
     return bad("offer of a slot ring the daemon would not make");

@@ -27,7 +27,8 @@ using ipc::msg::optional;
 using ipc::msg::required;
 
 // Bumped on any change of the messages below; a want of another protocol is refused.
-inline constexpr uint64_t kRelayProtocol = 1;
+// 2: incarnations (Have, Offer, Fetch) and `gone`, for dropped and re-created adapters.
+inline constexpr uint64_t kRelayProtocol = 2;
 // The largest chunk a follower may ask for and an upstream sends: a follower's socket takes
 // no frame bigger than this (ZMQ_MAXMSGSIZE), so a hostile upstream cannot make it buffer more.
 inline constexpr uint64_t kMaxChunkBytes = uint64_t{16} << 20;
@@ -37,12 +38,17 @@ inline constexpr uint64_t kMaxWaitMs = 10000;
 // Adapters one want may name: the daemon's own table bound (ipc::kMaxAdapters).
 inline constexpr size_t kMaxWanted = ipc::kMaxAdapters;
 
-// What a follower has of one adapter: its newest version there (0: none).
+// What a follower has of one adapter: its newest version there (0: none), and the upstream's
+// incarnation of the adapter that copy came from (0: not known to come from this upstream).
+// An incarnation the upstream no longer has means the upstream dropped and re-created the
+// adapter: its numbers started again, so `after` no longer says what is newer.
 struct Have {
   std::string name;
   uint64_t after = 0;
+  uint64_t incarnation = 0;
   static constexpr auto fields() {
-    return std::tuple{required("name", &Have::name), required("after", &Have::after)};
+    return std::tuple{required("name", &Have::name), required("after", &Have::after),
+                      optional("incarnation", &Have::incarnation)};
   }
 };
 
@@ -64,13 +70,19 @@ struct Want {
 // create it, and the slot image's size and checksum (kernels::checksum over slot_bytes).
 struct Offer {
   std::string name;
+  // Which creation of the adapter this is, upstream: its record's index << 32 | the record's
+  // incarnation (both from the daemon's info). The daemon bumps a record's incarnation at each
+  // create in it, and a re-created adapter may land in another record, so neither alone names
+  // a creation. Never 0.
+  uint64_t incarnation = 0;
   uint64_t version = 0, checksum = 0, slot_bytes = 0, slots = 0, history = 0;
   ipc::msg::InfoLora lora;
   std::string metadata;
   std::vector<ipc::msg::InfoTensor> tensors;
   static constexpr auto fields() {
     using R = Offer;
-    return std::tuple{required("name", &R::name), required("version", &R::version),
+    return std::tuple{required("name", &R::name), required("incarnation", &R::incarnation),
+                      required("version", &R::version),
                       required("checksum", &R::checksum), required("slot_bytes", &R::slot_bytes),
                       required("slots", &R::slots), required("history", &R::history),
                       required("lora", &R::lora), required("metadata", &R::metadata),
@@ -80,20 +92,31 @@ struct Offer {
 // One offer per want (none when the wait ended without a newer version): a list of offers
 // would nest one level deeper than ipc::kMaxDepth allows. The upstream takes the adapters in
 // turn per follower, so a busy adapter never starves the others.
+//
+// `gone` names the adapters of the want that came from this upstream (a Have with an
+// incarnation) and that it no longer serves (dropped there): the follower drops its copy.
+// Adapters a follower never got from this upstream are never named, so a follower's own
+// adapters are never dropped by an upstream.
 struct WantResult {
   std::optional<Offer> offer;
-  static constexpr auto fields() { return std::tuple{optional("offer", &WantResult::offer)}; }
+  std::vector<std::string> gone;
+  static constexpr auto fields() {
+    return std::tuple{optional("offer", &WantResult::offer), optional("gone", &WantResult::gone)};
+  }
 };
 
 // "Send me bytes [offset, offset + bytes) of this version's slot image." LF_E_NO_VERSION when
 // the upstream no longer holds that version (the follower asks what is newest again).
+// The incarnation keeps a version of a dropped adapter from being taken for the same number
+// of its re-creation.
 struct Fetch {
   static constexpr std::string_view kOp = "fetch";
   std::string name;
-  uint64_t version = 0, offset = 0, bytes = 0;
+  uint64_t incarnation = 0, version = 0, offset = 0, bytes = 0;
   static constexpr auto fields() {
     using R = Fetch;
-    return std::tuple{required("name", &R::name), required("version", &R::version),
+    return std::tuple{required("name", &R::name), required("incarnation", &R::incarnation),
+                      required("version", &R::version),
                       required("offset", &R::offset), required("bytes", &R::bytes)};
   }
 };
