@@ -100,16 +100,8 @@ std::string RequestHandler::handle(std::string_view request,
                !envelope) {
       reply = error_reply(id, envelope.error());
     } else {
-      static const msgpack::object kEmptyMap = [] {
-        msgpack::object o;
-        o.type = msgpack::type::MAP;
-        o.via.map.size = 0;
-        o.via.map.ptr = nullptr;
-        return o;
-      }();
-      const msgpack::object &args =
-          envelope->args.object != nullptr ? *envelope->args.object : kEmptyMap;
-      reply = dispatch(envelope.value(), args, peer, now_ns, events, deferred);
+      reply = dispatch(envelope.value(), envelope->args_or_empty(), peer, now_ns, events,
+                       deferred);
     }
   } catch (const std::exception &e) {
     // Every path above returns errors as values; this is the last guard of the event loop.

@@ -249,6 +249,18 @@ struct Envelope {
     return std::tuple{required("op", &Envelope::op), optional("id", &Envelope::id),
                       optional("args", &Envelope::args)};
   }
+  // The request's arguments: an empty map where it sent none, so that every op's decoder
+  // reads a map.
+  const msgpack::object &args_or_empty() const {
+    static const msgpack::object kEmptyMap = [] {
+      msgpack::object o;
+      o.type = msgpack::type::MAP;
+      o.via.map.size = 0;
+      o.via.map.ptr = nullptr;
+      return o;
+    }();
+    return args.object != nullptr ? *args.object : kEmptyMap;
+  }
 };
 
 // The request id of a message that may not decode at all (over a limit, malformed after the

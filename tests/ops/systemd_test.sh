@@ -16,19 +16,41 @@ trap 'rm -rf "$dir"' EXIT
 failures=0
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 
-unit="$dir/loraflipd@ops.service"
-sed "s|^ExecStart=/usr/sbin/loraflipd |ExecStart=$daemon |" "$src/loraflipd@.service" >"$unit"
-grep -q "^ExecStart=$daemon " "$unit" || fail "the unit has no 'ExecStart=/usr/sbin/loraflipd ' line to rewrite"
+# A unit from SYSTEMD_DIR with its ExecStart pointed at PROGRAM: copies SOURCE_NAME, whose line
+# starts with "ExecStart=INSTALLED_PATH ", to the scratch folder as UNIT_NAME.
+unit_for() {  # SOURCE_NAME UNIT_NAME INSTALLED_PATH PROGRAM
+  local unit="$dir/$2"
+  sed "s|^ExecStart=$3 |ExecStart=$4 |" "$src/$1" >"$unit"
+  grep -q "^ExecStart=$4 " "$unit" || fail "$1 has no 'ExecStart=$3 ' line to rewrite"
+  echo "$unit"
+}
 
-systemd-analyze verify "$unit" >"$dir/verify.log" 2>&1
-rc=$?
-cat "$dir/verify.log"
-[ "$rc" = 0 ] || fail "systemd-analyze verify exited $rc"
-# verify only warns about unknown keys and bad values; any line about the unit is a failure.
-if grep -F "$(basename "$unit")" "$dir/verify.log" >/dev/null; then
-  fail "systemd-analyze verify complained about the unit"
-fi
+# `systemd-analyze verify` must pass without a line about the unit (verify only warns about
+# unknown keys and bad values), and the sandbox must score at most 3.0.
+verify_and_score() {  # UNIT
+  local unit=$1 name rc score
+  name=$(basename "$unit")
+  systemd-analyze verify "$unit" >"$dir/verify-$name.log" 2>&1
+  rc=$?
+  cat "$dir/verify-$name.log"
+  [ "$rc" = 0 ] || fail "systemd-analyze verify of $name exited $rc"
+  grep -F "$name" "$dir/verify-$name.log" >/dev/null && fail "systemd-analyze verify complained about $name"
+  if ! systemd-analyze security --help 2>&1 | grep -q -- '--offline'; then
+    echo "note: systemd-analyze security --offline needs systemd 250; score of $name not checked"
+    return
+  fi
+  systemd-analyze security --offline=yes "$unit" >"$dir/security-$name.log" 2>&1
+  score=$(sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p' "$dir/security-$name.log")
+  echo "systemd-analyze security ($name): exposure ${score:-unknown}"
+  if [ -z "$score" ]; then
+    fail "no exposure score for $name: $(tail -3 "$dir/security-$name.log")"
+  elif ! awk -v s="$score" 'BEGIN { exit !(s <= 3.0) }'; then
+    fail "$name: exposure $score is over 3.0"
+  fi
+}
 
+unit=$(unit_for loraflipd@.service loraflipd@ops.service /usr/sbin/loraflipd "$daemon")
+verify_and_score "$unit"
 # The checks that must hold for the daemon to work at all (see the comments in the unit).
 for needed in '^RemoveIPC=no$' '^Type=notify$' '^WatchdogSec=' '^RuntimeDirectoryPreserve=yes$' \
               '^DeviceAllow=char-nvidia-frontend rw$' '^DeviceAllow=/dev/nvidiactl rw$' \
@@ -40,38 +62,8 @@ for banned in '^PrivateDevices=yes' '^ProtectProc=(invisible|noaccess|ptraceable
   grep -Eq "$banned" "$unit" && fail "the unit sets $banned, which breaks the daemon"
 done
 
-if systemd-analyze security --help 2>&1 | grep -q -- '--offline'; then
-  systemd-analyze security --offline=yes "$unit" >"$dir/security.log" 2>&1
-  score=$(sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p' "$dir/security.log")
-  echo "systemd-analyze security: exposure ${score:-unknown}"
-  if [ -z "$score" ]; then
-    fail "no exposure score from systemd-analyze security: $(tail -3 "$dir/security.log")"
-  elif ! awk -v s="$score" 'BEGIN { exit !(s <= 3.0) }'; then
-    fail "exposure $score is over 3.0"
-  fi
-else
-  echo "note: systemd-analyze security --offline needs systemd 250; score not checked"
-fi
-
 # The relay's unit, beside a daemon unit of the same instance (its Requires= names it).
-relay_unit="$dir/loraflip-relay@ops.service"
-sed "s|^ExecStart=/usr/bin/loraflip-relay |ExecStart=$relay |" "$src/loraflip-relay@.service" >"$relay_unit"
-grep -q "^ExecStart=$relay " "$relay_unit" || fail "the relay unit has no 'ExecStart=/usr/bin/loraflip-relay ' line to rewrite"
-systemd-analyze verify "$relay_unit" >"$dir/verify-relay.log" 2>&1
-rc=$?
-cat "$dir/verify-relay.log"
-[ "$rc" = 0 ] || fail "systemd-analyze verify of the relay unit exited $rc"
-if grep -F "$(basename "$relay_unit")" "$dir/verify-relay.log" >/dev/null; then
-  fail "systemd-analyze verify complained about the relay unit"
-fi
-if systemd-analyze security --help 2>&1 | grep -q -- '--offline'; then
-  systemd-analyze security --offline=yes "$relay_unit" >"$dir/security-relay.log" 2>&1
-  score=$(sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p' "$dir/security-relay.log")
-  echo "systemd-analyze security (relay): exposure ${score:-unknown}"
-  if [ -z "$score" ] || ! awk -v s="$score" 'BEGIN { exit !(s <= 3.0) }'; then
-    fail "relay unit exposure ${score:-unknown} is not at most 3.0"
-  fi
-fi
+verify_and_score "$(unit_for loraflip-relay@.service loraflip-relay@ops.service /usr/bin/loraflip-relay "$relay")"
 
 if command -v systemd-sysusers >/dev/null; then
   systemd-sysusers --dry-run "$src/loraflip.sysusers" >"$dir/sysusers.log" 2>&1 ||

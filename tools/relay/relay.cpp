@@ -293,14 +293,7 @@ class Server {
     if (!decoded) return send(router, peer, ipc::encode_error(id, decoded.error()));
     auto env = msg::decode_map<msg::Envelope>(decoded->get(), "request");
     if (!env) return send(router, peer, ipc::encode_error(id, env.error()));
-    static const msgpack::object kEmptyMap = [] {
-      msgpack::object o;
-      o.type = msgpack::type::MAP;
-      o.via.map.size = 0;
-      o.via.map.ptr = nullptr;
-      return o;
-    }();
-    const msgpack::object &args = env->args.object ? *env->args.object : kEmptyMap;
+    const msgpack::object &args = env->args_or_empty();
     if (env->op == wire::Want::kOp) {
       auto w = msg::decode_map<wire::Want>(args, "args");
       Status s = w ? wire::check(w.value()) : Status(w.error());
