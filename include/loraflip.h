@@ -13,7 +13,8 @@
  *   - Fallible calls return an int status: LF_OK (0) or a negative LF_E_* code. Codes are
  *     fixed forever and never reused. lf_strerror() never returns NULL.
  *   - A getter that cannot fail returns its value instead of a status (lf_writer_tensor_count,
- *     lf_pin_version, lf_pin_tensor_count); a NULL handle gives 0.
+ *     lf_writer_slot_bytes, lf_pin_version, lf_pin_tensor_count, lf_pin_slot_bytes); a NULL
+ *     handle gives 0.
  *   - Outputs come last and are left untouched when the call fails.
  *   - lf_<x>_close() accepts NULL.
  *   - No function throws, aborts or exits the caller's process.
@@ -199,6 +200,16 @@ LF_API int lf_writer_copy_in(lf_writer_t *writer, size_t index, const void *src,
  * language binding, one call instead of one per tensor (hundreds for an adapter). */
 LF_API int lf_writer_copy_in_all(lf_writer_t *writer, const void *const *srcs,
                                  const size_t *nbytes);
+/* Size in bytes of the writer's slot: every tensor and the padding between them, the bytes
+ * LF_COMMIT_CHECKSUM covers and lf_writer_copy_in_slot takes. */
+LF_API size_t lf_writer_slot_bytes(const lf_writer_t *writer);
+/* Copies a whole slot image from host memory into the writer's slot: `nbytes` (must equal
+ * lf_writer_slot_bytes) from `src`, tensors and padding alike, as lf_pin_copy_slot gives it
+ * (a follower writing another node's version byte for byte, so that the daemon's checksum of
+ * the slot is the other node's). On a device-placed adapter the copy goes to the adapter's
+ * first device, as lf_writer_copy_in's do (the daemon copies to the others at commit), and is
+ * complete when the call returns: `src` may go, and the commit checks these bytes. */
+LF_API int lf_writer_copy_in_slot(lf_writer_t *writer, const void *src, size_t nbytes);
 /* Copies `nbytes` from `src` into tensor `index` on `stream` (a cudaStream_t) and returns
  * without waiting. `src_device` is the device ordinal of `src`, or -1 for host memory (which
  * must stay valid until the commit returns). A copy from host memory or from the slot's own
@@ -236,7 +247,9 @@ LF_API int lf_writer_commit(lf_writer_t *writer, unsigned flags, uint64_t *versi
  * mismatch with LF_E_VALIDATION before anything flips; without it `checksum` is ignored.
  * Otherwise as lf_writer_commit (frees the writer, except on LF_E_TIMEOUT or LF_E_CONNECTION,
  * when the writer stays valid and the call may be repeated). Since protocol version 2 daemons
- * of this release; an older daemon answers LF_E_PROTOCOL (unknown field). */
+ * of this release; an older daemon answers LF_E_PROTOCOL (unknown field). Unlike
+ * lf_writer_commit, LF_COMMIT_CHECKSUM is taken on a device-placed adapter too: the checksum is
+ * given, and the daemon computes the slot's on its first device. */
 LF_API int lf_writer_commit_as(lf_writer_t *writer, uint64_t version, unsigned flags,
                                uint64_t checksum, uint64_t *version_out);
 /* Gives the slot back. Frees the writer. Accepts NULL. When the daemon cannot be reached the
@@ -293,6 +306,16 @@ LF_API uint64_t lf_pin_version(const lf_pin_t *pin);
 LF_API size_t lf_pin_tensor_count(const lf_pin_t *pin);
 LF_API int lf_pin_tensor(const lf_pin_t *pin, size_t index, lf_tensor_view_t *out);
 LF_API int lf_pin_tensor_by_name(const lf_pin_t *pin, const char *name, lf_tensor_view_t *out);
+/* Size in bytes of the pinned version's slot: every tensor and the padding between them, the
+ * bytes the daemon's checksum covers and lf_pin_copy_slot copies. */
+LF_API size_t lf_pin_slot_bytes(const lf_pin_t *pin);
+/* Copies the pinned version's whole slot image (every tensor and the padding between them) into
+ * host memory at `dst`; `nbytes` must equal lf_pin_slot_bytes. Wherever the slot lies: host
+ * memory is copied by the CPU; a device-placed version is copied from the pin's device
+ * (lf_pin_tensor's view.device: the adapter's first device this process sees), complete when
+ * the call returns. Written into another node's writer with lf_writer_copy_in_slot, the slot
+ * there holds the same bytes, and the same checksum (lf_writer_commit_as). */
+LF_API int lf_pin_copy_slot(const lf_pin_t *pin, void *dst, size_t nbytes);
 /* The pinned version's tensor `index` on device `device` (an ordinal, in this process's
  * numbering, of a GPU the adapter is placed on: a tensor-parallel rank reads its own GPU's
  * copy; all copies are the same version). lf_pin_tensor gives the copy on the adapter's first

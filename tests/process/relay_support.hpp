@@ -57,21 +57,24 @@ inline std::string read_file(const std::string &path) {
 
 // A loraflip-relay child; SIGTERM and reaped on destruction. `env`: NAME=VALUE pairs added to
 // its environment (the test hooks). Its log is appended to, so that a restarted relay's log
-// follows the killed one's.
+// follows the killed one's. `prefix`: a command that runs the relay by exec'ing it (`ip netns
+// exec NS`), so that pid is still the relay's.
 struct Relay {
   pid_t pid = -1;
   std::string log;
   Relay(const std::vector<std::string> &args, std::string log_path,
-        const std::vector<std::string> &env = {})
+        const std::vector<std::string> &env = {}, const std::vector<std::string> &prefix = {})
       : log(std::move(log_path)) {
     const std::string binary = env_path("LORAFLIP_RELAY");
     pid = lftest::spawn([&] {
       for (const std::string &e : env) ::putenv(const_cast<char *>(e.c_str()));
-      std::vector<char *> argv{const_cast<char *>(binary.c_str())};
+      std::vector<char *> argv;
+      for (const std::string &p : prefix) argv.push_back(const_cast<char *>(p.c_str()));
+      argv.push_back(const_cast<char *>(binary.c_str()));
       for (const std::string &a : args) argv.push_back(const_cast<char *>(a.c_str()));
       argv.push_back(nullptr);
       if (!std::freopen(log.c_str(), "a", stderr)) return 98;
-      ::execv(binary.c_str(), argv.data());
+      ::execvp(argv[0], argv.data());  // the binary's own path, or the prefix's command
       return 97;
     });
     REQUIRE(pid > 0);

@@ -268,10 +268,10 @@ TEST_CASE("followers resume by themselves after the upstream's relay is killed a
     CHECK(w->torn == 0);
     CHECK(w->backward == 0);
   }
-  // The followers said they lost the upstream and found it again.
-  CHECK(log_has(mesh.follow_log(0), "no answer from"));
-  CHECK(log_has(mesh.follow_log(0), "answers"));
-  // And the relays stayed up all along: still the same processes, stopped cleanly.
+  // Whether a follower logs the lost link depends on when its request left: one sent after
+  // the kill waits in its socket and the restarted relay answers it, with no timeout at all.
+  // Both ways must end as asserted above; the timeout path is asserted by relay-netns, where
+  // a cut link makes it certain. And the relays stayed up all along: still the same processes, stopped cleanly.
   for (auto &r : mesh.relays) CHECK(r->stop() == 0);
 }
 
@@ -335,8 +335,15 @@ TEST_CASE("a follower's status shows how far behind it is while the upstream is 
   REQUIRE(wait_all(watches, "policy", 1) >= 0);
   const std::string path = mesh.daemons[0]->dir() + "/relay-follow.json";
   // Caught up and connected.
-  CHECK(lftest::wait_until([&] { return log_has(path, "\"connected\":true"); }, 30000) >= 0);
-  CHECK(lftest::json_number(read_file(path), "lag_versions") == 0);
+  // (The file may still be the one written while version 1 was on its way, lag 1: looked at
+  // until it is rewritten.)
+  CHECK(lftest::wait_until(
+            [&] {
+              const std::string s = read_file(path);
+              return s.find("\"connected\":true") != std::string::npos &&
+                     lftest::json_number(s, "lag_versions") == 0;
+            },
+            30000) >= 0);
   // The upstream's relay gone: the follower says it is not connected.
   mesh.serve->kill9();
   CHECK(lftest::wait_until([&] { return log_has(path, "\"connected\":false"); }, 60000) >= 0);

@@ -22,14 +22,16 @@ const char *kUsage =
     "                        --allow FILE [--adapters a,b] [--insecure]\n"
     "  loraflip-relay follow --runtime-dir DIR --upstream tcp://HOST:PORT --server-key FILE\n"
     "                        --secret-key FILE [--adapters a,b] [--chunk-bytes N] [--window N]\n"
-    "                        [--status-file FILE] [--insecure]\n"
+    "                        [--status-file FILE] [--placement host|cuda:N[,M]] [--insecure]\n"
     "\n"
     "serve answers followers with the versions the local daemon commits; follow writes them\n"
     "into the local daemon under the same version numbers. Keys: `loraflipctl keygen --out\n"
     "PREFIX` makes PREFIX.key (secret, mode 0600) and PREFIX.pub. --allow lists the followers'\n"
     "public keys, one per line; --server-key is the upstream's PREFIX.pub. --insecure: plain\n"
     "TCP without keys, on a loopback address only (tests). --status-file: where follow writes\n"
-    "its status for loraflipctl (default RUNTIME_DIR/relay-follow.json).\n"
+    "its status for loraflipctl (default RUNTIME_DIR/relay-follow.json). --placement: where\n"
+    "the adapters follow creates live (default host; cuda:N[,M] for the local daemon's devices,\n"
+    "the first written to); an adapter that exists already must be placed so, or is skipped.\n"
     "exit codes: 0 stopped by a signal, 1 could not run, 2 usage error\n";
 
 int usage_error(const std::string &message) {
@@ -86,6 +88,11 @@ int main(int argc, char **argv) {
     else if (mode == "follow" && key == "--upstream") f.upstream = value;
     else if (mode == "follow" && key == "--server-key") f.server_key = value;
     else if (mode == "follow" && key == "--status-file") f.status_file = value;
+    else if (mode == "follow" && key == "--placement") {
+      if (loraflip::Status s = loraflip::relay::check_placement(value); !s)
+        return usage_error("--placement: " + s.error().message);
+      f.placement = value;
+    }
     else if (mode == "follow" && key == "--chunk-bytes") {
       if (!parse_u64(value, &n)) return usage_error("--chunk-bytes wants a number");
       f.chunk_bytes = n;

@@ -455,7 +455,14 @@ class Server {
 
   void copy_out(const std::string &name, lf_adapter_ref_t ref) {
     lf_pin_t *pin = nullptr;
-    if (lf_reader_acquire(reader_, ref, 0, &pin) != LF_OK) return;
+    if (const int st = lf_reader_acquire(reader_, ref, 0, &pin); st != LF_OK) {
+      // Gone or between versions: the next scan sees. Anything else (a device this process
+      // does not see, say) is said once.
+      if (st != LF_E_NO_VERSION && st != LF_E_STALE && warned_.insert(name).second)
+        spdlog::error("not serving '{}': pinning it: {}: {}", name, lf_strerror(st),
+                      lf_reader_last_error(reader_));
+      return;
+    }
     const uint64_t version = lf_pin_version(pin);
     char *json = nullptr;
     const int st = lf_client_info(client_, name.c_str(), &json);
@@ -464,21 +471,27 @@ class Server {
     std::optional<Json> info = Json::parse(text, &err);
     std::optional<wire::Offer> offer;
     if (info) offer = offer_from_info(*info, version);
-    lf_tensor_view_t view{};
-    if (!offer || lf_pin_tensor(pin, 0, &view) != LF_OK || view.device >= 0) {
-      lf_pin_release(pin);
-      if (warned_.insert(name).second)
-        spdlog::error("not serving '{}': {}", name,
-                      !offer ? "its info could not be read"
-                             : "device placement is not served yet (host placement only)");
+    // The checksum covers the whole slot, padding between tensors included, so the follower
+    // gets the slot image byte for byte (the pin keeps it unchanged while it is copied), from
+    // host memory or from the adapter's device.
+    auto snap = std::make_shared<Snapshot>();
+    std::string why;
+    if (!offer) {
+      why = "its info could not be read";
+    } else if (lf_pin_slot_bytes(pin) != offer->slot_bytes) {
+      why = "its info and its pin disagree on the slot's size";
+    } else {
+      snap->image.resize(offer->slot_bytes);
+      if (const int copied = lf_pin_copy_slot(pin, snap->image.data(), snap->image.size());
+          copied != LF_OK)
+        why = std::string("copying its slot out: ") + lf_strerror(copied) + ": " +
+              lf_reader_last_error(reader_);
+    }
+    lf_pin_release(pin);
+    if (!why.empty()) {
+      if (warned_.insert(name).second) spdlog::error("not serving '{}': {}", name, why);
       return;
     }
-    // The checksum covers the whole slot, padding between tensors included, so the follower
-    // gets the slot image byte for byte (the pin keeps it unchanged while it is copied).
-    const auto *base = static_cast<const std::byte *>(view.data) - offer->tensors[0].offset;
-    auto snap = std::make_shared<Snapshot>();
-    snap->image.assign(base, base + offer->slot_bytes);
-    lf_pin_release(pin);
     offer->checksum = kernels::checksum(snap->image.data(), snap->image.size());
     // The daemon's own checksum of that version, when its writer asked for one: a mismatch
     // means the bytes are not what was committed, and they are not served.
@@ -712,12 +725,14 @@ class Follower {
       if (r == LF_OK) r = lf_spec_set_metadata(spec, offer.metadata.c_str());
       if (r == LF_OK)
         r = lf_spec_set_slots(spec, static_cast<int>(offer.slots), static_cast<int>(offer.history));
+      if (r == LF_OK) r = lf_spec_set_placement(spec, o_.placement.c_str());
       if (r == LF_OK) r = lf_client_create_adapter(client_, offer.name.c_str(), spec);
       lf_spec_free(spec);
       if (r != LF_OK && r != LF_E_EXISTS)
         return make_error(r, "creating it locally: " + client_error(client_, r));
       if (r == LF_OK) locals_[offer.name].incarnation = offer.incarnation;
-      spdlog::info("created '{}' locally as the upstream has it", offer.name);
+      spdlog::info("created '{}' locally as the upstream has it, placed on {}", offer.name,
+                   o_.placement);
       json = nullptr;
       st = lf_client_info(client_, offer.name.c_str(), &json);
       text = json_of(st, json);
@@ -727,8 +742,12 @@ class Follower {
     auto info = Json::parse(text, &err);
     if (!info) return make_error(LF_E_PROTOCOL, "local info: " + err);
     const auto &tensors = (*info)["tensors"].items();
+    const std::string &placement = (*info)["placement"].str();
+    if (!same_placement(placement, o_.placement))
+      return make_error(LF_E_INVALID_ARGUMENT, "the local adapter is placed on " + placement +
+                                                   ", not on " + o_.placement + " (--placement)");
     bool same = (*info)["slot_bytes"].u64() == offer.slot_bytes &&
-                (*info)["placement"].str() == "host" && tensors.size() == offer.tensors.size();
+                tensors.size() == offer.tensors.size();
     for (size_t i = 0; same && i < tensors.size(); ++i) {
       const msg::InfoTensor &u = offer.tensors[i];
       same = tensors[i]["name"].str() == u.name && tensors[i]["offset"].u64() == u.offset &&
@@ -739,8 +758,8 @@ class Follower {
     }
     if (!same)
       return make_error(LF_E_INVALID_ARGUMENT,
-                        "the local adapter's schema or placement differs from the upstream's "
-                        "(host placement, same tensors, is what is followed today)");
+                        "the local adapter's schema differs from the upstream's (the same "
+                        "tensors, at the same offsets, is what is followed)");
     locals_[offer.name].last_version = (*info)["last_version"].u64();
     return {};
   }
@@ -857,12 +876,17 @@ class Follower {
       spdlog::error("{}@{}: begin_write: {}", offer.name, offer.version, client_error(client_, st));
       return;
     }
-    lf_tensor_view_t view{};
-    lf_writer_tensor(w, 0, &view);
     // The lease lends the whole slot; the image covers it all, padding between tensors
-    // included, so that the daemon's checksum of the slot is the upstream's.
-    auto *base = static_cast<std::byte *>(view.data) - offer.tensors[0].offset;
-    std::memcpy(base, image.data(), image.size());
+    // included, so that the daemon's checksum of the slot is the upstream's. Host or device
+    // (the adapter's first device; the daemon copies to the others before the flip).
+    st = lf_writer_copy_in_slot(w, image.data(), image.size());
+    if (st != LF_OK) {
+      spdlog::error("{}@{}: writing the image: {}", offer.name, offer.version,
+                    client_error(client_, st));
+      lf_writer_abort(w);
+      ++locals_[offer.name].retries;
+      return;
+    }
     uint64_t made = 0;
     st = lf_writer_commit_as(w, offer.version, LF_COMMIT_CHECKSUM, offer.checksum, &made);
     if (st == LF_E_TIMEOUT || st == LF_E_CONNECTION) {
@@ -987,6 +1011,43 @@ class Follower {
 
 }  // namespace
 
+namespace {
+
+// The devices of a placement, the first (written to) first and the copies sorted; empty for
+// "host"; nullopt when it is neither "host" nor "cuda:N[,M...]".
+std::optional<std::vector<int>> placement_devices(const std::string &placement) {
+  if (placement == "host") return std::vector<int>{};
+  std::string list;
+  for (const char *prefix : {"cuda:", "device:"})
+    if (placement.rfind(prefix, 0) == 0) list = placement.substr(std::strlen(prefix));
+  std::vector<int> devices;
+  for (size_t start = 0;;) {  // an empty list or item (no prefix, "cuda:", "cuda:0,") fails
+    const size_t comma = list.find(',', start);
+    const std::string item = list.substr(start, comma == std::string::npos ? comma : comma - start);
+    if (item.empty() || item.size() > 4 || item.find_first_not_of("0123456789") != std::string::npos)
+      return std::nullopt;
+    devices.push_back(std::stoi(item));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  std::sort(devices.begin() + 1, devices.end());
+  return devices;
+}
+
+}  // namespace
+
+Status check_placement(const std::string &placement) {
+  if (!placement_devices(placement))
+    return make_error(LF_E_INVALID_ARGUMENT, "placement must be \"host\" or \"cuda:N[,M...]\", "
+                                             "not '" + placement + "'");
+  return {};
+}
+
+bool same_placement(const std::string &a, const std::string &b) {
+  const auto da = placement_devices(a), db = placement_devices(b);
+  return da && db && *da == *db;
+}
+
 Status check_endpoint(const std::string &endpoint, bool insecure) {
   if (endpoint.rfind("tcp://", 0) != 0)
     return make_error(LF_E_INVALID_ARGUMENT, "'" + endpoint + "' is not a tcp:// endpoint");
@@ -1110,14 +1171,18 @@ int follow(const FollowOptions &o, const std::atomic<bool> &stop) {
       spdlog::error("--adapters: {}", s.error().message);
       return 1;
     }
+  if (Status s = check_placement(o.placement); !s) {
+    spdlog::error("--placement: {}", s.error().message);
+    return 1;
+  }
   lf_client_t *client = open_client(o.runtime_dir, stop);
   if (client == nullptr) return 0;
   int code = 0;
   try {
     zmq::context_t context(1);
     Follower follower(o, context, client, keys ? &*keys : nullptr, server_key);
-    spdlog::info("following {} into {} ({})", o.upstream, o.runtime_dir,
-                 keys ? "CurveZMQ" : "plain TCP");
+    spdlog::info("following {} into {} ({}; adapters it creates placed on {})", o.upstream,
+                 o.runtime_dir, keys ? "CurveZMQ" : "plain TCP", o.placement);
     code = follower.run(stop);
   } catch (const std::exception &e) {
     spdlog::error("follow: {}", e.what());

@@ -32,10 +32,20 @@ struct FollowOptions {
   uint64_t chunk_bytes = uint64_t{1} << 20;  // per fetch: sized for the link
   uint32_t window = 8;              // fetches in flight: the credit a follower grants itself
   std::string status_file;          // empty: <runtime_dir>/relay-follow.json
+  // Where the adapters this follower creates live: "host", or "cuda:N[,M...]" (the local
+  // daemon's devices; the first is written to). An adapter that exists already must be placed
+  // so too, or it is not followed.
+  std::string placement = "host";
 };
 
 // Refuses anything but tcp://, and plain TCP (insecure) anywhere but on a loopback address.
 Status check_endpoint(const std::string &endpoint, bool insecure);
+// Refuses a placement that is not "host" or "cuda:N[,M...]" (as lf_spec_set_placement takes
+// it, "device:" included), naming what is wrong.
+Status check_placement(const std::string &placement);
+// Whether two placements are the same devices with the same first one: the daemon's info lists
+// the copies in its own order ("cuda:0,2,1" is shown as "cuda:0,1,2").
+bool same_placement(const std::string &a, const std::string &b);
 
 // Run until `stop` is set (a signal); the exit code of the program.
 int serve(const ServeOptions &options, const std::atomic<bool> &stop);

@@ -1,7 +1,9 @@
 // The C ABI, the reader: a reader-table entry, pins and their tensors, and waiting for a
 // newer version. The work is in reader.cpp; these are its guarded entry points.
 #include <cstdint>
+#include <cstring>
 #include <memory>
+#include <string>
 
 #include "api_internal.hpp"
 #include "connection.hpp"
@@ -87,6 +89,36 @@ int lf_pin_tensor(const lf_pin_t *pin, size_t index, lf_tensor_view_t *out) {
   if (pin == nullptr || pin->owner == nullptr || out == nullptr) return LF_E_INVALID_ARGUMENT;
   if (index >= pin->tensor_count) return LF_E_NOT_FOUND;
   return fill_view(pin->tensors[index], pin->base, pin->version, pin->device, out);
+}
+
+size_t lf_pin_slot_bytes(const lf_pin_t *pin) {
+  return pin == nullptr || pin->owner == nullptr ? 0 : pin->record->slot_bytes;
+}
+
+int lf_pin_copy_slot(const lf_pin_t *pin, void *dst, size_t nbytes) {
+  if (pin == nullptr || pin->owner == nullptr) return LF_E_INVALID_ARGUMENT;
+  lf_reader_t *reader = pin->owner;
+  if (dst == nullptr) return invalid(&reader->last_error, "dst is NULL");
+  const uint64_t slot_bytes = pin->record->slot_bytes;
+  if (nbytes != slot_bytes)
+    return fail(&reader->last_error,
+                make_error(LF_E_INVALID_ARGUMENT, "the buffer is " + std::to_string(nbytes) +
+                                                      " bytes, the slot " +
+                                                      std::to_string(slot_bytes)));
+  // The pin keeps these bytes unchanged until it is released.
+  if (pin->device < 0) {
+    std::memcpy(dst, pin->base, nbytes);
+    return LF_OK;
+  }
+  return guarded(&reader->last_error, [&] {
+    // The pin's own copy (the adapter's first device this process sees), on that device's
+    // default stream, waited for: `dst` holds the bytes when this returns.
+    loraflip::device::Backend *b = reader->devices.backend();
+    Status st = b->copy(dst, pin->base, nbytes, loraflip::device::CopyKind::kDeviceToHost,
+                        pin->device, nullptr);
+    if (st) st = b->synchronize(pin->device, nullptr);
+    return st ? LF_OK : fail(&reader->last_error, st.error());
+  });
 }
 
 int lf_pin_tensor_on_device(const lf_pin_t *pin, size_t index, int device, lf_tensor_view_t *out) {

@@ -243,6 +243,41 @@ int lf_writer_copy_in_all(lf_writer_t *w, const void *const *srcs, const size_t 
   });
 }
 
+size_t lf_writer_slot_bytes(const lf_writer_t *w) { return w == nullptr ? 0 : w->slot_bytes; }
+
+int lf_writer_copy_in_slot(lf_writer_t *w, const void *src, size_t nbytes) {
+  if (w == nullptr) return LF_E_INVALID_ARGUMENT;
+  if (src == nullptr) return invalid(&w->client->last_error, "src is NULL");
+  if (nbytes != w->slot_bytes)
+    return fail(&w->client->last_error,
+                make_error(LF_E_INVALID_ARGUMENT, "the image is " + std::to_string(nbytes) +
+                                                      " bytes, the slot " +
+                                                      std::to_string(w->slot_bytes)));
+  const auto *from = static_cast<const std::byte *>(src);
+  if (w->device < 0) {
+    // In pieces of kBytesPerRun, on several cores for a large slot, as lf_writer_copy_in_all.
+    const uint64_t piece = ipc::kBytesPerRun;
+    const size_t pieces = static_cast<size_t>((nbytes + piece - 1) / piece);
+    const std::vector<size_t> starts = ipc::split_runs(
+        pieces, ipc::runs_for(nbytes, pieces),
+        [&](size_t i) -> uint64_t { return std::min<uint64_t>(piece, nbytes - i * piece); });
+    ipc::for_each_run(starts, [&](size_t, size_t begin, size_t end) {
+      const uint64_t at = begin * piece, until = std::min<uint64_t>(nbytes, end * piece);
+      ipc::stream_copy(w->writable + at, from + at, until - at);
+    });
+    return LF_OK;
+  }
+  // The adapter's first device, on its default stream, waited for: as lf_writer_copy_in, so the
+  // commit needs no event for it and the daemon's checks read exactly these bytes.
+  return guarded(&w->client->last_error, [&] {
+    Backend *b = w->client->devices.backend();
+    Status st = b->copy(w->writable, from, nbytes, loraflip::device::CopyKind::kHostToDevice,
+                        w->device, nullptr);
+    if (st) st = b->synchronize(w->device, nullptr);
+    return st ? LF_OK : fail(&w->client->last_error, st.error());
+  });
+}
+
 int lf_writer_copy_in_async(lf_writer_t *w, size_t index, const void *src, size_t nbytes,
                             int src_device, void *stream) {
   if (w == nullptr || (src == nullptr && nbytes != 0)) return LF_E_INVALID_ARGUMENT;
@@ -316,6 +351,14 @@ int lf_writer_commit_after(lf_writer_t *w, int device, void *stream) {
 
 namespace {
 
+// Gives lease `lease` back to the daemon (the caller holds the client's mutex). When the
+// daemon cannot be reached, the abort is sent again before the client's next begin_write.
+int abort_lease(lf_client *c, uint64_t lease) {
+  auto reply = c->connection.call<ipc::msg::Empty>(ipc::msg::Abort{lease});
+  if (!reply && outcome_unknown(reply.error().code)) c->unsent_aborts.push_back(lease);
+  return reply ? LF_OK : fail(&c->last_error, reply.error());
+}
+
 // lf_writer_commit and lf_writer_commit_as: `version` and `expected` (the checksum the slot
 // must have) are absent for the daemon's next number and the writer's own checksum.
 int commit_writer(lf_writer_t *w, unsigned flags, std::optional<uint64_t> version,
@@ -323,6 +366,7 @@ int commit_writer(lf_writer_t *w, unsigned flags, std::optional<uint64_t> versio
   if (w == nullptr) return LF_E_INVALID_ARGUMENT;
   lf_client *c = w->client;
   std::lock_guard lock(c->mutex);
+  bool sent = false;  // whether the commit left for the daemon
   const int status = guarded(&c->last_error, [&] {
     ipc::msg::Commit q{w->lease, flags, std::nullopt, std::nullopt, version};
     if (!w->streams.empty()) {
@@ -334,17 +378,29 @@ int commit_writer(lf_writer_t *w, unsigned flags, std::optional<uint64_t> versio
       q.event = handle;
     }
     if (flags & LF_COMMIT_CHECKSUM) {
-      if (w->device >= 0)
+      // A checksum this library would compute reads the slot on the CPU: host slots only. One
+      // the caller gives (lf_writer_commit_as) the daemon compares on the slot's device.
+      if (w->device >= 0 && !expected)
         return fail(&c->last_error, make_error(LF_E_UNSUPPORTED, "LF_COMMIT_CHECKSUM covers "
                                                "host-placed adapters; device slots are checked "
-                                               "with LF_COMMIT_CHECK_FINITE"));
+                                               "with LF_COMMIT_CHECK_FINITE, or against a "
+                                               "checksum given to lf_writer_commit_as"));
       q.checksum = expected ? *expected : loraflip::kernels::checksum(w->base, w->slot_bytes);
     }
+    sent = true;
     auto reply = c->connection.call<ipc::msg::FlipResult>(q);
     if (!reply) return fail(&c->last_error, reply.error());
     if (version_out != nullptr) *version_out = reply->version;
     return LF_OK;
   });
+  // Refused here, before the daemon heard of the commit: the lease would otherwise hold its
+  // slot until it expires, with no writer left to end it. Given back as lf_writer_abort does
+  // (the refusal stays the error the caller reads).
+  if (status != LF_OK && !sent) {
+    const std::string refusal = c->last_error;
+    (void)guarded(&c->last_error, [&] { return abort_lease(c, w->lease); });
+    c->last_error = refusal;
+  }
   // The outcome is unknown: the writer stays, so that the caller can ask again (a repeated
   // commit answers the version the first one made) or abort.
   if (!outcome_unknown(status)) delete w;
@@ -371,11 +427,7 @@ int lf_writer_abort(lf_writer_t *w) {
   if (w == nullptr) return LF_OK;
   lf_client *c = w->client;
   std::lock_guard lock(c->mutex);
-  const int status = guarded(&c->last_error, [&] {
-    auto reply = c->connection.call<ipc::msg::Empty>(ipc::msg::Abort{w->lease});
-    if (!reply && outcome_unknown(reply.error().code)) c->unsent_aborts.push_back(w->lease);
-    return reply ? LF_OK : fail(&c->last_error, reply.error());
-  });
+  const int status = guarded(&c->last_error, [&] { return abort_lease(c, w->lease); });
   delete w;
   return status;
 }

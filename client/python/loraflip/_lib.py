@@ -254,6 +254,11 @@ lf_writer_copy_in = _bind("lf_writer_copy_in", _c_int,
 lf_writer_copy_in_all = _bind("lf_writer_copy_in_all", _c_int,
                               [lf_writer_p, ctypes.POINTER(ctypes.c_void_p),
                                ctypes.POINTER(_c_size_t)])
+# size_t lf_writer_slot_bytes(const lf_writer_t *writer);
+lf_writer_slot_bytes = _bind("lf_writer_slot_bytes", _c_size_t, [lf_writer_p])
+# int lf_writer_copy_in_slot(lf_writer_t *writer, const void *src, size_t nbytes);
+lf_writer_copy_in_slot = _bind("lf_writer_copy_in_slot", _c_int,
+                               [lf_writer_p, ctypes.c_void_p, _c_size_t])
 # int lf_writer_copy_in_async(lf_writer_t *writer, size_t index, const void *src,
 #                             size_t nbytes, int src_device, void *stream);
 lf_writer_copy_in_async = _bind("lf_writer_copy_in_async", _c_int,
@@ -298,6 +303,10 @@ lf_pin_tensor = _bind("lf_pin_tensor", _c_int, [lf_pin_p, _c_size_t, _P(lf_tenso
 # int lf_pin_tensor_by_name(const lf_pin_t *pin, const char *name, lf_tensor_view_t *out);
 lf_pin_tensor_by_name = _bind("lf_pin_tensor_by_name", _c_int,
                               [lf_pin_p, _c_char_p, _P(lf_tensor_view_t)])
+# size_t lf_pin_slot_bytes(const lf_pin_t *pin);
+lf_pin_slot_bytes = _bind("lf_pin_slot_bytes", _c_size_t, [lf_pin_p])
+# int lf_pin_copy_slot(const lf_pin_t *pin, void *dst, size_t nbytes);
+lf_pin_copy_slot = _bind("lf_pin_copy_slot", _c_int, [lf_pin_p, ctypes.c_void_p, _c_size_t])
 # int lf_pin_tensor_on_device(const lf_pin_t *pin, size_t index, int device,
 #                             lf_tensor_view_t *out);
 lf_pin_tensor_on_device = _bind("lf_pin_tensor_on_device", _c_int,
