@@ -26,6 +26,7 @@
 #include "ipc/paths.hpp"
 #include "ipc/proc.hpp"
 #include "ipc/protocol.hpp"
+#include "kernels/validate.hpp"
 
 #ifndef LORAFLIP_VERSION
 #define LORAFLIP_VERSION "unknown"
@@ -312,6 +313,8 @@ int Server::run() {
                LORAFLIP_VERSION, s.options.arena.instance, s.runtime_dir,
                s.created ? "new" : "re-attached", h.data_bytes >> 20, h.max_adapters,
                h.max_readers);
+  // Which instruction-set variant the host commit checks run (chosen once, here at the latest).
+  spdlog::info("commit checks on the CPU: {} variant", kernels::validate_isa());
   const DeviceSet &devices = registry.devices();
   if (s.access.restricts())
     spdlog::info("control requests accepted only from root, the daemon's user and --allow-user/"

@@ -41,6 +41,19 @@ std::vector<size_t> split_runs(size_t n, unsigned runs, BytesOf bytes_of) {
   return starts;
 }
 
+// Cuts items [0, n) of equal size into `runs` contiguous runs of about equal length, every cut
+// at a multiple of `align` items (a cache line's worth: two threads never share one), in the
+// same form as split_runs. Fewer runs where n is too short to give each some.
+inline std::vector<size_t> even_runs(size_t n, unsigned runs, size_t align) {
+  std::vector<size_t> starts{0};
+  for (unsigned r = 1; r < runs; ++r) {
+    const size_t cut = static_cast<size_t>(uint64_t{n} * r / runs) / align * align;
+    if (cut > starts.back() && cut < n) starts.push_back(cut);
+  }
+  starts.push_back(n);
+  return starts;
+}
+
 // Runs work(run, first, end) on each run of split_runs' `starts`, the first on the calling
 // thread and the others on threads of their own; returns once all are done.
 template <typename Work>

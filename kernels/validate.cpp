@@ -1,90 +1,136 @@
+// The public checks of validate.hpp over the instruction-set variant chosen at run time (the
+// kernels are in validate_isa_*.cpp), and the checksum split over threads.
 #include "kernels/validate.hpp"
 
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
+#include <vector>
 
-#include "loraflip.h"
+#include "ipc/split_runs.hpp"
+#include "kernels/validate_isa.hpp"
 
 namespace loraflip::kernels {
 namespace {
 
-// An IEEE value is NaN or infinite exactly when its exponent bits are all ones.
-template <typename Bits, Bits kExponentMask>
-int64_t scan_scalar(const unsigned char *p, uint64_t begin, uint64_t end) {
-  for (uint64_t i = begin; i < end; ++i) {
-    Bits v;
-    std::memcpy(&v, p + i * sizeof(Bits), sizeof(Bits));
-    if ((v & kExponentMask) == kExponentMask) return static_cast<int64_t>(i);
-  }
-  return -1;
+bool always_supported() { return true; }
+
+#if defined(LF_VALIDATE_HAVE_AVX2)
+// __builtin_cpu_supports also checks that the OS saves the wide registers (XCR0), not only CPUID.
+bool avx2_supported() { return __builtin_cpu_supports("avx2"); }
+#endif
+#if defined(LF_VALIDATE_HAVE_AVX512)
+// BW for the 16-bit compares, DQ for the 64-bit multiplies (VPMULLQ) of the checksum.
+bool avx512_supported() {
+  return avx2_supported() && __builtin_cpu_supports("avx512f") &&
+         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+}
+#endif
+
+struct Variant {
+  const ValidateKernels &(*kernels)();
+  bool (*supported)();
+};
+
+// Best first; the baseline runs everywhere.
+constexpr Variant kVariants[] = {
+#if defined(LF_VALIDATE_HAVE_AVX512)
+    {validate_kernels_avx512, avx512_supported},
+#endif
+#if defined(LF_VALIDATE_HAVE_AVX2)
+    {validate_kernels_avx2, avx2_supported},
+#endif
+    {validate_kernels_baseline, always_supported},
+};
+
+const Variant *find_variant(const char *name) {
+  for (const Variant &v : kVariants)
+    if (std::strcmp(v.kernels().name, name) == 0) return &v;
+  return nullptr;
 }
 
-// `lane` repeated across a 64-bit word.
-template <typename Bits>
-constexpr uint64_t replicate(Bits lane) {
-  uint64_t word = 0;
-  for (size_t i = 0; i < 8 / sizeof(Bits); ++i) word |= uint64_t{lane} << (8 * sizeof(Bits) * i);
-  return word;
+// LORAFLIP_VALIDATE_ISA names a variant to use instead of the best one (to compare them); a name
+// this build lacks or this CPU cannot run, or an empty one, is ignored.
+const ValidateKernels &choose_kernels() {
+  if (const char *want = std::getenv("LORAFLIP_VALIDATE_ISA"); want != nullptr)
+    if (const Variant *v = find_variant(want); v != nullptr && v->supported()) return v->kernels();
+  for (const Variant &v : kVariants)
+    if (v.supported()) return v.kernels();
+  return validate_kernels_baseline();
 }
 
-// Checks 8 bytes at a time (SIMD within a register): after masking the exponent and XOR-ing
-// with the mask, a lane is zero exactly where the value is not finite, and the classic
-// "has a zero lane" test finds that. The sign bit, the top of each lane, is never in the mask,
-// so the test is exact. The words of a block are OR-ed together without a branch, which the
-// compiler turns into vector code that runs at the speed memory delivers the bytes; only a block
-// with a non-finite lane is scanned again element by element. The commit path reads tens of
-// MiB per flip: a branch per word was a third slower, one compare per f16 element several
-// times slower.
-template <typename Bits, Bits kExponentMask>
-int64_t scan_exponent(const void *data, uint64_t count) {
-  const auto *p = static_cast<const unsigned char *>(data);
-  constexpr uint64_t kPerWord = 8 / sizeof(Bits);
-  constexpr uint64_t kMask = replicate<Bits>(kExponentMask);
-  constexpr uint64_t kOnes = replicate<Bits>(1);
-  constexpr uint64_t kHighs = replicate<Bits>(static_cast<Bits>(Bits{1} << (8 * sizeof(Bits) - 1)));
-  constexpr uint64_t kBlockWords = 64;  // 512 bytes: long enough to vectorize, short to rescan
-  const uint64_t words = count / kPerWord;
-  uint64_t w = 0;
-  for (; w + kBlockWords <= words; w += kBlockWords) {
-    uint64_t non_finite_lanes = 0;
-    for (uint64_t k = 0; k < kBlockWords; ++k) {
-      uint64_t v;
-      std::memcpy(&v, p + (w + k) * 8, 8);
-      const uint64_t x = (v & kMask) ^ kMask;
-      non_finite_lanes |= kPerWord == 1 ? uint64_t{x == 0} : (x - kOnes) & ~x & kHighs;
-    }
-    if (non_finite_lanes != 0)
-      return scan_scalar<Bits, kExponentMask>(p, w * kPerWord, (w + kBlockWords) * kPerWord);
-  }
-  return scan_scalar<Bits, kExponentMask>(p, w * kPerWord, count);
+// Set only by force_validate_isa (tests, benchmarks); otherwise the choice made at first use.
+std::atomic<const ValidateKernels *> g_forced{nullptr};
+
+const ValidateKernels &active_kernels() {
+  if (const ValidateKernels *k = g_forced.load(std::memory_order_acquire); k != nullptr) return *k;
+  static const ValidateKernels &chosen = choose_kernels();  // thread-safe, once
+  return chosen;
 }
 
-}  // namespace
-
-int64_t first_non_finite(const void *data, uint64_t count, int dtype) {
-  switch (dtype) {
-    case LF_DTYPE_F32: return scan_exponent<uint32_t, 0x7F800000u>(data, count);
-    case LF_DTYPE_F64: return scan_exponent<uint64_t, 0x7FF0000000000000ull>(data, count);
-    case LF_DTYPE_F16: return scan_exponent<uint16_t, 0x7C00u>(data, count);
-    case LF_DTYPE_BF16: return scan_exponent<uint16_t, 0x7F80u>(data, count);
-    default: return -1;
-  }
-}
-
-uint64_t checksum(const void *data, uint64_t bytes) {
-  const auto *p = static_cast<const unsigned char *>(data);
-  const uint64_t words = bytes / 8;
+// The checksum's last term: the 1 to 7 bytes after the whole words, zero-padded, at index
+// `words`; and the length. Zero-length tails add nothing.
+uint64_t checksum_tail(const unsigned char *p, uint64_t bytes) {
   uint64_t sum = bytes;
-  for (uint64_t i = 0; i < words; ++i) {
-    uint64_t w;
-    std::memcpy(&w, p + i * 8, 8);
-    sum += checksum_mix(w, i);
-  }
+  const uint64_t words = bytes / 8;
   if (const uint64_t tail = bytes % 8; tail != 0) {
     uint64_t w = 0;
     std::memcpy(&w, p + words * 8, tail);
     sum += checksum_mix(w, words);
   }
   return sum;
+}
+
+}  // namespace
+
+int64_t first_non_finite(const void *data, uint64_t count, int dtype) {
+  return active_kernels().first_non_finite(data, count, dtype);
+}
+
+uint64_t checksum(const void *data, uint64_t bytes) {
+  const auto *p = static_cast<const unsigned char *>(data);
+  return active_kernels().checksum_words(p, 0, bytes / 8) + checksum_tail(p, bytes);
+}
+
+uint64_t checksum_words(const void *data, uint64_t first, uint64_t words) {
+  return active_kernels().checksum_words(data, first, words);
+}
+
+uint64_t checksum_parallel(const void *data, uint64_t bytes) {
+  const auto *p = static_cast<const unsigned char *>(data);
+  const uint64_t words = bytes / 8;
+  const unsigned runs = ipc::runs_for(bytes, words);
+  if (runs < 2) return checksum(data, bytes);
+  const ValidateKernels &k = active_kernels();
+  // Runs of whole cache lines (8 words), each summing its words under their global indices:
+  // the wrapping sum does not care how it is grouped.
+  const std::vector<size_t> starts = ipc::even_runs(words, runs, 8);
+  std::vector<uint64_t> partial(starts.size() - 1);
+  ipc::for_each_run(starts, [&](size_t run, size_t begin, size_t end) {
+    partial[run] = k.checksum_words(p + 8 * begin, begin, end - begin);
+  });
+  uint64_t sum = checksum_tail(p, bytes);
+  for (uint64_t s : partial) sum += s;
+  return sum;
+}
+
+const char *validate_isa() { return active_kernels().name; }
+
+std::vector<ValidateIsaVariant> validate_isa_variants() {
+  std::vector<ValidateIsaVariant> out;
+  for (const Variant &v : kVariants) out.push_back({v.kernels().name, v.supported()});
+  return out;
+}
+
+bool force_validate_isa(const char *name) {
+  if (name == nullptr) {
+    g_forced.store(nullptr, std::memory_order_release);
+    return true;
+  }
+  const Variant *v = find_variant(name);
+  if (v == nullptr || !v->supported()) return false;
+  g_forced.store(&v->kernels(), std::memory_order_release);
+  return true;
 }
 
 }  // namespace loraflip::kernels

@@ -1,6 +1,7 @@
 // kernels/validate against references written another way, the checksum pinned to fixed values
 // (it is part of what the daemon compares; changing it must be deliberate), and what the CUDA
-// launchers answer on a machine without a GPU (or in a build without CUDA).
+// launchers answer on a machine without a GPU (or in a build without CUDA). These run the
+// variant chosen for this CPU; test_validate_isa.cpp holds every variant to the references.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
@@ -14,54 +15,13 @@
 #include "kernels/device_kernels.hpp"
 #include "kernels/validate.hpp"
 #include "loraflip.h"
+#include "tests/kernels/validate_references.hpp"
 
 using namespace loraflip::kernels;
 
-namespace {
-
-// Words assembled byte by byte (explicitly little-endian), where the library uses memcpy.
-uint64_t reference_checksum(const unsigned char *p, uint64_t bytes) {
-  std::vector<uint64_t> words((bytes + 7) / 8, 0);
-  for (uint64_t b = 0; b < bytes; ++b) words[b / 8] |= static_cast<uint64_t>(p[b]) << (8 * (b % 8));
-  uint64_t sum = bytes;
-  for (uint64_t i = 0; i < words.size(); ++i) sum += checksum_mix(words[i], i);
-  return sum;
-}
-
-// Elements decoded to double and tested with std::isfinite.
-int64_t reference_first_non_finite(const void *data, uint64_t count, int dtype) {
-  const auto *p = static_cast<const unsigned char *>(data);
-  for (uint64_t i = 0; i < count; ++i) {
-    double v = 0;
-    if (dtype == LF_DTYPE_F32) {
-      float f;
-      std::memcpy(&f, p + 4 * i, 4);
-      v = f;
-    } else if (dtype == LF_DTYPE_F64) {
-      std::memcpy(&v, p + 8 * i, 8);
-    } else if (dtype == LF_DTYPE_F16 || dtype == LF_DTYPE_BF16) {
-      uint16_t h;
-      std::memcpy(&h, p + 2 * i, 2);
-      const uint32_t w = dtype == LF_DTYPE_F16 ? f16_to_f32_bits(h) : bf16_to_f32_bits(h);
-      float f;
-      std::memcpy(&f, &w, 4);
-      v = f;
-    }
-    if (!std::isfinite(v)) return static_cast<int64_t>(i);
-  }
-  return -1;
-}
-
-size_t elem_size(int dtype) {
-  switch (dtype) {
-    case LF_DTYPE_F32: case LF_DTYPE_I32: return 4;
-    case LF_DTYPE_F64: case LF_DTYPE_I64: return 8;
-    case LF_DTYPE_F16: case LF_DTYPE_BF16: return 2;
-    default: return 1;
-  }
-}
-
-}  // namespace
+using lftest::elem_size;
+using lftest::reference_checksum;
+using lftest::reference_first_non_finite;
 
 TEST_CASE("checksum_mix is splitmix64's finalizer") {
   // splitmix64 seeded with 0 (Vigna's reference splitmix64.c) first outputs
