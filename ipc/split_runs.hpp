@@ -64,4 +64,17 @@ void for_each_run(const std::vector<size_t> &starts, Work work) {
   work(size_t{0}, starts[0], starts[1]);
 }  // the helpers join here
 
+// Copies `bytes` from `src` to `dst` with copy(dst, src, n) in runs of about equal length, on
+// several threads when the copy is large enough for that to pay (runs_for), cut at cache
+// lines. For whole slot images, into a slot or out of one.
+template <typename Copy>
+void copy_in_runs(std::byte *dst, const std::byte *src, uint64_t bytes, Copy copy) {
+  constexpr size_t kLine = 64;
+  const std::vector<size_t> starts =
+      even_runs(static_cast<size_t>(bytes), runs_for(bytes, bytes / kBytesPerRun + 1), kLine);
+  for_each_run(starts, [&](size_t, size_t begin, size_t end) {
+    copy(dst + begin, src + begin, end - begin);
+  });
+}
+
 }  // namespace loraflip::ipc

@@ -8,6 +8,7 @@
 #include "api_internal.hpp"
 #include "connection.hpp"
 #include "ipc/arena.hpp"
+#include "ipc/split_runs.hpp"
 #include "loraflip.h"
 #include "reader.hpp"
 
@@ -107,7 +108,9 @@ int lf_pin_copy_slot(const lf_pin_t *pin, void *dst, size_t nbytes) {
                                                       std::to_string(slot_bytes)));
   // The pin keeps these bytes unchanged until it is released.
   if (pin->device < 0) {
-    std::memcpy(dst, pin->base, nbytes);
+    // On several cores for a large slot. Ordinary stores: the caller reads the copy next.
+    ipc::copy_in_runs(static_cast<std::byte *>(dst), pin->base, nbytes,
+                      [](std::byte *to, const std::byte *from, size_t n) { std::memcpy(to, from, n); });
     return LF_OK;
   }
   return guarded(&reader->last_error, [&] {

@@ -255,16 +255,8 @@ int lf_writer_copy_in_slot(lf_writer_t *w, const void *src, size_t nbytes) {
                                                       std::to_string(w->slot_bytes)));
   const auto *from = static_cast<const std::byte *>(src);
   if (w->device < 0) {
-    // In pieces of kBytesPerRun, on several cores for a large slot, as lf_writer_copy_in_all.
-    const uint64_t piece = ipc::kBytesPerRun;
-    const size_t pieces = static_cast<size_t>((nbytes + piece - 1) / piece);
-    const std::vector<size_t> starts = ipc::split_runs(
-        pieces, ipc::runs_for(nbytes, pieces),
-        [&](size_t i) -> uint64_t { return std::min<uint64_t>(piece, nbytes - i * piece); });
-    ipc::for_each_run(starts, [&](size_t, size_t begin, size_t end) {
-      const uint64_t at = begin * piece, until = std::min<uint64_t>(nbytes, end * piece);
-      ipc::stream_copy(w->writable + at, from + at, until - at);
-    });
+    // On several cores for a large slot, as lf_writer_copy_in_all.
+    ipc::copy_in_runs(w->writable, from, nbytes, ipc::stream_copy);
     return LF_OK;
   }
   // The adapter's first device, on its default stream, waited for: as lf_writer_copy_in, so the
@@ -385,7 +377,7 @@ int commit_writer(lf_writer_t *w, unsigned flags, std::optional<uint64_t> versio
                                                "host-placed adapters; device slots are checked "
                                                "with LF_COMMIT_CHECK_FINITE, or against a "
                                                "checksum given to lf_writer_commit_as"));
-      q.checksum = expected ? *expected : loraflip::kernels::checksum(w->base, w->slot_bytes);
+      q.checksum = expected ? *expected : loraflip::kernels::checksum_parallel(w->base, w->slot_bytes);
     }
     sent = true;
     auto reply = c->connection.call<ipc::msg::FlipResult>(q);
