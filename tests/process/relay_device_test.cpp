@@ -28,25 +28,6 @@ namespace {
 const std::vector<std::string> kTwoDevices = {"--device-backend", "host", "--devices", "0,1",
                                               "--device-arena-size", "64M"};
 
-// As relay_support's create_adapter (tensors of rows x 16 f32, slots for history 3 and the
-// serving relay's pin), placed on `placement`.
-void create_placed_adapter(lf_client_t *c, const char *name, int tensors, int64_t rows,
-                           const char *placement) {
-  lf_spec_t *spec = nullptr;
-  REQUIRE(lf_spec_new(&spec) == LF_OK);
-  for (int t = 0; t < tensors; ++t) {
-    const int64_t shape[2] = {rows, 16};
-    const std::string tensor = "base_model.model.model.layers." + std::to_string(t) +
-                               ".self_attn.q_proj.lora_" + (t % 2 ? "B" : "A") + ".weight";
-    REQUIRE(lf_spec_add_tensor(spec, tensor.c_str(), LF_DTYPE_F32, 2, shape) == LF_OK);
-  }
-  REQUIRE(lf_spec_set_lora(spec, 16, 32.0, "q_proj", 0) == LF_OK);
-  REQUIRE(lf_spec_set_slots(spec, 6, 3) == LF_OK);
-  REQUIRE(lf_spec_set_placement(spec, placement) == LF_OK);
-  REQUIRE_MESSAGE(lf_client_create_adapter(c, name, spec) == LF_OK, lf_client_last_error(c));
-  lf_spec_free(spec);
-}
-
 // Tensor `index` of the writer's slot filled with lftest's pattern of `version` (the words
 // count_torn checks), `*word` being the number of the pattern's first word in it.
 std::vector<uint64_t> pattern_tensor(lf_writer_t *w, size_t index, uint64_t version,
@@ -138,7 +119,7 @@ TEST_CASE("a pin's slot image copies out and a writer's slot takes one in, on th
     const bool on_device = std::string(placement) != "host";
     const char *name = on_device ? "on-device" : "on-host";
     // 1250 x 16 f32 per tensor: 80000 bytes, so there is padding between tensors.
-    create_placed_adapter(c, name, 3, 1250, placement);
+    create_adapter(c, name, 3, 1250, placement);
     const auto slot_bytes = static_cast<size_t>(lftest::json_number(info_of(c, name), "slot_bytes"));
     REQUIRE(slot_bytes > 3 * 80000);
 
@@ -231,8 +212,8 @@ TEST_CASE("followers mirror host and device adapters into host and device placem
   upstream.start();
   lf_client_t *up = open_client(upstream);
   // 1250 x 16 f32 per tensor (padding between tensors), 5 x 64 KiB chunks per version.
-  create_placed_adapter(up, "on-host", 4, 1250, "host");
-  create_placed_adapter(up, "on-device", 4, 1250, "cuda:0,1");
+  create_adapter(up, "on-host", 4, 1250, "host");
+  create_adapter(up, "on-device", 4, 1250, "cuda:0,1");
   const std::string listen = "tcp://127.0.0.1:" + std::to_string(free_port());
   Relay serve({"serve", "--runtime-dir", upstream.dir(), "--listen", listen, "--secret-key",
                up_key + ".key", "--allow", keys.path + "/allow"},
@@ -251,7 +232,7 @@ TEST_CASE("followers mirror host and device adapters into host and device placem
     daemons.back()->start();
     if (i == 2) {
       lf_client_t *own = open_client(*daemons.back());
-      create_placed_adapter(own, "on-host", 4, 1250, "host");
+      create_adapter(own, "on-host", 4, 1250, "host");
       lf_client_close(own);
     }
     std::vector<std::string> args{"follow", "--runtime-dir", daemons.back()->dir(), "--upstream",

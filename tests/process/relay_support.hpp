@@ -186,8 +186,10 @@ inline uint64_t publish(lf_client_t *c, const char *name, uint64_t generation) {
 
 
 // An adapter of `tensors` f32 tensors of rows x 16 with slots for history 3 and the serving
-// relay's pin (as in the test above), so that a trainer publishing fast never waits for a slot.
-inline void create_adapter(lf_client_t *c, const char *name, int tensors, int64_t rows) {
+// relay's pin (history + 3), so that a trainer publishing fast never waits for a slot; placed
+// on `placement` ("host", or "cuda:N[,M]" on a daemon with devices).
+inline void create_adapter(lf_client_t *c, const char *name, int tensors, int64_t rows,
+                           const char *placement = "host") {
   lf_spec_t *spec = nullptr;
   REQUIRE(lf_spec_new(&spec) == LF_OK);
   for (int t = 0; t < tensors; ++t) {
@@ -198,6 +200,7 @@ inline void create_adapter(lf_client_t *c, const char *name, int tensors, int64_
   }
   REQUIRE(lf_spec_set_lora(spec, 16, 32.0, "q_proj", 0) == LF_OK);
   REQUIRE(lf_spec_set_slots(spec, 6, 3) == LF_OK);
+  REQUIRE(lf_spec_set_placement(spec, placement) == LF_OK);
   REQUIRE_MESSAGE(lf_client_create_adapter(c, name, spec) == LF_OK, lf_client_last_error(c));
   lf_spec_free(spec);
 }
