@@ -136,8 +136,8 @@ std::optional<wire::Offer> offer_from_info(const Json &info, uint64_t version) {
 // pin, or received) before it is read, and zeroing tens of MiB first would be one more pass
 // over them per version. The memory is asked for in transparent huge pages where the kernel
 // offers them (madvise mode): a fresh 32 MiB image otherwise takes 8192 page faults as it is
-// first written, which cost the serving relay more than the copy itself (about 25 ms against
-// 5 ms here). A follower keeps its buffer across versions, so it faults in once.
+// first written, which cost the serving relay more than the copy itself. A follower keeps its
+// buffer across versions, so it faults in once.
 class ImageBuffer {
  public:
   ImageBuffer() = default;
