@@ -276,6 +276,44 @@ def test_torch_reads_bf16_and_publishes_tensors(client, name):
             assert got.dtype == torch.bfloat16 and torch.equal(got, want)
 
 
+
+def test_torch_sources_of_every_kind_publish_their_values(client, name):
+    """Publish takes plain contiguous CPU tensors and parameters without a copy of their own,
+    and everything else (transposed, sliced, other dtypes with cast, tensors the first publish
+    saw as parameters and a later one as views) through the general path: every version holds
+    exactly the values given, and a wrong dtype or shape is refused by name before the slot is
+    touched."""
+    torch = pytest.importorskip("torch")
+    base = {k: torch.from_numpy(a).to(torch.bfloat16) for k, a in peft_state().items()}
+    client.publish(name, base, config=CONFIG)
+    first, second = list(base)[:2]
+    kinds = [
+        {k: torch.nn.Parameter(t.clone()) for k, t in base.items()},  # requires_grad
+        {k: t.t().contiguous().t() if t.ndim == 2 else t for k, t in base.items()},  # strided
+        {k: (t.float() * 2) for k, t in base.items()},  # fp32 into bf16, with cast
+        {k: torch.cat([t, t])[: t.shape[0]] for k, t in base.items()},  # a view of a bigger one
+    ]
+    from loraflip._sources import source
+    plain = kinds[0][first]
+    want = (loraflip._lib.LF_DTYPE_BF16, tuple(plain.shape))
+    assert source(first, plain, want, False).keep is plain  # no copy, no detach: the fast path
+    assert source(first, kinds[1][first], want, False).keep is not kinds[1][first]
+    for i, tensors in enumerate(kinds):
+        version = client.publish(name, tensors, cast=(i == 2))
+        with client.acquire(name) as v:
+            assert v.version == version
+            for k, t in tensors.items():
+                assert torch.equal(torch.from_dlpack(v.tensor(k)), t.detach().to(torch.bfloat16)), k
+    before = state_of(client, name)
+    wrong_dtype = dict(base, **{first: base[first].float()})
+    with pytest.raises(loraflip.InvalidArgument, match=f"tensor '{first}' is f32"):
+        client.publish(name, wrong_dtype)
+    wrong_shape = dict(base, **{second: base[second].reshape(-1)})
+    with pytest.raises(loraflip.InvalidArgument, match=f"tensor '{second}' has shape"):
+        client.publish(name, wrong_shape)
+    assert state_of(client, name)[0] == before[0]
+
+
 # ---- writes ----
 
 def test_a_writer_writes_in_place_and_an_exception_aborts(client, name):

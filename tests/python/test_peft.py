@@ -117,6 +117,26 @@ def test_an_adapter_that_does_not_fit_is_refused_naming_the_first_mismatch(clien
         tm.generate(model)
 
 
+
+def test_an_adapter_created_again_with_other_shapes_is_checked_again(client):
+    """The step checks shapes once per adapter schema: one dropped and created again under
+    the same name with another rank is refused at the next step, nothing stays bound."""
+    name = "live-recreated"
+    model = tm.peft_model()
+    client.publish(name, tm.version_weights(1, model), config=tm.lora_config())
+    live = loraflip.peft.LiveModel(model, name, client=client)
+    with live.step() as version:
+        assert version == 1
+    client.drop(name)
+    other_rank = tm.peft_model(tm.lora_config(r=4))
+    client.publish(name, tm.version_weights(2, other_rank), config=tm.lora_config(r=4))
+    with pytest.raises(loraflip.peft.AdapterMismatch, match=r"shape \(4, 64\)"):
+        with live.step():
+            pass
+    with pytest.raises(RuntimeError, match="bound only inside"):
+        tm.generate(model)
+
+
 def test_another_dtype_is_copied_with_one_warning(client, caplog):
     """A bf16 adapter in an f32 model: copied (cast) each step, one warning, right output."""
     name = "live-bf16"
@@ -209,6 +229,36 @@ def test_version_torch_tensors_are_the_pinned_bytes_in_place(client):
             for k, want in tensors.items():
                 assert got[k].dtype == want.dtype and torch.equal(got[k], want)
                 assert got[k].data_ptr() == v.tensor(k).data_ptr
+        del got
+
+
+
+def test_version_torch_tensors_of_runs_and_broken_runs(client):
+    """Tensors of one shape at a fixed distance come from one view unbound into pieces (a LoRA
+    adapter's layers); a layer without one of the modules breaks the distance, and a lone
+    shape stands alone: every tensor still holds its own bytes, in place, contiguous."""
+    tensors = {}
+    for layer in range(6):
+        for module in ("q", "k") if layer != 2 else ("q",):
+            tensors[f"l{layer}.{module}.lora_A.weight"] = torch.randn(8, 64).to(torch.bfloat16)
+            tensors[f"l{layer}.{module}.lora_B.weight"] = torch.randn(64, 8).to(torch.bfloat16)
+    tensors["l9.v.lora_A.weight"] = torch.randn(8, 48).to(torch.bfloat16)
+    client.publish("torch-runs", tensors, config={"r": 8})
+    for version in range(2):
+        if version:
+            client.publish("torch-runs", {k: t * 3 for k, t in tensors.items()})
+        with client.acquire("torch-runs") as v:
+            got = v.torch_tensors()
+            assert list(got) == sorted(got, key=lambda k: v.tensor(k).data_ptr)
+            assert set(got) == set(tensors)
+            for k, want in tensors.items():
+                want = want * 3 if version else want
+                assert got[k].shape == want.shape and got[k].is_contiguous(), k
+                assert torch.equal(got[k], want), k
+                assert got[k].data_ptr() == v.tensor(k).data_ptr
+            runs = v._pin.schema.layouts[None][3][1]
+            assert max(len(names) for names, *_ in runs) > 2  # the unbound path ran
+            assert any(len(names) == 1 for names, *_ in runs)  # and the lone one
         del got
 
 

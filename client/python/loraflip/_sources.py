@@ -28,6 +28,34 @@ def _is_torch(x) -> bool:
     return type(x).__module__.startswith("torch") and hasattr(x, "data_ptr")
 
 
+# Filled by the first torch tensor that takes the general path (torch is never imported here:
+# `import loraflip` needs only numpy). The plain tensor types (torch.Tensor, nn.Parameter; not
+# subclasses such as DTensor, which take the general path), the strided layout, and torch dtype
+# -> LF_DTYPE_* code. Publish meets every tensor of every version (hundreds for a large
+# model's adapter): the general path's detach, device object and dtype-name lookups cost
+# several times what the fast path's attribute reads do.
+_torch_plain_types: set = set()
+_torch_codes: dict = {}
+_torch_strided: list = []
+
+
+def _learn_torch(torch_mod) -> None:
+    if not _torch_plain_types:
+        _torch_codes.update({getattr(torch_mod, d.long_name): d.code
+                             for d in _dtypes.DTYPES if hasattr(torch_mod, d.long_name)})
+        _torch_strided.append(torch_mod.strided)
+        _torch_plain_types.update((torch_mod.Tensor, torch_mod.nn.Parameter))
+
+
+def _torch_fast(x, want: tuple[int, tuple]) -> Optional[Source]:
+    """A contiguous CPU torch tensor of exactly the slot's dtype and shape, or None."""
+    d = _torch_codes.get(x.dtype)
+    if (d == want[0] and x.layout is _torch_strided[0] and x.is_cpu and x.is_contiguous()
+            and x.shape == want[1]):
+        return Source(d, tuple(want[1]), x.data_ptr(), x.nbytes, x)
+    return None
+
+
 def _bf16_bits(a: np.ndarray) -> np.ndarray:
     """float32 -> bf16 bit patterns, rounding to nearest even (NaN stays NaN)."""
     u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
@@ -45,10 +73,16 @@ def source(name: str, x, want: Optional[tuple[int, tuple]], cast: bool) -> Sourc
             want is None or (NUMPY_CODES[x.dtype] == want[0] and x.shape == tuple(want[1]))):
         # The common case, kept cheap: publish runs it for every tensor of every version.
         return Source(NUMPY_CODES[x.dtype], x.shape, x.__array_interface__["data"][0], x.nbytes, x)
+    if want is not None and type(x) in _torch_plain_types:
+        fast = _torch_fast(x, want)
+        if fast is not None:
+            return fast
     if isinstance(x, RawTensor):
         d, shape, keep = x.dtype, x.shape, np.ascontiguousarray(x.data)
         address, nbytes, device = keep.ctypes.data, keep.nbytes, -1
     elif _is_torch(x):
+        import torch  # present: x is a torch tensor
+        _learn_torch(torch)
         t = x.detach()
         if t.device.type not in ("cpu", "cuda"):
             t = t.cpu()
@@ -56,7 +90,6 @@ def source(name: str, x, want: Optional[tuple[int, tuple]], cast: bool) -> Sourc
         # device-placed slot, or brings them to host memory for a host-placed one.
         d = dtype_code(t.dtype)
         if cast and want is not None and d != want[0] and _dtypes.BY_CODE[want[0]].kind == "f":
-            import torch  # present: x is a torch tensor
             t = t.to(getattr(torch, _dtypes.BY_CODE[want[0]].long_name))
             d = want[0]
         t = t.contiguous()

@@ -107,6 +107,10 @@ class LiveModel:
         self._warned_copy = False
         self._matched_names: list[str] = []
         self._matched: list[tuple[_Binding, str]] = []
+        # What _sources checked last (schema, device, pairing, model dtype and device), and
+        # per pair whether the published tensor can be bound in place.
+        self._checked_for: Optional[tuple] = None
+        self._in_place: list[bool] = []
         self._in_step = False
         self._hooks = []
         if self.mode == "bind":
@@ -254,28 +258,38 @@ class LiveModel:
 
     def _sources(self, version, matched) -> list[tuple[_Binding, torch.Tensor]]:
         """The pinned tensors as torch tensors, each paired with the weight it feeds: from the
-        model's GPU's copy of a device-placed adapter when it has one, else from the first."""
-        first = matched[0][0].param.device
-        device = first.index if first.type == "cuda" and version.device >= 0 else None
+        model's GPU's copy of a device-placed adapter when it has one, else from the first.
+        Checks the shapes, and notes which tensors can be bound in place, once per adapter
+        schema, device and model dtype: they change only when one of those does."""
+        first = matched[0][0].param
+        device = first.device.index if first.device.type == "cuda" and version.device >= 0 else None
         try:
             tensors = version.torch_tensors(device)
         except NotFound:  # no copy on the model's GPU
+            device = None
             tensors = version.torch_tensors()
-        out = []
-        for b, published in matched:
-            src = tensors[published]
-            if tuple(src.shape) != tuple(b.param.shape):
-                raise AdapterMismatch(
-                    L.LF_E_INVALID_ARGUMENT,
-                    f"tensor '{published}' of adapter '{self.name}' has shape "
-                    f"{tuple(src.shape)} but the model's weight has {tuple(b.param.shape)}")
-            out.append((b, src))
-        return out
+        pairs = [(b, tensors[published]) for b, published in matched]
+        # The schema and the pairing by identity (an adapter created again gets a new schema,
+        # even with the same names), the rest by value.
+        key = (version._pin.schema, matched, (device, first.dtype, first.device))
+        checked = self._checked_for
+        if (checked is None or checked[0] is not key[0] or checked[1] is not key[1]
+                or checked[2] != key[2]):
+            for (b, src), (_, published) in zip(pairs, matched):
+                if tuple(src.shape) != tuple(b.param.shape):
+                    raise AdapterMismatch(
+                        L.LF_E_INVALID_ARGUMENT,
+                        f"tensor '{published}' of adapter '{self.name}' has shape "
+                        f"{tuple(src.shape)} but the model's weight has {tuple(b.param.shape)}")
+            self._in_place = [src.dtype == b.param.dtype and src.device == b.param.device
+                              for b, src in pairs]
+            self._checked_for = key
+        return pairs
 
     def _bind(self, version, matched) -> None:
         sources = self._sources(version, matched)  # every check first: a refusal binds nothing
-        for b, src in sources:
-            if src.dtype == b.param.dtype and src.device == b.param.device:
+        for (b, src), in_place in zip(sources, self._in_place):
+            if in_place:
                 b.param.data = src
                 continue
             if not self._warned_copy:
