@@ -192,69 +192,41 @@ TEST_CASE("a pin's slot image copies out and a writer's slot takes one in, on th
 
 TEST_CASE("followers mirror host and device adapters into host and device placements, with the "
           "upstream's numbers and bytes") {
-  TempDir keys;
-  const std::string up_key = keygen(keys, "upstream");
-  std::vector<std::string> follower_keys;
-  {
-    std::ofstream allow(keys.path + "/allow");
-    for (int i = 0; i < 3; ++i) {
-      follower_keys.push_back(keygen(keys, "follower" + std::to_string(i)));
-      allow << public_key(follower_keys.back()) << "\n";
-    }
-  }
-  // --placement is checked before anything runs.
-  const std::string relay = env_path("LORAFLIP_RELAY");
-  for (const char *bad : {"cuda:", "cuda:0,", "gpu:0", "cuda:x"})
-    CHECK(run(relay + " follow --runtime-dir " + keys.path + " --upstream tcp://127.0.0.1:9 " +
-              "--insecure --placement '" + bad + "' 2>/dev/null") == 2);
-
-  Daemon upstream("relay-dev-up", kTwoDevices);
-  upstream.start();
-  lf_client_t *up = open_client(upstream);
-  // 1250 x 16 f32 per tensor (padding between tensors), 5 x 64 KiB chunks per version.
-  create_adapter(up, "on-host", 4, 1250, "host");
-  create_adapter(up, "on-device", 4, 1250, "cuda:0,1");
-  const std::string listen = "tcp://127.0.0.1:" + std::to_string(free_port());
-  Relay serve({"serve", "--runtime-dir", upstream.dir(), "--listen", listen, "--secret-key",
-               up_key + ".key", "--allow", keys.path + "/allow"},
-              upstream.dir() + ".relay.log");
-
   // Follower 0 serves no devices and follows into host placement (the default); follower 1
   // into its devices, device 1 first; follower 2 into cuda:0, but already has "on-host" on the
   // host, which it must then leave alone.
-  const std::vector<std::vector<std::string>> daemon_args = {{}, kTwoDevices, kTwoDevices};
-  const std::vector<std::vector<std::string>> placement_args = {
-      {}, {"--placement", "cuda:1,0"}, {"--placement", "cuda:0"}};
-  std::vector<std::unique_ptr<Daemon>> daemons;
-  std::vector<std::unique_ptr<Relay>> relays;
-  for (int i = 0; i < 3; ++i) {
-    daemons.push_back(std::make_unique<Daemon>("relay-dev-f" + std::to_string(i), daemon_args[i]));
-    daemons.back()->start();
-    if (i == 2) {
-      lf_client_t *own = open_client(*daemons.back());
-      create_adapter(own, "on-host", 4, 1250, "host");
-      lf_client_close(own);
-    }
-    std::vector<std::string> args{"follow", "--runtime-dir", daemons.back()->dir(), "--upstream",
-                                  listen, "--server-key", up_key + ".pub", "--secret-key",
-                                  follower_keys[i] + ".key", "--chunk-bytes", "65536"};
-    args.insert(args.end(), placement_args[i].begin(), placement_args[i].end());
-    relays.push_back(std::make_unique<Relay>(args, daemons.back()->dir() + ".relay.log"));
+  Mesh mesh(3, {.follow_options = {"--chunk-bytes", "65536"},
+                .upstream_daemon = kTwoDevices,
+                .follower_daemons = {{}, kTwoDevices, kTwoDevices},
+                .placements = {"", "cuda:1,0", "cuda:0"}});
+  // --placement is checked before anything runs.
+  const std::string relay = env_path("LORAFLIP_RELAY");
+  for (const char *bad : {"cuda:", "cuda:0,", "gpu:0", "cuda:x"})
+    CHECK(run(relay + " follow --runtime-dir " + mesh.dir.path + " --upstream tcp://127.0.0.1:9 " +
+              "--insecure --placement '" + bad + "' 2>/dev/null") == 2);
+
+  // Follower 2's own "on-host", made while the upstream has nothing to offer yet.
+  {
+    lf_client_t *own = open_client(*mesh.daemons[2]);
+    create_adapter(own, "on-host", 4, 1250, "host");
+    lf_client_close(own);
   }
-  const auto log_of = [&](int i) { return daemons[i]->dir() + ".relay.log"; };
+  // 1250 x 16 f32 per tensor (padding between tensors), 5 x 64 KiB chunks per version.
+  create_adapter(mesh.up, "on-host", 4, 1250, "host");
+  create_adapter(mesh.up, "on-device", 4, 1250, "cuda:0,1");
 
   // One Watch per follower and adapter (a Watch follows one name).
   const char *names[] = {"on-host", "on-device"};
   std::vector<std::unique_ptr<Watch>> watches;  // [follower * 2 + adapter]
   for (int i = 0; i < 3; ++i)
-    for (int a = 0; a < 2; ++a) watches.push_back(std::make_unique<Watch>(*daemons[i]));
+    for (int a = 0; a < 2; ++a) watches.push_back(std::make_unique<Watch>(*mesh.daemons[i]));
   const auto poll_all = [&] {
     for (size_t k = 0; k < watches.size(); ++k) watches[k]->poll(names[k % 2]);
   };
 
   constexpr uint64_t kVersions = 10;
   for (uint64_t g = 1; g <= kVersions; ++g) {
-    for (const char *name : names) REQUIRE(publish_pattern(up, name, g) == g);
+    for (const char *name : names) REQUIRE(publish_pattern(mesh.up, name, g) == g);
     poll_all();
   }
   // Everything arrives but follower 2's "on-host", which it does not follow.
@@ -266,13 +238,14 @@ TEST_CASE("followers mirror host and device adapters into host and device placem
         return true;
       },
       60000);
-  CHECK_MESSAGE(took >= 0, "followers did not reach version ", kVersions, "; see ", log_of(0),
-                ", ", log_of(1), ", ", log_of(2), " and ", upstream.dir(), ".relay.log");
-  CHECK_FALSE(log_has(upstream.dir() + ".relay.log", "not serving"));
+  CHECK_MESSAGE(took >= 0, "followers did not reach version ", kVersions, "; see ",
+                mesh.follow_log(0), ", ", mesh.follow_log(1), ", ", mesh.follow_log(2), " and ",
+                mesh.serve_log());
+  CHECK_FALSE(log_has(mesh.serve_log(), "not serving"));
 
   const char *placed[] = {"host", "cuda:1,0", "cuda:0"};
   for (int i = 0; i < 3; ++i) {
-    lf_client_t *fc = open_client(*daemons[i]);
+    lf_client_t *fc = open_client(*mesh.daemons[i]);
     for (int a = 0; a < 2; ++a) {
       if (i == 2 && a == 0) continue;
       const char *name = names[a];
@@ -283,20 +256,20 @@ TEST_CASE("followers mirror host and device adapters into host and device placem
       CHECK(w.torn == 0);      // every version seen held the upstream's pattern, whole
       CHECK(w.backward == 0);  // and versions only went forward
       CHECK(last_version(fc, name) == kVersions);
-      CHECK(tensors_of(fc, name) == tensors_of(up, name));
+      CHECK(tensors_of(fc, name) == tensors_of(mesh.up, name));
       CHECK(info_of(fc, name).find(std::string("\"placement\":\"") + placed[i] + "\"") !=
             std::string::npos);
       // Byte for byte, padding included: the follower's slot is the upstream's.
-      const std::vector<std::byte> theirs = slot_image(upstream, name, kVersions);
+      const std::vector<std::byte> theirs = slot_image(mesh.upstream, name, kVersions);
       REQUIRE(!theirs.empty());
-      CHECK(slot_image(*daemons[i], name, kVersions) == theirs);
+      CHECK(slot_image(*mesh.daemons[i], name, kVersions) == theirs);
     }
     lf_client_close(fc);
   }
   // Follower 1's daemon copied each version to its other device before the flip.
   {
     lf_reader_t *r = nullptr;
-    REQUIRE(lf_reader_open(daemons[1]->dir().c_str(), &r) == LF_OK);
+    REQUIRE(lf_reader_open(mesh.daemons[1]->dir().c_str(), &r) == LF_OK);
     for (const char *name : names) {
       CAPTURE(name);
       lf_adapter_ref_t ref = 0;
@@ -310,13 +283,12 @@ TEST_CASE("followers mirror host and device adapters into host and device placem
     lf_reader_close(r);
   }
   // Follower 2 left its own host-placed "on-host" as it was, and said why.
-  CHECK(log_has(log_of(2), "not following 'on-host': the local adapter is placed on host, not on "
-                           "cuda:0"));
-  lf_client_t *f2 = open_client(*daemons[2]);
+  CHECK(log_has(mesh.follow_log(2),
+                "not following 'on-host': the local adapter is placed on host, not on cuda:0"));
+  lf_client_t *f2 = open_client(*mesh.daemons[2]);
   CHECK(last_version(f2, "on-host") == 0);
   lf_client_close(f2);
 
-  for (auto &r : relays) CHECK(r->stop() == 0);
-  CHECK(serve.stop() == 0);
-  lf_client_close(up);
+  for (auto &r : mesh.relays) CHECK(r->stop() == 0);
+  CHECK(mesh.serve->stop() == 0);
 }

@@ -110,15 +110,13 @@ TEST_CASE("a follower in another network namespace stays put while the link is c
   if (::geteuid() != 0) LF_SKIP("needs root to make network namespaces (ip netns)");
   const std::string ip = ip_binary();
   if (ip.empty()) LF_SKIP("no `ip` command (iproute2) here");
-  TempDir keys;
-  Link link(ip, keys.path + "/ip.log");
+  TempDir dir;
+  Link link(ip, dir.path + "/ip.log");
   if (const std::string why = link.make(); !why.empty()) LF_SKIP(why);
   REQUIRE_MESSAGE(link.configure(), link.log());
 
   // CurveZMQ as between real nodes: --insecure is for loopback only.
-  const std::string up_key = keygen(keys, "upstream");
-  const std::string follower_key = keygen(keys, "follower");
-  std::ofstream(keys.path + "/allow") << public_key(follower_key) << "\n";
+  const Keys keys(dir, 1);
 
   Daemon upstream("relay-netns-up");
   upstream.start();
@@ -131,10 +129,10 @@ TEST_CASE("a follower in another network namespace stays put while the link is c
   const std::string listen = std::string("tcp://") + Link::kUpAddress + ":7447";
   const std::string follow_log = follower.dir() + ".relay.log";
   Relay serve({"serve", "--runtime-dir", upstream.dir(), "--listen", listen, "--secret-key",
-               up_key + ".key", "--allow", keys.path + "/allow"},
+               keys.upstream + ".key", "--allow", keys.allow},
               upstream.dir() + ".relay.log", {}, link.exec_in(link.up_ns));
   Relay follow({"follow", "--runtime-dir", follower.dir(), "--upstream", listen,
-                "--server-key", up_key + ".pub", "--secret-key", follower_key + ".key",
+                "--server-key", keys.upstream + ".pub", "--secret-key", keys.followers[0] + ".key",
                 "--chunk-bytes", "65536", "--window", "4"},
                follow_log, {}, link.exec_in(link.follow_ns));
 

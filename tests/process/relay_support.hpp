@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <utility>
 #include <vector>
 
 #include "loraflip.h"
@@ -123,6 +124,31 @@ inline std::string public_key(const std::string &prefix) {
   return text;
 }
 
+// The keys of one serving relay and its followers, made in a TempDir: the server's key pair,
+// one pair per follower, and the allow file that lets exactly those followers in. A key pair is
+// the prefix keygen wrote it under (PREFIX.key, PREFIX.pub).
+struct Keys {
+  std::string upstream;
+  std::vector<std::string> followers;
+  std::string allow;
+
+  // `count` new pairs named `follower_name` and their index; the allow file `follower_name`.allow.
+  // `upstream_key`: a pair made already (a middle node serves under the key it follows with), or
+  // "" for a new one named "upstream".
+  Keys(const TempDir &dir, int count, const std::string &follower_name = "follower",
+       std::string upstream_key = "")
+      : upstream(upstream_key.empty() ? keygen(dir, "upstream") : std::move(upstream_key)),
+        allow(dir.path + "/" + follower_name + ".allow") {
+    std::ofstream out(allow);
+    // The relay skips comment lines: every allow file here starts with one to show it does.
+    out << "# the followers' public keys\n";
+    for (int i = 0; i < count; ++i) {
+      followers.push_back(keygen(dir, follower_name + std::to_string(i)));
+      out << public_key(followers.back()) << "\n";
+    }
+  }
+};
+
 inline lf_client_t *open_client(const Daemon &d) {
   lf_client_t *c = nullptr;
   REQUIRE(lf_client_open(d.dir().c_str(), 5000, &c) == LF_OK);
@@ -209,34 +235,46 @@ inline bool log_has(const std::string &path, const std::string &text) {
   return read_file(path).find(text) != std::string::npos;
 }
 
+// How a Mesh starts its nodes, where a test needs more than the defaults; tests name only the
+// fields they set (designated initializers, hence a default on every field). A per-follower
+// list may stop short of the last follower (or be empty): the followers past its end get the
+// default.
+struct MeshOptions {
+  // NAME=VALUE pairs added to the upstream relay's environment (its test hooks).
+  std::vector<std::string> serve_env{};
+  // What every follower's relay gets after its addresses and keys.
+  std::vector<std::string> follow_options = {"--chunk-bytes", "65536", "--window", "4"};
+  // Extra arguments of the upstream's daemon, and of each follower's.
+  std::vector<std::string> upstream_daemon{};
+  std::vector<std::vector<std::string>> follower_daemons{};
+  // Each follower relay's --placement; "" leaves it at the relay's default.
+  std::vector<std::string> placements{};
+};
+
 // One upstream daemon and its serving relay, and followers each with a daemon and a relay, on
 // loopback under CurveZMQ. Relays can be killed and started again on the same addresses.
 struct Mesh {
-  TempDir keys;
-  std::string up_key, listen;
-  std::vector<std::string> follower_keys, serve_env, follow_extra;
-  Daemon upstream{"relay-up"};
+  TempDir dir;
+  Keys keys;
+  MeshOptions options;
+  std::string listen;
+  Daemon upstream;
   lf_client_t *up = nullptr;
   std::unique_ptr<Relay> serve;
   std::vector<std::unique_ptr<Daemon>> daemons;
   std::vector<std::unique_ptr<Relay>> relays;
 
-  Mesh(int followers, std::vector<std::string> serve_environment = {},
-       std::vector<std::string> follow_options = {"--chunk-bytes", "65536", "--window", "4"})
-      : serve_env(std::move(serve_environment)), follow_extra(std::move(follow_options)) {
-    up_key = keygen(keys, "upstream");
-    std::ofstream allow(keys.path + "/allow");
-    for (int i = 0; i < followers; ++i) {
-      follower_keys.push_back(keygen(keys, "follower" + std::to_string(i)));
-      allow << public_key(follower_keys.back()) << "\n";
-    }
-    allow.close();
+  explicit Mesh(int followers, MeshOptions mesh_options = {})
+      : keys(dir, followers),
+        options(std::move(mesh_options)),
+        upstream("relay-up", options.upstream_daemon) {
     upstream.start();
     up = open_client(upstream);
     listen = "tcp://127.0.0.1:" + std::to_string(free_port());
     start_serve();
     for (int i = 0; i < followers; ++i) {
-      daemons.push_back(std::make_unique<Daemon>("relay-f" + std::to_string(i)));
+      daemons.push_back(std::make_unique<Daemon>("relay-f" + std::to_string(i),
+                                                 for_follower(options.follower_daemons, i)));
       daemons.back()->start();
       relays.emplace_back();
       start_follower(i);
@@ -252,15 +290,24 @@ struct Mesh {
   void start_serve() {
     serve = std::make_unique<Relay>(
         std::vector<std::string>{"serve", "--runtime-dir", upstream.dir(), "--listen", listen,
-                                 "--secret-key", up_key + ".key", "--allow", keys.path + "/allow"},
-        serve_log(), serve_env);
+                                 "--secret-key", keys.upstream + ".key", "--allow", keys.allow},
+        serve_log(), options.serve_env);
   }
   void start_follower(int i) {
     std::vector<std::string> args{"follow", "--runtime-dir", daemons[i]->dir(), "--upstream",
-                                  listen, "--server-key", up_key + ".pub", "--secret-key",
-                                  follower_keys[i] + ".key"};
-    args.insert(args.end(), follow_extra.begin(), follow_extra.end());
+                                  listen, "--server-key", keys.upstream + ".pub", "--secret-key",
+                                  keys.followers[i] + ".key"};
+    args.insert(args.end(), options.follow_options.begin(), options.follow_options.end());
+    if (const std::string placement = for_follower(options.placements, i); !placement.empty())
+      args.insert(args.end(), {"--placement", placement});
     relays[i] = std::make_unique<Relay>(args, follow_log(i));
+  }
+
+ private:
+  // Follower i's entry of a per-follower list of MeshOptions.
+  template <typename T>
+  static T for_follower(const std::vector<T> &list, int i) {
+    return static_cast<size_t>(i) < list.size() ? list[i] : T{};
   }
 };
 

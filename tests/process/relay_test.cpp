@@ -80,19 +80,12 @@ TEST_CASE("a commit may take a chosen version above the newest, and only with a 
 
 TEST_CASE("three followers mirror 50 versions in order, with the upstream's numbers and bytes; "
           "a wrong key and plain TCP are refused") {
-  TempDir keys;
-  const std::string up_key = keygen(keys, "upstream");
-  std::vector<std::string> follower_keys;
-  for (int i = 0; i < 3; ++i) follower_keys.push_back(keygen(keys, "follower" + std::to_string(i)));
-  const std::string stranger_key = keygen(keys, "stranger");  // not in the allow file
-  {
-    std::ofstream allow(keys.path + "/allow");
-    allow << "# the followers of this test\n";
-    for (const std::string &k : follower_keys) allow << public_key(k) << "\n";
-  }
+  TempDir key_dir;
+  const Keys keys(key_dir, 3);
+  const std::string stranger_key = keygen(key_dir, "stranger");  // not in the allow file
   // A secret key that others may read is refused at once.
-  REQUIRE(run("cp " + stranger_key + ".key " + keys.path + "/loose.key && chmod 640 " +
-              keys.path + "/loose.key") == 0);
+  const std::string loose_key = key_dir.path + "/loose.key";
+  REQUIRE(run("cp " + stranger_key + ".key " + loose_key + " && chmod 640 " + loose_key) == 0);
 
   Daemon upstream("relay-up");
   upstream.start();
@@ -116,7 +109,7 @@ TEST_CASE("three followers mirror 50 versions in order, with the upstream's numb
   }
   const std::string listen = "tcp://127.0.0.1:" + std::to_string(free_port());
   Relay serve({"serve", "--runtime-dir", upstream.dir(), "--listen", listen, "--secret-key",
-               up_key + ".key", "--allow", keys.path + "/allow"},
+               keys.upstream + ".key", "--allow", keys.allow},
               upstream.dir() + ".relay.log");
 
   std::vector<std::unique_ptr<Daemon>> daemons;
@@ -124,10 +117,10 @@ TEST_CASE("three followers mirror 50 versions in order, with the upstream's numb
   for (int i = 0; i < 4; ++i) {
     daemons.push_back(std::make_unique<Daemon>("relay-f" + std::to_string(i)));
     daemons.back()->start();
-    const std::string key = i < 3 ? follower_keys[i] : stranger_key;
+    const std::string key = i < 3 ? keys.followers[i] : stranger_key;
     relays.push_back(std::make_unique<Relay>(
         std::vector<std::string>{"follow", "--runtime-dir", daemons.back()->dir(), "--upstream",
-                                 listen, "--server-key", up_key + ".pub", "--secret-key",
+                                 listen, "--server-key", keys.upstream + ".pub", "--secret-key",
                                  key + ".key", "--chunk-bytes", "65536", "--window", "4"},
         daemons.back()->dir() + ".relay.log"));
   }
@@ -136,7 +129,7 @@ TEST_CASE("three followers mirror 50 versions in order, with the upstream's numb
     const std::string dir = daemons[0]->dir();
     // The follower's key file readable by its group: refused before anything is sent.
     Relay loose({"follow", "--runtime-dir", dir, "--upstream", listen, "--server-key",
-                 up_key + ".pub", "--secret-key", keys.path + "/loose.key"},
+                 keys.upstream + ".pub", "--secret-key", loose_key},
                 dir + ".loose.log");
     CHECK(lftest::wait_child(loose.pid) == 1);
     loose.pid = -1;
@@ -221,7 +214,7 @@ TEST_CASE("a follower's relay killed mid-transfer catches up to the newest versi
   // 4 tensors of 65536 x 16 f32, 16 MiB per version, in 4 KiB chunks one at a time: 4096 round
   // trips, so that a kill soon after the upstream offers a version lands mid-transfer (and if
   // it did not, the catch-up asserted below is still what must hold).
-  Mesh mesh(1, {}, {"--chunk-bytes", "4096", "--window", "1"});
+  Mesh mesh(1, {.follow_options = {"--chunk-bytes", "4096", "--window", "1"}});
   create_adapter(mesh.up, "policy", 4, 65536);
   std::vector<std::unique_ptr<Watch>> watches;
   watches.push_back(std::make_unique<Watch>(*mesh.daemons[0]));
@@ -278,7 +271,7 @@ TEST_CASE("followers resume by themselves after the upstream's relay is killed a
 TEST_CASE("a corrupted chunk is caught by the checksum, never flipped, and the version is "
           "fetched again") {
   // The third chunk the upstream sends has one bit flipped (a test hook of loraflip-relay).
-  Mesh mesh(1, {"LORAFLIP_RELAY_TEST_CORRUPT_CHUNK=3"});
+  Mesh mesh(1, {.serve_env = {"LORAFLIP_RELAY_TEST_CORRUPT_CHUNK=3"}});
   create_adapter(mesh.up, "policy", 4, 20000);  // 4 x 1.2 MiB: 20 chunks of 64 KiB
   std::vector<std::unique_ptr<Watch>> watches;
   watches.push_back(std::make_unique<Watch>(*mesh.daemons[0]));

@@ -4,7 +4,6 @@
 // must still be U's version numbers and U's bytes; a drop at U must reach the leaves through M.
 #include <doctest/doctest.h>
 
-#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -33,19 +32,10 @@ TEST_CASE("a tree of relays: two leaves follow a middle node that follows the up
   const Daemon &middle = *mesh.daemons[0];
   // M serves under its node's key (the one it follows U with) and an allow file of its own:
   // the leaves' keys, none of which U knows.
-  const std::string middle_key = mesh.follower_keys[0];
-  const std::string middle_allow = mesh.keys.path + "/middle.allow";
-  std::vector<std::string> leaf_keys;
-  {
-    std::ofstream allow(middle_allow);
-    for (int i = 0; i < 2; ++i) {
-      leaf_keys.push_back(keygen(mesh.keys, "leaf" + std::to_string(i)));
-      allow << public_key(leaf_keys.back()) << "\n";
-    }
-  }
+  const Keys leaf_keys(mesh.dir, 2, "leaf", mesh.keys.followers[0]);
   const std::string middle_listen = "tcp://127.0.0.1:" + std::to_string(free_port());
   Relay middle_serve({"serve", "--runtime-dir", middle.dir(), "--listen", middle_listen,
-                      "--secret-key", middle_key + ".key", "--allow", middle_allow},
+                      "--secret-key", leaf_keys.upstream + ".key", "--allow", leaf_keys.allow},
                      middle.dir() + ".serve.log");
 
   std::vector<std::unique_ptr<Daemon>> leaves;
@@ -55,9 +45,9 @@ TEST_CASE("a tree of relays: two leaves follow a middle node that follows the up
     leaves.back()->start();
     leaf_relays.push_back(std::make_unique<Relay>(
         std::vector<std::string>{"follow", "--runtime-dir", leaves.back()->dir(), "--upstream",
-                                 middle_listen, "--server-key", middle_key + ".pub",
-                                 "--secret-key", leaf_keys[i] + ".key", "--chunk-bytes",
-                                 "65536", "--window", "4"},
+                                 middle_listen, "--server-key", leaf_keys.upstream + ".pub",
+                                 "--secret-key", leaf_keys.followers[i] + ".key",
+                                 "--chunk-bytes", "65536", "--window", "4"},
         leaves.back()->dir() + ".relay.log"));
   }
   const auto leaf_log = [&](int i) { return leaves[i]->dir() + ".relay.log"; };
