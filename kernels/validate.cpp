@@ -3,11 +3,11 @@
 #include "kernels/validate.hpp"
 
 #include <atomic>
-#include <cstdlib>
 #include <cstring>
 #include <vector>
 
 #include "ipc/split_runs.hpp"
+#include "kernels/isa.hpp"
 #include "kernels/validate_isa.hpp"
 
 namespace loraflip::kernels {
@@ -27,13 +27,8 @@ bool avx512_supported() {
 }
 #endif
 
-struct Variant {
-  const ValidateKernels &(*kernels)();
-  bool (*supported)();
-};
-
 // Best first; the baseline runs everywhere.
-constexpr Variant kVariants[] = {
+constexpr IsaVariant<ValidateKernels> kVariants[] = {
 #if defined(LF_VALIDATE_HAVE_AVX512)
     {validate_kernels_avx512, avx512_supported},
 #endif
@@ -43,28 +38,14 @@ constexpr Variant kVariants[] = {
     {validate_kernels_baseline, always_supported},
 };
 
-const Variant *find_variant(const char *name) {
-  for (const Variant &v : kVariants)
-    if (std::strcmp(v.kernels().name, name) == 0) return &v;
-  return nullptr;
-}
-
-// LORAFLIP_VALIDATE_ISA names a variant to use instead of the best one (to compare them); a name
-// this build lacks or this CPU cannot run, or an empty one, is ignored.
-const ValidateKernels &choose_kernels() {
-  if (const char *want = std::getenv("LORAFLIP_VALIDATE_ISA"); want != nullptr)
-    if (const Variant *v = find_variant(want); v != nullptr && v->supported()) return v->kernels();
-  for (const Variant &v : kVariants)
-    if (v.supported()) return v.kernels();
-  return validate_kernels_baseline();
-}
-
 // Set only by force_validate_isa (tests, benchmarks); otherwise the choice made at first use.
 std::atomic<const ValidateKernels *> g_forced{nullptr};
 
 const ValidateKernels &active_kernels() {
   if (const ValidateKernels *k = g_forced.load(std::memory_order_acquire); k != nullptr) return *k;
-  static const ValidateKernels &chosen = choose_kernels();  // thread-safe, once
+  // LORAFLIP_VALIDATE_ISA names a variant to use instead of the best one (to compare them);
+  // isa.hpp says what happens to a name that cannot be used. Thread-safe, once.
+  static const ValidateKernels &chosen = choose_isa(kVariants, "LORAFLIP_VALIDATE_ISA");
   return chosen;
 }
 
@@ -117,9 +98,7 @@ uint64_t checksum_parallel(const void *data, uint64_t bytes) {
 const char *validate_isa() { return active_kernels().name; }
 
 std::vector<ValidateIsaVariant> validate_isa_variants() {
-  std::vector<ValidateIsaVariant> out;
-  for (const Variant &v : kVariants) out.push_back({v.kernels().name, v.supported()});
-  return out;
+  return list_isa_variants<ValidateIsaVariant>(kVariants);
 }
 
 bool force_validate_isa(const char *name) {
@@ -127,9 +106,9 @@ bool force_validate_isa(const char *name) {
     g_forced.store(nullptr, std::memory_order_release);
     return true;
   }
-  const Variant *v = find_variant(name);
-  if (v == nullptr || !v->supported()) return false;
-  g_forced.store(&v->kernels(), std::memory_order_release);
+  const ValidateKernels *k = runnable_isa(kVariants, name);
+  if (k == nullptr) return false;
+  g_forced.store(k, std::memory_order_release);
   return true;
 }
 

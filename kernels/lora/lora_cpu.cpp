@@ -5,13 +5,12 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 #include <exception>
 #include <memory>
 #include <thread>
 #include <vector>
 
+#include "kernels/isa.hpp"
 #include "lora_cpu_isa.h"
 #include "lora_index.h"
 #include "lora_internal.h"
@@ -260,13 +259,8 @@ bool avx512_supported() {
 bool avx512bf16_supported() { return avx512_supported() && __builtin_cpu_supports("avx512bf16"); }
 #endif
 
-struct Variant {
-    const CpuKernels &(*kernels)();
-    bool (*supported)();
-};
-
 // Best first; the baseline runs everywhere.
-constexpr Variant kVariants[] = {
+constexpr kernels::IsaVariant<CpuKernels> kVariants[] = {
 #if defined(LF_LORA_HAVE_AVX512BF16)
     {cpu_kernels_avx512bf16, avx512bf16_supported},
 #endif
@@ -279,31 +273,6 @@ constexpr Variant kVariants[] = {
     {cpu_kernels_baseline, always_supported},
 };
 
-const Variant *find_variant(const char *name) {
-    for (const Variant &v : kVariants) {
-        if (std::strcmp(v.kernels().name, name) == 0) {
-            return &v;
-        }
-    }
-    return nullptr;
-}
-
-// LORAFLIP_LORA_ISA names a variant to use instead of the best one (to compare them, or to get
-// the baseline's bits); a name this build lacks or this CPU cannot run is ignored.
-const CpuKernels &choose_kernels() {
-    if (const char *want = std::getenv("LORAFLIP_LORA_ISA"); want != nullptr) {
-        if (const Variant *v = find_variant(want); v != nullptr && v->supported()) {
-            return v->kernels();
-        }
-    }
-    for (const Variant &v : kVariants) {
-        if (v.supported()) {
-            return v.kernels();
-        }
-    }
-    return cpu_kernels_baseline();
-}
-
 // Set only by force_cpu_isa (tests); otherwise the choice made at first use.
 std::atomic<const CpuKernels *> g_forced{nullptr};
 
@@ -311,7 +280,10 @@ const CpuKernels &cpu_kernels() {
     if (const CpuKernels *k = g_forced.load(std::memory_order_acquire); k != nullptr) {
         return *k;
     }
-    static const CpuKernels &chosen = choose_kernels(); // thread-safe, once
+    // LORAFLIP_LORA_ISA names a variant to use instead of the best one (to compare them, or to
+    // get the baseline's bits); kernels/isa.hpp says what happens to a name that cannot be used.
+    // Thread-safe, once.
+    static const CpuKernels &chosen = kernels::choose_isa(kVariants, "LORAFLIP_LORA_ISA");
     return chosen;
 }
 
@@ -322,11 +294,7 @@ void set_cpu_threads(int32_t n) { g_cpu_threads.store(n, std::memory_order_relax
 const char *cpu_isa_name() { return cpu_kernels().name; }
 
 std::vector<CpuIsaVariant> cpu_isa_variants() {
-    std::vector<CpuIsaVariant> out;
-    for (const Variant &v : kVariants) {
-        out.push_back({v.kernels().name, v.supported()});
-    }
-    return out;
+    return kernels::list_isa_variants<CpuIsaVariant>(kVariants);
 }
 
 bool force_cpu_isa(const char *name) {
@@ -334,11 +302,11 @@ bool force_cpu_isa(const char *name) {
         g_forced.store(nullptr, std::memory_order_release);
         return true;
     }
-    const Variant *v = find_variant(name);
-    if (v == nullptr || !v->supported()) {
+    const CpuKernels *k = kernels::runnable_isa(kVariants, name);
+    if (k == nullptr) {
         return false;
     }
-    g_forced.store(&v->kernels(), std::memory_order_release);
+    g_forced.store(k, std::memory_order_release);
     return true;
 }
 
