@@ -34,25 +34,30 @@ def _is_torch(x) -> bool:
 # -> LF_DTYPE_* code. Publish meets every tensor of every version (hundreds for a large
 # model's adapter): the general path's detach, device object and dtype-name lookups cost
 # several times what the fast path's attribute reads do.
-_torch_plain_types: set = set()
+_torch_plain_types: frozenset = frozenset()
 _torch_codes: dict = {}
-_torch_strided: list = []
+_torch_strided = None
+# Source(...) runs NamedTuple's generated __new__, a Python function; the fast path builds the
+# tuple directly (all six fields given).
+_new_source = tuple.__new__
 
 
 def _learn_torch(torch_mod) -> None:
-    if not _torch_plain_types:
+    global _torch_plain_types, _torch_strided
+    if _torch_strided is None:
         _torch_codes.update({getattr(torch_mod, d.long_name): d.code
                              for d in _dtypes.DTYPES if hasattr(torch_mod, d.long_name)})
-        _torch_strided.append(torch_mod.strided)
-        _torch_plain_types.update((torch_mod.Tensor, torch_mod.nn.Parameter))
+        _torch_strided = torch_mod.strided
+        _torch_plain_types = frozenset((torch_mod.Tensor, torch_mod.nn.Parameter))
 
 
 def _torch_fast(x, want: tuple[int, tuple]) -> Optional[Source]:
-    """A contiguous CPU torch tensor of exactly the slot's dtype and shape, or None."""
+    """A contiguous CPU torch tensor of exactly the slot's dtype and shape (want's shape is a
+    tuple), or None."""
     d = _torch_codes.get(x.dtype)
-    if (d == want[0] and x.layout is _torch_strided[0] and x.is_cpu and x.is_contiguous()
+    if (d == want[0] and x.layout is _torch_strided and x.is_cpu and x.is_contiguous()
             and x.shape == want[1]):
-        return Source(d, tuple(want[1]), x.data_ptr(), x.nbytes, x)
+        return _new_source(Source, (d, want[1], x.data_ptr(), x.nbytes, x, -1))
     return None
 
 
