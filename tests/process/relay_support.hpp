@@ -235,6 +235,38 @@ inline bool log_has(const std::string &path, const std::string &text) {
   return read_file(path).find(text) != std::string::npos;
 }
 
+// How many times `text` occurs in the file at `path` (a log said once, or again and again).
+inline size_t log_count(const std::string &path, const std::string &text) {
+  const std::string all = read_file(path);
+  size_t n = 0;
+  for (size_t at = all.find(text); at != std::string::npos; at = all.find(text, at + text.size()))
+    ++n;
+  return n;
+}
+
+// The active version of `name` on `d` and its whole slot image (tensors and the padding
+// between them), copied out under a pin: what a node serves, to compare nodes byte for byte.
+// Version 0 and no bytes when it has none.
+struct ActiveImage {
+  uint64_t version = 0;
+  std::vector<unsigned char> bytes;
+};
+inline ActiveImage active_image(const Daemon &d, const char *name) {
+  ActiveImage out;
+  lf_reader_t *reader = nullptr;
+  REQUIRE(lf_reader_open(d.dir().c_str(), &reader) == LF_OK);
+  lf_adapter_ref_t ref = 0;
+  lf_pin_t *pin = nullptr;
+  if (lf_reader_find(reader, name, &ref) == LF_OK && lf_reader_acquire(reader, ref, 0, &pin) == LF_OK) {
+    out.version = lf_pin_version(pin);
+    out.bytes.resize(lf_pin_slot_bytes(pin));
+    CHECK(lf_pin_copy_slot(pin, out.bytes.data(), out.bytes.size()) == LF_OK);
+    lf_pin_release(pin);
+  }
+  lf_reader_close(reader);
+  return out;
+}
+
 // How a Mesh starts its nodes, where a test needs more than the defaults; tests name only the
 // fields they set (designated initializers, hence a default on every field). A per-follower
 // list may stop short of the last follower (or be empty): the followers past its end get the

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include <zmq.hpp>
+#include <zmq_addon.hpp>
 
 #include "kernels/validate.hpp"
 #include "loraflip.h"
@@ -202,6 +203,240 @@ TEST_CASE("three followers mirror 50 versions in order, with the upstream's numb
   for (auto &r : relays) CHECK(r->stop() == 0);
   CHECK(serve.stop() == 0);
   lf_client_close(up);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rollbacks upstream: a follower flips back with its upstream; one that does not keep the
+// version says so and stays where it is, without asking for it again and again.
+
+namespace {
+
+std::string follow_status(const Mesh &mesh, int i) {
+  return read_file(mesh.daemons[i]->dir() + "/relay-follow.json");
+}
+
+// Follower i's status file says `key` is `value` now (the relay rewrites it as it goes).
+bool status_says(const Mesh &mesh, int i, const char *key, int64_t value) {
+  return lftest::json_number(follow_status(mesh, i), key) == value;
+}
+
+}  // namespace
+
+TEST_CASE("a rollback upstream is followed: the follower flips back to that version, with the "
+          "upstream's bytes, and takes the upstream's next number after it") {
+  Mesh mesh(1);
+  create_adapter(mesh.up, "policy", 4, 20000);  // history 3: versions 1..4 stay kept
+  std::vector<std::unique_ptr<Watch>> watches;
+  watches.push_back(std::make_unique<Watch>(*mesh.daemons[0]));
+  // One at a time, so that the follower gets (and keeps) every version, not only the newest.
+  for (uint64_t g = 1; g <= 4; ++g) {
+    REQUIRE(publish(mesh.up, "policy", g) == g);
+    REQUIRE_MESSAGE(wait_all(watches, "policy", g) >= 0, "see ", mesh.follow_log(0));
+  }
+
+  REQUIRE(lf_client_rollback(mesh.up, "policy", 2) == LF_OK);
+  CHECK_MESSAGE(wait_all(watches, "policy", 2) >= 0, "see ", mesh.follow_log(0), " and ",
+                mesh.serve_log());
+  const ActiveImage up = active_image(mesh.upstream, "policy");
+  const ActiveImage here = active_image(*mesh.daemons[0], "policy");
+  CHECK(up.version == 2);
+  CHECK(here.version == 2);
+  CHECK(!here.bytes.empty());
+  CHECK(here.bytes == up.bytes);      // the upstream's version 2, padding included
+  CHECK(watches[0]->torn == 0);
+  CHECK(watches[0]->backward == 1);   // 4, then back to 2, once
+  lf_client_t *fc = open_client(*mesh.daemons[0]);
+  CHECK(last_version(fc, "policy") == 4);  // a rollback makes no number: the newest stays 4
+  CHECK(log_has(mesh.follow_log(0), "policy: rolled back to 2 as the upstream did"));
+  CHECK(lftest::wait_until(
+            [&] {
+              return status_says(mesh, 0, "rollbacks", 1) &&
+                     status_says(mesh, 0, "active_version", 2);
+            },
+            30000) >= 0);
+  CHECK(status_says(mesh, 0, "upstream_rolled_back_to", 0));
+
+  // Published again upstream: numbered above every version it had (5), and so it is here.
+  REQUIRE(publish(mesh.up, "policy", 5) == 5);
+  CHECK_MESSAGE(wait_all(watches, "policy", 5) >= 0, "see ", mesh.follow_log(0));
+  CHECK(last_version(fc, "policy") == 5);
+  CHECK(active_image(*mesh.daemons[0], "policy").bytes == active_image(mesh.upstream, "policy").bytes);
+  CHECK(watches[0]->torn == 0);
+  CHECK(watches[0]->backward == 1);
+  lf_client_close(fc);
+  CHECK(mesh.relays[0]->stop() == 0);
+  CHECK(mesh.serve->stop() == 0);
+}
+
+TEST_CASE("a follower that does not keep the version the upstream rolled back to stays at its "
+          "own, says why once, does not ask again and again, and moves on at the next version") {
+  Mesh mesh(1);
+  // Started late: the follower's relay is down while versions 1..4 are published, so it jumps
+  // straight to 4 and never holds 1..3. (Stopped once it runs: its log says so after it has
+  // taken its signals.)
+  REQUIRE(lftest::wait_until([&] { return log_has(mesh.follow_log(0), "following "); }, 30000) >= 0);
+  REQUIRE(mesh.relays[0]->stop() == 0);
+  create_adapter(mesh.up, "policy", 4, 20000);
+  for (uint64_t g = 1; g <= 4; ++g) REQUIRE(publish(mesh.up, "policy", g) == g);
+  std::vector<std::unique_ptr<Watch>> watches;
+  watches.push_back(std::make_unique<Watch>(*mesh.daemons[0]));
+  mesh.start_follower(0);
+  REQUIRE_MESSAGE(wait_all(watches, "policy", 4) >= 0, "see ", mesh.follow_log(0));
+  lf_client_t *fc = open_client(*mesh.daemons[0]);
+  REQUIRE(lf_client_rollback(fc, "policy", 2) == LF_E_NO_VERSION);  // it never held 2
+
+  const std::string log = mesh.follow_log(0);
+  const std::string said =
+      "policy@2: the upstream rolled back to 2, but this node does not keep version 2";
+  const std::string path = mesh.daemons[0]->dir() + "/relay-follow.json";
+  REQUIRE(lf_client_rollback(mesh.up, "policy", 2) == LF_OK);
+  CHECK_MESSAGE(lftest::wait_until([&] { return status_says(mesh, 0, "upstream_rolled_back_to", 2); },
+                                   30000) >= 0,
+                "see ", log);
+  CHECK(log_count(log, said) == 1);
+
+  // It does not spin: over at least 3 s of the relay's own clock, a few long polls at most
+  // (each held 2 s upstream). Offered the same version at every want, it would ask thousands
+  // of times.
+  const std::string before = read_file(path);
+  const int64_t since = lftest::json_number(before, "updated_unix_ms");
+  const int64_t wants = lftest::json_number(before, "wants_answered");
+  REQUIRE(wants >= 1);
+  REQUIRE(lftest::wait_until(
+              [&] { return lftest::json_number(read_file(path), "updated_unix_ms") >= since + 3000; },
+              30000) >= 0);
+  const std::string later = read_file(path);
+  CAPTURE(later);
+  CHECK(lftest::json_number(later, "wants_answered") - wants <= 5);
+  CHECK(lftest::json_number(later, "upstream_rolled_back_to") == 2);
+  CHECK(lftest::json_number(later, "active_version") == 4);
+  CHECK(lftest::json_number(later, "rollbacks") == 0);
+  CHECK(log_count(log, said) == 1);
+  // It stayed at its version all along.
+  watches[0]->poll("policy");
+  CHECK(watches[0]->last == 4);
+  CHECK(watches[0]->backward == 0);
+  CHECK(last_version(fc, "policy") == 4);
+  // And `loraflipctl status` says so.
+  const std::string dir = mesh.daemons[0]->dir();
+  REQUIRE(run(env_path("LORAFLIPCTL") + " --runtime-dir " + dir + " status > " + dir +
+              ".status.txt") == 0);
+  CHECK(log_has(dir + ".status.txt", "policy: the upstream rolled back to 2, which this node "
+                                     "does not keep; it stays at 4"));
+
+  // A newer version upstream ends it.
+  REQUIRE(publish(mesh.up, "policy", 5) == 5);
+  CHECK_MESSAGE(wait_all(watches, "policy", 5) >= 0, "see ", log);
+  CHECK(lftest::wait_until([&] { return status_says(mesh, 0, "upstream_rolled_back_to", 0); },
+                           30000) >= 0);
+  CHECK(last_version(fc, "policy") == 5);
+  CHECK(log_count(log, said) == 1);
+
+  // What the log tells the operator to do works: the upstream rolls back to 3, which this
+  // node never held; dropped here, the adapter comes back at the upstream's 3, its bytes.
+  REQUIRE(lf_client_rollback(mesh.up, "policy", 3) == LF_OK);
+  CHECK_MESSAGE(lftest::wait_until([&] { return status_says(mesh, 0, "upstream_rolled_back_to", 3); },
+                                   30000) >= 0,
+                "see ", log);
+  REQUIRE(lf_client_drop_adapter(fc, "policy") == LF_OK);
+  CHECK_MESSAGE(lftest::wait_until(
+                    [&] {
+                      watches[0]->poll("policy");
+                      return watches[0]->last == 3;
+                    },
+                    30000) >= 0,
+                "see ", log);
+  CHECK(active_image(*mesh.daemons[0], "policy").bytes == active_image(mesh.upstream, "policy").bytes);
+  CHECK(watches[0]->torn == 0);
+  CHECK(log_has(log, "'policy' was dropped on this node; taking the upstream's version again"));
+  CHECK(lftest::wait_until([&] { return status_says(mesh, 0, "upstream_rolled_back_to", 0); },
+                           30000) >= 0);
+  lf_client_close(fc);
+  CHECK(mesh.relays[0]->stop() == 0);
+  CHECK(mesh.serve->stop() == 0);
+}
+
+namespace {
+
+// The request id of a want as a follower encodes it ({"op", "id", "args"}, id a msgpack uint).
+uint64_t request_id(const std::string &body) {
+  const size_t at = body.find("\xa2id");
+  REQUIRE(at != std::string::npos);
+  const auto byte = [&](size_t i) { return static_cast<unsigned char>(body.at(at + 3 + i)); };
+  if (byte(0) < 0x80) return byte(0);
+  uint64_t id = 0;
+  const size_t n = byte(0) == 0xcc ? 1 : byte(0) == 0xcd ? 2 : byte(0) == 0xce ? 4 : 0;
+  REQUIRE(n != 0);
+  for (size_t i = 1; i <= n; ++i) id = id << 8 | byte(i);
+  return id;
+}
+
+// {"id": ID, "ok": ...}: the start of a reply, as ipc::encode_ok / encode_error write it.
+std::string reply_head(uint64_t id) {
+  REQUIRE(id < 0x10000);
+  std::string out = "\x83\xa2id";
+  if (id < 0x80) {
+    out += static_cast<char>(id);
+  } else {
+    out += "\xcd";
+    out += static_cast<char>(id >> 8);
+    out += static_cast<char>(id & 0xff);
+  }
+  return out + "\xa2ok";
+}
+
+}  // namespace
+
+TEST_CASE("a follower of an upstream relay of protocol 2 asks again in protocol 2 and follows it") {
+  // The upstream here is this test: it answers as a relay of protocol 2 did, refusing the
+  // fields protocol 3 added to a want as unknown, and answering a protocol 2 want with nothing.
+  Daemon d("relay-old-upstream");
+  d.start();
+  const std::string listen = "tcp://127.0.0.1:" + std::to_string(free_port());
+  zmq::context_t context(1);
+  zmq::socket_t router(context, zmq::socket_type::router);
+  router.set(zmq::sockopt::linger, 0);
+  router.bind(listen);
+  const std::string log = d.dir() + ".relay.log";
+  Relay follower({"follow", "--runtime-dir", d.dir(), "--upstream", listen, "--insecure",
+                  "--adapters", "policy"},
+                 log);
+  int refused = 0, legacy = 0, other = 0;
+  const auto answer = [&] {
+    zmq::pollitem_t item{router.handle(), 0, ZMQ_POLLIN, 0};
+    if (zmq::poll(&item, 1, std::chrono::milliseconds(100)) == 0) return;
+    std::vector<zmq::message_t> frames;
+    REQUIRE(zmq::recv_multipart(router, std::back_inserter(frames)));
+    REQUIRE(frames.size() == 2);
+    const std::string body = frames[1].to_string();
+    std::string reply = reply_head(request_id(body));
+    if (body.find("\xa6" "active") != std::string::npos) {
+      ++refused;
+      const std::string why = "unknown field 'active' in 'args.adapters[0]'";
+      reply += "\xc2\xa5" "error\x82\xa4" "code\xf9\xa7" "message\xd9";  // code -7
+      reply += static_cast<char>(why.size()) + why;
+    } else if (body.find("\xa8protocol\x02") != std::string::npos &&
+               body.find("\xa5" "stuck") == std::string::npos) {
+      ++legacy;
+      reply += "\xc3\xa6result\x80";
+    } else {
+      ++other;
+      return;
+    }
+    (void)router.send(frames[0], zmq::send_flags::sndmore);
+    (void)router.send(zmq::buffer(reply));
+  };
+  CHECK(lftest::wait_until(
+            [&] {
+              answer();
+              return legacy >= 3;
+            },
+            30000) >= 0);
+  CHECK(refused == 1);  // refused once, then protocol 2 only (until a minute has passed)
+  CHECK(other == 0);
+  CHECK(log_has(log, "the upstream refused relay protocol 3"));
+  CHECK(log_count(log, "the upstream refused relay protocol 3") == 1);
+  CHECK(follower.stop() == 0);
 }
 
 // ---------------------------------------------------------------------------------------------

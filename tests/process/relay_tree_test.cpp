@@ -1,7 +1,8 @@
 // loraflip-relay beyond one hop: a tree of relays on loopback under CurveZMQ. The upstream U
 // serves a middle node M; M follows U and serves what it got, with a second `serve` on its own
 // daemon, to two leaves. What a leaf gets has passed through two relays and M's daemon, and
-// must still be U's version numbers and U's bytes; a drop at U must reach the leaves through M.
+// must still be U's version numbers and U's bytes; a rollback and a drop at U must reach the
+// leaves through M.
 #include <doctest/doctest.h>
 
 #include <memory>
@@ -26,7 +27,8 @@ bool has_adapter(lf_client_t *c, const char *name) {
 }  // namespace
 
 TEST_CASE("a tree of relays: two leaves follow a middle node that follows the upstream, with the "
-          "upstream's numbers and bytes, and a drop upstream reaches the leaves through it") {
+          "upstream's numbers and bytes, and a rollback and a drop upstream reach the leaves "
+          "through it") {
   // U and M: a mesh of one follower.
   Mesh mesh(1);
   const Daemon &middle = *mesh.daemons[0];
@@ -77,6 +79,21 @@ TEST_CASE("a tree of relays: two leaves follow a middle node that follows the up
     CHECK(last_version(clients[i], "policy") == 20);
     CHECK(tensors_of(clients[i], "policy") == schema);
   }
+
+  // U rolls back: M follows it, and M's serve passes M's own rollback down to the leaves. One
+  // version more first, so that every node holds 20 and 21 (a fast trainer lets nodes skip).
+  REQUIRE(publish(mesh.up, "policy", 21) == 21);
+  REQUIRE(wait_all(watches, "policy", 21) >= 0);
+  REQUIRE(lf_client_rollback(mesh.up, "policy", 20) == LF_OK);
+  CHECK_MESSAGE(wait_all(watches, "policy", 20) >= 0, "the rollback did not reach every node; see ",
+                mesh.follow_log(0), ", ", middle.dir(), ".serve.log and ", leaf_log(0));
+  for (size_t i = 0; i < watches.size(); ++i) {
+    CAPTURE(i);
+    CHECK(watches[i]->torn == 0);  // U's bytes of 20 again
+    CHECK(last_version(clients[i], "policy") == 21);
+  }
+  CHECK(log_has(mesh.follow_log(0), "policy: rolled back to 20 as the upstream did"));
+  for (int i = 0; i < 2; ++i) CHECK(log_has(leaf_log(i), "policy: rolled back to 20 as the upstream did"));
 
   // U drops the adapter. Only M's relay hears it from U; the leaves can only learn it from M's
   // serve, once M's copy is gone. Polled leaves first and M after: a leaf without its copy

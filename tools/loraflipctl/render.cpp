@@ -347,7 +347,15 @@ std::string render_follower(const Json &f, int64_t now_ms) {
                           : "@" + std::to_string(receiving) + " " +
                                 human_bytes(a["receiving_bytes"].u64())});
   }
-  return out + t.str();
+  out += t.str();
+  // A rollback upstream this node could not follow (it does not keep that version): the
+  // relay's log says what to do; the status says that it happened.
+  for (const Json &a : f["adapters"].items())
+    if (const uint64_t to = a["upstream_rolled_back_to"].u64(); to != 0)
+      out += a["name"].str() + ": the upstream rolled back to " + std::to_string(to) +
+             ", which this node does not keep; it stays at " + num(a["active_version"]) +
+             " (see the relay's log)\n";
+  return out;
 }
 
 std::string render_follower_metrics(const std::string &instance, const Json &f, int64_t now_ms) {
@@ -377,6 +385,8 @@ std::string render_follower_metrics(const std::string &instance, const Json &f, 
       {"loraflip_follower_flips_total", "counter", "Versions flipped since the relay started.", "flips"},
       {"loraflip_follower_retries_total", "counter", "Transfers that did not end in a flip and were asked again.", "retries"},
       {"loraflip_follower_checksum_failures_total", "counter", "Transfers whose checksum did not match (never flipped).", "checksum_failures"},
+      {"loraflip_follower_rollbacks_total", "counter", "Rollbacks upstream followed here since the relay started.", "rollbacks"},
+      {"loraflip_follower_upstream_rolled_back_to", "gauge", "A version the upstream rolled back to that this node does not keep (0: none).", "upstream_rolled_back_to"},
   };
   for (const Family &m : families) {
     out += std::string("# HELP ") + m.name + " " + m.help + "\n# TYPE " + m.name + " " + m.type +

@@ -48,6 +48,9 @@ constexpr auto kSessionIdle = std::chrono::seconds(60);
 // this is never reached by one that keeps the protocol; past it ROUTER drops that peer's
 // replies rather than wait (the follower asks again), and the others go on.
 constexpr int kRouterHwm = 300;
+// How long a follower refused by an upstream of an older relay protocol asks in that protocol
+// before it tries its own again.
+constexpr auto kLegacyRetry = std::chrono::seconds(60);
 
 // zmq::poll that takes a signal (SIGTERM: the loops then see `stop`) as "nothing happened".
 int poll_for(zmq::pollitem_t *items, size_t n, int64_t ms) {
@@ -318,8 +321,8 @@ class Server {
   }
 
   // What a want gets now: every served version newer than what the follower has (or of
-  // another creation of the adapter than its copy's), and the adapters it got from here that
-  // are no longer here.
+  // another creation of the adapter than its copy's), every rolled-back-to version it should
+  // flip back to, and the adapters it got from here that are no longer here.
   void candidates(const wire::Want &w, std::vector<wire::Offer> *offers,
                   std::vector<std::string> *gone) const {
     for (const auto &[name, snap] : snapshots_) {
@@ -329,7 +332,7 @@ class Server {
       if (have == nullptr && !w.all) continue;
       const bool newer = have == nullptr || snap->offer.version > have->after ||
                          (have->incarnation != 0 && have->incarnation != snap->offer.incarnation);
-      if (newer) offers->push_back(snap->offer);
+      if (newer || rolled_back(w, *have, snap->offer)) offers->push_back(snap->offer);
     }
     for (const wire::Have &h : w.adapters)
       if (h.incarnation != 0 && !present_.count(h.name)) gone->push_back(h.name);
@@ -397,6 +400,17 @@ class Server {
     std::shared_ptr<const Snapshot> snap;
     Clock::time_point used;
   };
+
+  // Whether the follower should flip back to `served`, which is not newer than what it has:
+  // the upstream rolled back (or forward again, to a kept version). Only for followers that
+  // say what is active there (protocol 3; a protocol 2 follower would take the offer for an
+  // old one and ask again at once), only for a copy of this creation, and never the version
+  // it said it cannot take, so that a follower that cannot flip is not offered it at every
+  // long poll.
+  static bool rolled_back(const wire::Want &w, const wire::Have &have, const wire::Offer &served) {
+    return w.protocol >= 3 && have.active.has_value() && have.incarnation == served.incarnation &&
+           served.version != *have.active && served.version != have.stuck.value_or(0);
+  }
 
   void send(zmq::socket_t &router, const std::string &peer, const std::string &body) {
     // dontwait: a peer whose pipe is full (or gone) loses this reply and asks again; the
@@ -475,8 +489,8 @@ class Server {
     (void)router.send(chunk, zmq::send_flags::dontwait);
   }
 
-  // Copies out the adapter's active version when it is newer than the one held; false when
-  // the daemon has no adapter of that name (dropped, or never created).
+  // Copies out the adapter's active version when it is not the one held (newer, or older after
+  // a rollback); false when the daemon has no adapter of that name (dropped, or never created).
   bool refresh(const std::string &name) {
     // Twice at most: a reference gone stale (dropped, perhaps re-created under the same name)
     // is found again at once, and what was held of the old creation is let go.
@@ -497,7 +511,7 @@ class Server {
         continue;
       }
       auto held = snapshots_.find(name);
-      if (active != 0 && (held == snapshots_.end() || held->second->offer.version < active))
+      if (active != 0 && (held == snapshots_.end() || held->second->offer.version != active))
         copy_out(name, ref_it->second);
       return true;
     }
@@ -585,6 +599,12 @@ class Server {
 // The local side of one followed adapter.
 struct Local {
   uint64_t last_version = 0;
+  // The version active there (0: none): below last_version after a rollback. Read from the
+  // daemon with last_version, and kept as this relay flips; sent up as Have::active.
+  uint64_t active = 0;
+  // A version the upstream rolled back to that this node does not keep, so it stays where it
+  // is (0: none); sent up as Have::stuck, shown in the status, cleared by the next flip.
+  uint64_t stuck = 0;
   // The upstream creation (wire::Offer::incarnation) the local copy mirrors; 0 until this relay
   // created it or flipped a version of it. Only such copies are dropped or re-created when the
   // upstream drops or re-creates the adapter: a follower's own adapters are left alone.
@@ -595,6 +615,7 @@ struct Local {
   int64_t behind_since_ms = 0;     // unix ms when a version above last_version was first
                                    // offered; 0 while caught up
   uint64_t bytes = 0, flips = 0, retries = 0, checksum_failures = 0;
+  uint64_t rollbacks = 0;  // the upstream's rollbacks followed here
   uint64_t receiving_version = 0, receiving_bytes = 0;  // the transfer under way, if any
 };
 
@@ -633,13 +654,18 @@ class Follower {
     write_status(true);
     bool said = false;
     while (!stop.load()) {
-      wire::Want w{wire::kRelayProtocol, {}, wanted_.empty(), 2000};
-      for (const std::string &name : wanted_) {
-        const Local &l = local(name);
-        w.adapters.push_back({name, l.last_version, l.incarnation});
-      }
+      const bool legacy = Clock::now() < legacy_until_;
+      wire::Want w{legacy ? wire::kOldestRelayProtocol : wire::kRelayProtocol, {}, wanted_.empty(),
+                   2000};
+      const auto have = [legacy](const std::string &name, const Local &l) {
+        // Protocol 2 has no `active` nor `stuck`: an older upstream refuses unknown fields.
+        return legacy ? wire::Have{name, l.last_version, l.incarnation, std::nullopt, std::nullopt}
+                      : wire::Have{name, l.last_version, l.incarnation, l.active, l.stuck};
+      };
+      read_stuck_again();
+      for (const std::string &name : wanted_) w.adapters.push_back(have(name, local(name)));
       if (wanted_.empty())
-        for (const auto &[name, l] : locals_) w.adapters.push_back({name, l.last_version, l.incarnation});
+        for (const auto &[name, l] : locals_) w.adapters.push_back(have(name, l));
       const uint64_t id = ++next_id_;
       std::vector<zmq::message_t> reply;
       if (!send(msg::encode_request(id, w)) ||
@@ -661,7 +687,21 @@ class Follower {
       said = false;
       connected_ = true;
       backoff = std::chrono::milliseconds(100);
+      ++wants_answered_;
       auto result = decode_reply<wire::WantResult>(reply);
+      if (!result && !legacy && refuses_protocol(result.error())) {
+        // An upstream relay older than protocol 3. Asked in protocol 2 for a while (rollbacks
+        // upstream are not followed meanwhile), then in 3 again: it may have been upgraded.
+        if (!legacy_warned_)
+          spdlog::warn("the upstream refused relay protocol {} ({}): its relay is older than "
+                       "this one. Asking in protocol {}, which does not follow rollbacks "
+                       "upstream, and in {} again every minute, until it is upgraded",
+                       wire::kRelayProtocol, result.error().message, wire::kOldestRelayProtocol,
+                       wire::kRelayProtocol);
+        legacy_warned_ = true;
+        legacy_until_ = Clock::now() + kLegacyRetry;
+        continue;
+      }
       if (!result) {
         spdlog::error("upstream: {}", result.error().message);
         std::this_thread::sleep_for(std::chrono::seconds(1));
@@ -680,6 +720,34 @@ class Follower {
   }
 
  private:
+  // An adapter stuck after a rollback upstream may be set right by the operator: dropped here,
+  // so that this relay creates it again from the upstream. While stuck, what the daemon has
+  // is read again before each want (one info request per stuck adapter per long poll).
+  void read_stuck_again() {
+    for (auto &[name, l] : locals_) {
+      if (l.stuck == 0) continue;
+      char *json = nullptr;
+      const int st = lf_client_info(client_, name.c_str(), &json);
+      const std::string text = json_of(st, json);
+      std::string err;
+      if (st == LF_E_NOT_FOUND) {
+        // Gone here: the next want says after 0, and the upstream's active version is newer.
+        spdlog::info("'{}' was dropped on this node; taking the upstream's version again", name);
+        l.last_version = l.active = l.stuck = 0;
+      } else if (auto info = Json::parse(text, &err)) {
+        l.last_version = (*info)["last_version"].u64();
+        l.active = (*info)["version"].u64();
+      }
+    }
+  }
+
+  // How an upstream relay older than protocol 3 answers a want of protocol 3: the protocol
+  // number refused, or `active` / `stuck` refused as unknown fields.
+  static bool refuses_protocol(const Error &e) {
+    return e.code == LF_E_PROTOCOL_VERSION ||
+           (e.code == LF_E_PROTOCOL && e.message.find("unknown field") != std::string::npos);
+  }
+
   void connect() {
     socket_ = zmq::socket_t(context_, zmq::socket_type::dealer);
     socket_.set(zmq::sockopt::linger, 0);
@@ -748,7 +816,10 @@ class Follower {
     char *json = nullptr;
     const int st = lf_client_info(client_, name.c_str(), &json);
     std::string err;
-    if (auto info = Json::parse(json_of(st, json), &err)) l.last_version = (*info)["last_version"].u64();
+    if (auto info = Json::parse(json_of(st, json), &err)) {
+      l.last_version = (*info)["last_version"].u64();
+      l.active = (*info)["version"].u64();
+    }
     return locals_.emplace(name, l).first->second;
   }
 
@@ -812,6 +883,7 @@ class Follower {
                         "the local adapter's schema differs from the upstream's (the same "
                         "tensors, at the same offsets, is what is followed)");
     locals_[offer.name].last_version = (*info)["last_version"].u64();
+    locals_[offer.name].active = (*info)["version"].u64();
     return {};
   }
 
@@ -835,7 +907,8 @@ class Follower {
       return Fetched::kOk;
     }
     Local &l = locals_[offer.name];
-    if (offer.version <= l.last_version) return Fetched::kOk;
+    // Not newer than every version this daemon ever had: the upstream rolled back to it.
+    if (offer.version <= l.last_version) return roll_back(offer, &l);
     l.upstream_version = std::max(l.upstream_version, offer.version);
     if (l.behind_since_ms == 0) l.behind_since_ms = unix_ms();
     l.receiving_version = offer.version;
@@ -860,6 +933,73 @@ class Follower {
       return Fetched::kOk;
     }
     commit(offer, image_);
+    return Fetched::kOk;
+  }
+
+  // Follows a rollback upstream to `offer`, a version not newer than this daemon's newest.
+  // Versions never repeat in a daemon, so the only way to that number here is a rollback to a
+  // slot that still holds it, with the upstream's bytes (the same checksum). Without one this
+  // node stays where it is, says so once per version, and tells the upstream (Have::stuck)
+  // so that it is not offered the same version at every long poll.
+  Fetched roll_back(const wire::Offer &offer, Local *l) {
+    const std::string at = offer.name + "@" + std::to_string(offer.version);
+    char *json = nullptr;
+    const int st = lf_client_info(client_, offer.name.c_str(), &json);
+    std::string err;
+    const std::optional<Json> info = Json::parse(json_of(st, json), &err);
+    if (!info) {
+      spdlog::error("{}: reading the local adapter to roll back: {}", at,
+                    st != LF_OK ? client_error(client_, st) : err);
+      return pause_after_failure(l);
+    }
+    l->active = (*info)["version"].u64();
+    if (l->active == offer.version) {  // there already (an offer that crossed a flip)
+      l->stuck = 0;
+      return Fetched::kOk;
+    }
+    std::string missing = "this node does not keep version " + std::to_string(offer.version);
+    for (const Json &slot : (*info)["slots"].items()) {
+      if (slot["state"].str() != "committed" || slot["version"].u64() != offer.version) continue;
+      missing = slot["checksum"].u64() == offer.checksum
+                    ? std::string()
+                    : "this node's version " + std::to_string(offer.version) +
+                          " holds other bytes than the upstream's (another checksum)";
+    }
+    if (missing.empty()) {
+      const int rolled = lf_client_rollback(client_, offer.name.c_str(), offer.version);
+      if (rolled == LF_OK) {
+        l->active = offer.version;
+        l->incarnation = offer.incarnation;
+        l->stuck = 0;
+        ++l->rollbacks;
+        write_status(true);
+        spdlog::info("{}: rolled back to {} as the upstream did", offer.name, offer.version);
+        return Fetched::kOk;
+      }
+      // Evicted since the info: as if it was never kept. Anything else may pass: asked again.
+      if (rolled != LF_E_NO_VERSION) {
+        spdlog::error("{}: rolling back as the upstream did: {}", at, client_error(client_, rolled));
+        return pause_after_failure(l);
+      }
+      missing = "this node no longer keeps version " + std::to_string(offer.version);
+    }
+    l->stuck = offer.version;
+    if (said_stuck_.insert(at).second)
+      spdlog::error("{}: the upstream rolled back to {}, but {}, and a daemon never makes a "
+                    "version number again: staying at {} until the upstream publishes a newer "
+                    "version or flips to one this node keeps. To take the upstream's version "
+                    "now, drop '{}' on this node (loraflipctl drop): this relay then creates it "
+                    "again from the upstream, under the upstream's number.",
+                    at, offer.version, missing, l->active, offer.name);
+    write_status(true);
+    return Fetched::kOk;
+  }
+
+  // A local failure that the next offer may not repeat: counted, and the next want waits a
+  // second, so that a daemon that keeps failing is not asked again in a hot loop.
+  Fetched pause_after_failure(Local *l) {
+    ++l->retries;
+    std::this_thread::sleep_for(std::chrono::seconds(1));
     return Fetched::kOk;
   }
 
@@ -960,12 +1100,16 @@ class Follower {
       Local keep = locals_[offer.name];
       ++keep.retries;
       locals_.erase(offer.name);
-      keep.last_version = local(offer.name).last_version;
+      const Local &fresh = local(offer.name);
+      keep.last_version = fresh.last_version;
+      keep.active = fresh.active;
       locals_[offer.name] = keep;
       return;
     }
     Local &l = locals_[offer.name];
     l.last_version = made;
+    l.active = made;
+    l.stuck = 0;  // a newer version ends a rollback this node could not follow
     l.incarnation = offer.incarnation;
     ++l.flips;
     if (made >= l.upstream_version) l.behind_since_ms = 0;
@@ -997,7 +1141,8 @@ class Follower {
     std::string j = "{\"upstream\":" + quoted(o_.upstream) + ",\"pid\":" +
                     std::to_string(::getpid()) + ",\"connected\":" +
                     (connected_ ? "true" : "false") + ",\"updated_unix_ms\":" +
-                    std::to_string(wall) + ",\"adapters\":[";
+                    std::to_string(wall) + ",\"wants_answered\":" +
+                    std::to_string(wants_answered_) + ",\"adapters\":[";
     bool first = true;
     for (const auto &[name, l] : locals_) {
       if (l.incarnation == 0 && l.upstream_version == 0) continue;  // nothing of it followed yet
@@ -1007,6 +1152,7 @@ class Follower {
       j += std::string(first ? "" : ",") + "{\"name\":" + quoted(name) +
            ",\"incarnation\":" + std::to_string(l.incarnation) +
            ",\"last_version\":" + std::to_string(l.last_version) +
+           ",\"active_version\":" + std::to_string(l.active) +
            ",\"upstream_version\":" + std::to_string(std::max(l.upstream_version, l.last_version)) +
            ",\"lag_versions\":" + std::to_string(lag_versions) +
            ",\"lag_ms\":" + std::to_string(lag_ms) +
@@ -1014,6 +1160,8 @@ class Follower {
            ",\"bytes\":" + std::to_string(l.bytes) + ",\"flips\":" + std::to_string(l.flips) +
            ",\"retries\":" + std::to_string(l.retries) +
            ",\"checksum_failures\":" + std::to_string(l.checksum_failures) +
+           ",\"rollbacks\":" + std::to_string(l.rollbacks) +
+           ",\"upstream_rolled_back_to\":" + std::to_string(l.stuck) +
            ",\"receiving_version\":" + std::to_string(l.receiving_version) +
            ",\"receiving_bytes\":" + std::to_string(l.receiving_bytes) + "}";
       first = false;
@@ -1067,6 +1215,11 @@ class Follower {
   std::string status_path_;
   Clock::time_point next_status_{};
   bool connected_ = false, status_warned_ = false;
+  uint64_t wants_answered_ = 0;  // for the status file: shows that long polls do not spin
+  std::set<std::string> said_stuck_;  // "name@version" of rollbacks logged as not followed
+  // Until then, wants go in kOldestRelayProtocol: the upstream refused kRelayProtocol.
+  Clock::time_point legacy_until_{};
+  bool legacy_warned_ = false;
 };
 
 }  // namespace

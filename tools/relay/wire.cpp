@@ -16,9 +16,10 @@ Status bad(const std::string &message) { return make_error(LF_E_INVALID_ARGUMENT
 }  // namespace
 
 Status check(const Want &w) {
-  if (w.protocol != kRelayProtocol)
+  if (w.protocol < kOldestRelayProtocol || w.protocol > kRelayProtocol)
     return make_error(LF_E_PROTOCOL_VERSION, "relay protocol " + std::to_string(w.protocol) +
                                                  " asked; this upstream speaks " +
+                                                 std::to_string(kOldestRelayProtocol) + " to " +
                                                  std::to_string(kRelayProtocol));
   if (w.adapters.size() > kMaxWanted) return make_error(LF_E_TOO_LARGE, "too many adapters");
   if (w.wait_ms > kMaxWaitMs)
@@ -26,6 +27,8 @@ Status check(const Want &w) {
   for (const Have &h : w.adapters) {
     if (Status s = ipc::check_adapter_name(h.name); !s) return s;
     if (h.after > ipc::kMaxVersion) return bad("'after' above the largest version");
+    if (h.active.value_or(0) > ipc::kMaxVersion) return bad("'active' above the largest version");
+    if (h.stuck.value_or(0) > ipc::kMaxVersion) return bad("'stuck' above the largest version");
   }
   return {};
 }

@@ -26,9 +26,14 @@ namespace loraflip::relay::wire {
 using ipc::msg::optional;
 using ipc::msg::required;
 
-// Bumped on any change of the messages below; a want of another protocol is refused.
+// Bumped on any change of the messages below; a want of a protocol outside
+// [kOldestRelayProtocol, kRelayProtocol] is refused.
 // 2: incarnations (Have, Offer, Fetch) and `gone`, for dropped and re-created adapters.
-inline constexpr uint64_t kRelayProtocol = 2;
+// 3: Have's `active` and `stuck`, for rollbacks upstream. An upstream still answers protocol 2
+//    followers as before (they are never offered a rollback); a protocol 3 follower that an
+//    older upstream refuses asks again in protocol 2 (relay.cpp, Follower::run).
+inline constexpr uint64_t kRelayProtocol = 3;
+inline constexpr uint64_t kOldestRelayProtocol = 2;
 // The largest chunk a follower may ask for and an upstream sends: a follower's socket takes
 // no frame bigger than this (ZMQ_MAXMSGSIZE), so a hostile upstream cannot make it buffer more.
 inline constexpr uint64_t kMaxChunkBytes = uint64_t{16} << 20;
@@ -42,18 +47,30 @@ inline constexpr size_t kMaxWanted = ipc::kMaxAdapters;
 // incarnation of the adapter that copy came from (0: not known to come from this upstream).
 // An incarnation the upstream no longer has means the upstream dropped and re-created the
 // adapter: its numbers started again, so `after` no longer says what is newer.
+//
+// Protocol 3 adds what a rollback upstream needs. `active`: the version active there now (0:
+// none), which after a rollback is below `after`; the upstream offers its own active version
+// when it is not newer than `after` but differs from `active` (same incarnation only), and the
+// follower flips back to it if it keeps it. `stuck`: a version the follower was offered so and
+// cannot flip to (it does not keep it, and versions never repeat in a daemon, so it cannot make
+// it again); it is not offered again, or the follower would be offered it at every long poll.
+// Both absent (a protocol 2 follower): no rollback is offered. Optional members, so that a
+// follower asking in protocol 2 leaves them out of the map (an older upstream refuses them).
 struct Have {
   std::string name;
   uint64_t after = 0;
   uint64_t incarnation = 0;
+  std::optional<uint64_t> active;
+  std::optional<uint64_t> stuck;
   static constexpr auto fields() {
     return std::tuple{required("name", &Have::name), required("after", &Have::after),
-                      optional("incarnation", &Have::incarnation)};
+                      optional("incarnation", &Have::incarnation),
+                      optional("active", &Have::active), optional("stuck", &Have::stuck)};
   }
 };
 
-// "Tell me of versions newer than these." With `all`, every adapter the upstream serves is
-// offered, those not named counting as after 0.
+// "Tell me of versions newer than these (or of a rollback)." With `all`, every adapter the
+// upstream serves is offered, those not named counting as after 0.
 struct Want {
   static constexpr std::string_view kOp = "want";
   uint64_t protocol = 0;
