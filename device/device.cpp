@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -74,23 +75,25 @@ NonFinite scan_tensors(const std::byte *slot, std::span<const TensorExtent> tens
 }
 
 // A slot of tens of MiB is scanned at the speed one core reads memory, and the scan sits
-// between a writer's commit and the flip: the runs go to threads of their own (ipc::runs_for
-// says when that pays), and the finding of the lowest run that has one is the answer, the same
-// as one scan in order.
+// between a writer's commit and the flip: tensors go to several threads (ipc::runs_for says
+// when that pays), each taking the next tensor as it finishes one, and the lowest tensor found
+// holding a non-finite value is the answer, the same as one scan in order. A find stops the
+// taking of new tensors: every tensor before it was taken earlier, so it is scanned either way.
 NonFinite scan_tensors_parallel(const std::byte *slot, std::span<const TensorExtent> tensors) {
   uint64_t total = 0;
   for (const TensorExtent &e : tensors) total += e.bytes;
-  const unsigned runs = ipc::runs_for(total, tensors.size());
-  if (runs < 2) return scan_tensors(slot, tensors, 0, tensors.size());
-  const std::vector<size_t> starts =
-      ipc::split_runs(tensors.size(), runs, [&](size_t t) { return tensors[t].bytes; });
-  std::vector<NonFinite> found(starts.size() - 1);
-  ipc::for_each_run(starts, [&](size_t run, size_t begin, size_t end) {
-    found[run] = scan_tensors(slot, tensors, begin, end);
+  const unsigned threads = ipc::runs_for(total, tensors.size());
+  if (threads < 2) return scan_tensors(slot, tensors, 0, tensors.size());
+  std::mutex lowest_mutex;
+  NonFinite lowest;
+  ipc::for_each_item_shared(tensors.size(), threads, [&](size_t t) {
+    const NonFinite found = scan_tensors(slot, tensors, t, t + 1);
+    if (found.tensor == SIZE_MAX) return true;
+    const std::lock_guard lock(lowest_mutex);
+    if (found.tensor < lowest.tensor) lowest = found;
+    return false;
   });
-  for (const NonFinite &f : found)
-    if (f.tensor != SIZE_MAX) return f;
-  return {};
+  return lowest;
 }
 
 }  // namespace

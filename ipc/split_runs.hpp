@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <thread>
@@ -62,6 +63,28 @@ void for_each_run(const std::vector<size_t> &starts, Work work) {
   for (size_t r = 1; r + 1 < starts.size(); ++r)
     helpers.emplace_back([&, r] { work(r, starts[r], starts[r + 1]); });
   work(size_t{0}, starts[0], starts[1]);
+}  // the helpers join here
+
+// Runs work(i) for every item of [0, n) on `threads` threads, the calling thread among them,
+// each taking the next item in order as it finishes one. Fixed runs (for_each_run) end when the
+// slowest run does, so a thread the scheduler holds back (another process busy on its core, as
+// a trainer's data loaders often are) holds up the whole call; here the others take its share.
+// work(i) returns false to stop: items already taken finish, no new one is taken, so every item
+// before the one that stopped has been done. Returns once all threads are done.
+template <typename Work>
+void for_each_item_shared(size_t n, unsigned threads, Work work) {
+  std::atomic<size_t> next{0};
+  std::atomic<bool> stopped{false};
+  const auto take_items = [&] {
+    while (!stopped.load(std::memory_order_relaxed)) {
+      const size_t i = next.fetch_add(1, std::memory_order_relaxed);
+      if (i >= n) return;
+      if (!work(i)) stopped.store(true, std::memory_order_relaxed);
+    }
+  };
+  std::vector<std::jthread> helpers;
+  for (unsigned t = 1; t < threads && t < n; ++t) helpers.emplace_back(take_items);
+  take_items();
 }  // the helpers join here
 
 // Copies `bytes` from `src` to `dst` with copy(dst, src, n) in runs of about equal length, on

@@ -20,8 +20,8 @@ Each row times the whole sync, from the training model's weights to the generati
 repetition by repetition interleaved so that load changes hit both alike; the loraflip rows
 also time each side alone.
 
-usage: bench_sync.py [--runtime-dir DIR] [--repeat N] [--layers N]   (starts its own loraflipd
-       otherwise)
+usage: bench_sync.py [--runtime-dir DIR] [--repeat N] [--layers N] [--busy N]   (starts its own
+       loraflipd otherwise; --busy keeps N cores busy with spinning processes while it times)
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -118,6 +119,8 @@ def main() -> int:
     ap.add_argument("--runtime-dir")
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--busy", type=int, default=0,
+                    help="processes that keep a core busy meanwhile (a trainer's data loaders)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     trainer_model = peft_skeleton(args.layers, seed=1)
@@ -132,6 +135,10 @@ def main() -> int:
 
     run, stop = (args.runtime_dir, None) if args.runtime_dir else start_daemon()
     shm_dir = tempfile.mkdtemp(prefix="loraflip-bench-sync-", dir="/dev/shm")
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                for _ in range(args.busy)]
+    if spinners:
+        print(f"busy: {len(spinners)} process(es) spinning on a core meanwhile")
     try:
         client = loraflip.Client(run)
         names = {"default": "sync-checked", "no checks": "sync-plain"}
@@ -149,12 +156,16 @@ def main() -> int:
         times = {label: [] for label in names}
         publish = {label: [] for label in names}
         bind = {label: [] for label in names}
+        # The daemon's own counters split each publish: begin_write to the commit request (the
+        # writer's copies and the Python side around them), and the checks before the flip.
+        split = {label: {"write": [], "check": []} for label in names}
         shm = []
         for i in range(args.repeat):
             for p in trainer_model.parameters():  # a training step changed the weights
                 if p.dtype == torch.bfloat16:
                     p.data[0, 0] = float(i)
             for label, name in names.items():
+                before = client.info(name)["counters"]
                 t0 = time.perf_counter()
                 version = client.publish(name, adapter_tensors(), **flags[label])
                 t1 = time.perf_counter()
@@ -164,6 +175,10 @@ def main() -> int:
                 times[label].append(t2 - t0)
                 publish[label].append(t1 - t0)
                 bind[label].append(t2 - t1)
+                after = client.info(name)["counters"]
+                for part in ("write", "check"):
+                    key = part + "_ns_total"
+                    split[label][part].append((after[key] - before[key]) / 1e9)
             t0 = time.perf_counter()
             trainer_model.save_pretrained(shm_dir)
             loaded = load_file(os.path.join(shm_dir, "adapter_model.safetensors"))
@@ -179,6 +194,9 @@ def main() -> int:
         assert all(torch.equal(got[k], w) for k, w in want.items())
         client.close()
     finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
         shutil.rmtree(shm_dir, ignore_errors=True)
         if stop:
             stop()
@@ -190,6 +208,9 @@ def main() -> int:
     for label in names:
         print(f"  loraflip {label + ':':11} publish {m(publish[label]) * 1e3:6.2f} ms, "
               f"step bind {m(bind[label]) * 1e3:6.2f} ms (medians)")
+        print(f"    of the publish, by the daemon's counters: begin to commit "
+              f"{m(split[label]['write']) * 1e3:5.2f} ms, the daemon's checks "
+              f"{m(split[label]['check']) * 1e3:5.2f} ms (medians)")
     print("parts, measured apart:")
     for label, ts in parts.items():
         print(f"  {label:44} {fmt(ts)}")

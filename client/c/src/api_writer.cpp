@@ -217,17 +217,17 @@ int lf_writer_copy_in_all(lf_writer_t *w, const void *const *srcs, const size_t 
     if (srcs[i] != nullptr && nbytes[i] != w->tensors[i].nbytes) return LF_E_INVALID_ARGUMENT;
   if (w->device < 0) {
     // One core writes memory at about the speed the daemon's check reads it; a slot of tens of
-    // MiB is copied in runs on several cores, as the check is.
+    // MiB is copied on several cores, as the check is, each taking the next tensor as it
+    // finishes one (a core busy with the trainer's other threads leaves its share to the rest).
     uint64_t total = 0;
     for (size_t i = 0; i < w->tensor_count; ++i) total += srcs[i] != nullptr ? nbytes[i] : 0;
-    const auto copied = [&](size_t i) -> uint64_t { return srcs[i] != nullptr ? nbytes[i] : 0; };
-    const std::vector<size_t> starts =
-        ipc::split_runs(w->tensor_count, ipc::runs_for(total, w->tensor_count), copied);
-    ipc::for_each_run(starts, [&](size_t, size_t begin, size_t end) {
-      for (size_t i = begin; i < end; ++i)
-        if (srcs[i] != nullptr)
-          ipc::stream_copy(w->writable + w->tensors[i].offset, srcs[i], nbytes[i]);
-    });
+    ipc::for_each_item_shared(w->tensor_count, ipc::runs_for(total, w->tensor_count),
+                              [&](size_t i) {
+                                if (srcs[i] != nullptr)
+                                  ipc::stream_copy(w->writable + w->tensors[i].offset, srcs[i],
+                                                   nbytes[i]);
+                                return true;
+                              });
     return LF_OK;
   }
   return guarded(&w->client->last_error, [&] {
