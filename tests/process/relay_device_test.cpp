@@ -288,6 +288,13 @@ TEST_CASE("followers mirror host and device adapters into host and device placem
   lf_client_t *f2 = open_client(*mesh.daemons[2]);
   CHECK(last_version(f2, "on-host") == 0);
   lf_client_close(f2);
+  // Not offered "on-host" again at every long poll: it tells the upstream it cannot take that
+  // version (Have::stuck), so its wants stay a few long polls' worth.
+  const std::string status2 = mesh.daemons[2]->dir() + "/relay-follow.json";
+  const int64_t wants = wants_during(status2, 3000);
+  CAPTURE(read_file(status2));
+  CHECK(wants >= 0);
+  CHECK(wants <= 5);
 
   for (auto &r : mesh.relays) CHECK(r->stop() == 0);
   CHECK(mesh.serve->stop() == 0);

@@ -244,6 +244,21 @@ inline size_t log_count(const std::string &path, const std::string &text) {
   return n;
 }
 
+// How many wants a following relay had answered while at least `ms` passed on its own clock,
+// read from its status file at `status_path` (wants_answered, updated_unix_ms). A follower
+// waiting on long polls asks a few times; one offered a version it cannot take again and again
+// asks thousands of times. -1 when the file never got that far.
+inline int64_t wants_during(const std::string &status_path, int64_t ms) {
+  const std::string before = read_file(status_path);
+  const int64_t since = lftest::json_number(before, "updated_unix_ms");
+  const int64_t wants = lftest::json_number(before, "wants_answered");
+  if (lftest::wait_until(
+          [&] { return lftest::json_number(read_file(status_path), "updated_unix_ms") >= since + ms; },
+          30000) < 0)
+    return -1;
+  return lftest::json_number(read_file(status_path), "wants_answered") - wants;
+}
+
 // The active version of `name` on `d` and its whole slot image (tensors and the padding
 // between them), copied out under a pin: what a node serves, to compare nodes byte for byte.
 // Version 0 and no bytes when it has none.

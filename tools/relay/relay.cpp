@@ -330,6 +330,7 @@ class Server {
       for (const wire::Have &h : w.adapters)
         if (h.name == name) have = &h;
       if (have == nullptr && !w.all) continue;
+      if (have != nullptr && cannot_take(*have, snap->offer)) continue;
       const bool newer = have == nullptr || snap->offer.version > have->after ||
                          (have->incarnation != 0 && have->incarnation != snap->offer.incarnation);
       if (newer || rolled_back(w, *have, snap->offer)) offers->push_back(snap->offer);
@@ -400,6 +401,14 @@ class Server {
     std::shared_ptr<const Snapshot> snap;
     Clock::time_point used;
   };
+
+  // Whether the follower said it cannot take `served` (Have::stuck): a rollback to a version
+  // it does not keep, or any version of an adapter it does not follow here (another schema or
+  // placement, incarnation 0). Offered anyway, it would be offered again at every long poll.
+  static bool cannot_take(const wire::Have &have, const wire::Offer &served) {
+    return have.stuck.value_or(0) == served.version &&
+           (have.incarnation == 0 || have.incarnation == served.incarnation);
+  }
 
   // Whether the follower should flip back to `served`, which is not newer than what it has:
   // the upstream rolled back (or forward again, to a kept version). Only for followers that
@@ -609,7 +618,10 @@ struct Local {
   // created it or flipped a version of it. Only such copies are dropped or re-created when the
   // upstream drops or re-creates the adapter: a follower's own adapters are left alone.
   uint64_t incarnation = 0;
-  bool refused = false;  // its local schema differs from the upstream's: not followed
+  bool refused = false;  // its local schema or placement differs from the upstream's: not followed
+  // While refused: the newest version the upstream offered, sent up as Have::stuck so that the
+  // upstream does not offer it again at every long poll (a newer one is offered once more).
+  uint64_t refused_version = 0;
   // For the status file (docs/operations.md, "Following another node"), since this start.
   uint64_t upstream_version = 0;   // the newest version the upstream offered
   int64_t behind_since_ms = 0;     // unix ms when a version above last_version was first
@@ -660,7 +672,8 @@ class Follower {
       const auto have = [legacy](const std::string &name, const Local &l) {
         // Protocol 2 has no `active` nor `stuck`: an older upstream refuses unknown fields.
         return legacy ? wire::Have{name, l.last_version, l.incarnation, std::nullopt, std::nullopt}
-                      : wire::Have{name, l.last_version, l.incarnation, l.active, l.stuck};
+                      : wire::Have{name, l.last_version, l.incarnation, l.active,
+                                   l.refused ? l.refused_version : l.stuck};
       };
       read_stuck_again();
       for (const std::string &name : wanted_) w.adapters.push_back(have(name, local(name)));
@@ -900,10 +913,14 @@ class Follower {
                    offer.name);
       if (!drop_local(offer.name)) return Fetched::kOk;
     }
-    if (local(offer.name).refused) return Fetched::kOk;
+    if (Local &l = local(offer.name); l.refused) {
+      l.refused_version = offer.version;
+      return Fetched::kOk;
+    }
     if (Status s = prepare(offer); !s) {
       spdlog::error("not following '{}': {}", offer.name, s.error().message);
       locals_[offer.name].refused = true;
+      locals_[offer.name].refused_version = offer.version;
       return Fetched::kOk;
     }
     Local &l = locals_[offer.name];

@@ -51,9 +51,11 @@ inline constexpr size_t kMaxWanted = ipc::kMaxAdapters;
 // Protocol 3 adds what a rollback upstream needs. `active`: the version active there now (0:
 // none), which after a rollback is below `after`; the upstream offers its own active version
 // when it is not newer than `after` but differs from `active` (same incarnation only), and the
-// follower flips back to it if it keeps it. `stuck`: a version the follower was offered so and
-// cannot flip to (it does not keep it, and versions never repeat in a daemon, so it cannot make
-// it again); it is not offered again, or the follower would be offered it at every long poll.
+// follower flips back to it if it keeps it. `stuck`: a version the follower was offered and
+// cannot take: a rollback to a version it does not keep (versions never repeat in a daemon, so
+// it cannot make it again), or any version of an adapter it does not follow (its own adapter of
+// another schema or placement, incarnation 0). It is not offered again, or the follower would
+// be offered it at every long poll; a newer version is offered once more.
 // Both absent (a protocol 2 follower): no rollback is offered. Optional members, so that a
 // follower asking in protocol 2 leaves them out of the map (an older upstream refuses them).
 struct Have {
