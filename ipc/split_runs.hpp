@@ -1,5 +1,5 @@
-// Splitting a slot's tensors into runs of about equal bytes, for work that one core does at the
-// speed it reads or writes memory (the daemon's finite check, the writer's copies): on a slot of
+// Spreading work over cores that one core does at the speed it reads or writes memory (the
+// daemon's finite check, the writer's copies, checksums and whole slot images): on a slot of
 // tens of MiB a second core moves about as many bytes again.
 #pragma once
 
@@ -26,25 +26,9 @@ inline unsigned runs_for(uint64_t total, size_t items) {
       std::max<uint64_t>(1, std::min<uint64_t>({cores, kMaxRuns, total / kBytesPerRun, items})));
 }
 
-// Cuts items [0, n) into at most `runs` contiguous runs of about equal bytes (`bytes_of(i)` is
-// item i's size). Returns each run's first item, then n: run r is [starts[r], starts[r + 1]).
-template <typename BytesOf>
-std::vector<size_t> split_runs(size_t n, unsigned runs, BytesOf bytes_of) {
-  uint64_t total = 0;
-  for (size_t i = 0; i < n; ++i) total += bytes_of(i);
-  std::vector<size_t> starts{0};
-  uint64_t seen = 0;
-  for (size_t i = 0; i < n && starts.size() < runs; ++i) {
-    seen += bytes_of(i);
-    if (seen * runs >= total * starts.size() && i + 1 < n) starts.push_back(i + 1);
-  }
-  starts.push_back(n);
-  return starts;
-}
-
 // Cuts items [0, n) of equal size into `runs` contiguous runs of about equal length, every cut
-// at a multiple of `align` items (a cache line's worth: two threads never share one), in the
-// same form as split_runs. Fewer runs where n is too short to give each some.
+// at a multiple of `align` items (a cache line's worth: two threads never share one). Returns
+// each run's first item, then n: run r is [starts[r], starts[r + 1]). Fewer runs where n is too short to give each some.
 inline std::vector<size_t> even_runs(size_t n, unsigned runs, size_t align) {
   std::vector<size_t> starts{0};
   for (unsigned r = 1; r < runs; ++r) {
@@ -55,7 +39,7 @@ inline std::vector<size_t> even_runs(size_t n, unsigned runs, size_t align) {
   return starts;
 }
 
-// Runs work(run, first, end) on each run of split_runs' `starts`, the first on the calling
+// Runs work(run, first, end) on each run of even_runs' `starts`, the first on the calling
 // thread and the others on threads of their own; returns once all are done.
 template <typename Work>
 void for_each_run(const std::vector<size_t> &starts, Work work) {
